@@ -1,0 +1,175 @@
+"""Start and stop real local services: Azurite (the Azure Blob emulator) and node processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+AZURITE_ACCOUNT = "devstoreaccount1"
+# Azurite's published well-known development key (not a secret).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def connection_string(port: int, host: str = "127.0.0.1") -> str:
+    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://{host}:{port}/{AZURITE_ACCOUNT};")
+
+
+def find_azurite() -> str:
+    """azurite-blob from the project's own npm install (or $CACHENODE_AZURITE_BIN)."""
+    candidates = [os.environ.get("CACHENODE_AZURITE_BIN", ""),
+                  str(project_root() / "node_modules/.bin/azurite-blob"),
+                  str(Path.cwd() / "node_modules/.bin/azurite-blob"),
+                  shutil.which("azurite-blob") or ""]
+    for c in candidates:
+        if c and os.access(c, os.X_OK):
+            return c
+    raise FileNotFoundError(
+        "Azurite not found: run `npm ci` in the project folder (bench/setup.sh does) "
+        "or set CACHENODE_AZURITE_BIN")
+
+
+def wait_for_port(port: int, proc: subprocess.Popen | None, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Azurite:
+    """Azurite's blob service on a free 127.0.0.1 port, data in `workdir`."""
+
+    def __init__(self, workdir: str | Path, port: int | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def connection_string(self) -> str:
+        return connection_string(self.port)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+
+    def start(self) -> "Azurite":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.workdir / "azurite.log", "ab")
+        self.proc = subprocess.Popen(
+            [find_azurite(), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+             "--location", str(self.workdir), "--silent", "--disableTelemetry", "--loose",
+             "--skipApiVersionCheck"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        try:
+            wait_for_port(self.port, self.proc, "Azurite")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+    def __enter__(self) -> "Azurite":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class NodeProcess:
+    """`cachenode serve` as a child process on a free port; `url` once it listens."""
+
+    def __init__(self, cache_dir: str | Path, *, token: str | None, conn_str: str | None,
+                 args: tuple[str, ...] = (), port: int = 0) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.token = token
+        self.conn_str = conn_str
+        self.args = args
+        self.port = port
+        self.url = ""
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> "NodeProcess":
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("CACHENODE_", "AZURE_STORAGE_"))}
+        if self.token:
+            env["CACHENODE_TOKEN"] = self.token
+        if self.conn_str:
+            env["AZURE_STORAGE_CONNECTION_STRING"] = self.conn_str
+        cmd = [sys.executable, "-m", "cachenode", "serve", "--port", str(self.port),
+               "--cache-dir", str(self.cache_dir), *self.args]
+        if not self.token:
+            cmd.append("--no-auth")
+        log = open(self.cache_dir.with_suffix(".log"), "ab")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                                     env=env, text=True, start_new_session=True)
+        log.close()
+        ready: list[str] = []
+        reader = threading.Thread(target=lambda: ready.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        line = ready[0] if ready else ""
+        if "listening on " not in line:
+            self.stop()
+            raise RuntimeError(f"node did not start: {line!r}; see {self.cache_dir.with_suffix('.log')}")
+        self.url = line.split("listening on ", 1)[1].split()[0]
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop the node (SIGTERM = graceful; SIGKILL = crash); returns its exit code."""
+        if self.proc is None:
+            return None
+        if sig == signal.SIGTERM:
+            _stop(self.proc)
+        else:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+        code = self.proc.returncode
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None
+        return code
+
+    def __enter__(self) -> "NodeProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

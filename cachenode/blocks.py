@@ -1,0 +1,58 @@
+"""Block geometry and block keys: fixed-size ranges of a pinned object version."""
+
+from __future__ import annotations
+
+import xxhash
+
+from .errors import BadRequest
+from .source import SourceRef
+
+DEFAULT_BLOCK_SIZE = 8 * 1024 * 1024
+MIN_BLOCK_SIZE = 4096
+MAX_BLOCK_SIZE = 256 * 1024 * 1024
+
+
+def check_block_size(block_size: int) -> int:
+    """Return block_size if it is sane, else raise ValueError naming it."""
+    if not (MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE):
+        raise ValueError(
+            f"block size {block_size} out of range ({MIN_BLOCK_SIZE}..{MAX_BLOCK_SIZE} bytes)"
+        )
+    return block_size
+
+
+def block_count(size: int, block_size: int) -> int:
+    """Number of blocks of an object of `size` bytes (0 for an empty object)."""
+    return -(-size // block_size)
+
+
+def block_span(size: int, block_size: int, index: int) -> tuple[int, int]:
+    """(offset, length) of block `index`; the last block may be short."""
+    if index < 0 or index >= block_count(size, block_size):
+        raise BadRequest(
+            f"block index {index} out of range: object of {size} bytes has "
+            f"{block_count(size, block_size)} blocks of {block_size} bytes"
+        )
+    offset = index * block_size
+    return offset, min(block_size, size - offset)
+
+
+def block_key(ref: SourceRef, etag: str, size: int, block_size: int, index: int) -> str:
+    """xxh3-128 hex key over (account, container, path, ETag + size, block size, index).
+
+    The version (ETag plus size, DESIGN.md) is part of the key, so a replaced blob can never be
+    served from old blocks, and a request lying about the size cannot plant a short block under
+    the key honest readers use. Keys are immutable; old versions age out of the LRU.
+    """
+    h = xxhash.xxh3_128()
+    fields = (ref.kind, ref.account, ref.container, ref.path, etag, str(size), str(block_size), str(index))
+    for field in fields:
+        data = field.encode()
+        h.update(len(data).to_bytes(4, "little"))  # length-prefixed: no ambiguity between fields
+        h.update(data)
+    return h.hexdigest()
+
+
+def digest(data) -> str:
+    """xxh3-128 hex digest of a block's bytes (end-to-end integrity check)."""
+    return xxhash.xxh3_128_hexdigest(data)

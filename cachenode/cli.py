@@ -1,0 +1,137 @@
+"""`cachenode` command line: run the daemon, and small admin commands."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import sys
+
+import click
+
+from .blocks import DEFAULT_BLOCK_SIZE, check_block_size
+from .config import NodeConfig
+from .env import read_env, resolve_token
+from .origin_azure import AzureCredentials
+from .units import format_size, parse_size
+
+
+class Size(click.ParamType):
+    """A click type for human sizes ("4GiB")."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def main(log_level: str) -> None:
+    """cachenode: a peer-to-peer cluster cache for model checkpoints in blob storage.
+
+    Run `cachenode serve` on every machine; loaders call cachenode.open(url).
+    """
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Binding beyond loopback requires a cluster token.")
+@click.option("--port", default=8470, show_default=True, type=int, help="Port; 0 picks a free one.")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Disk tier directory [env CACHENODE_CACHE_DIR; default ~/.cache/cachenode].")
+@click.option("--memory", "memory_bytes", default="2GiB", show_default=True, type=Size(),
+              help="Memory tier budget.")
+@click.option("--disk", "disk_bytes", default="50GiB", show_default=True, type=Size(),
+              help="Disk tier budget.")
+@click.option("--block-size", default=str(DEFAULT_BLOCK_SIZE // 2**20) + "MiB", show_default=True,
+              type=Size(), help="Block size; every node and loader of a cluster uses the node's.")
+@click.option("--allow", multiple=True, metavar="ACCOUNT/CONTAINER",
+              help="Sources this node serves: account/container, account/*, or file:///dir. "
+                   "Repeatable. Default: every container of the configured account, no local files.")
+@click.option("--token", help="Cluster token clients must send [env CACHENODE_TOKEN].")
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="Read the cluster token from a file [env CACHENODE_TOKEN_FILE].")
+@click.option("--no-auth", is_flag=True, help="Serve without a token (loopback addresses only).")
+@click.option("--connection-string", help="Azure Storage connection string [env AZURE_STORAGE_CONNECTION_STRING].")
+@click.option("--account-name", help="Storage account [env AZURE_STORAGE_ACCOUNT_NAME].")
+@click.option("--account-key", help="Account key [env AZURE_STORAGE_ACCOUNT_KEY].")
+@click.option("--sas-token", help="SAS token [env AZURE_STORAGE_SAS_TOKEN].")
+@click.option("--blob-endpoint", help="Blob service URL, if not https://<account>.blob.core.windows.net.")
+@click.option("--origin-retries", default=4, show_default=True, type=click.IntRange(0, 20),
+              help="Retries (with exponential backoff) on origin 5xx, throttling and connection errors.")
+def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, token, token_file,
+          no_auth, connection_string, account_name, account_key, sas_token, blob_endpoint,
+          origin_retries) -> None:
+    """Run a cache node until SIGTERM or Ctrl-C.
+
+    Without an account key, SAS or connection string, the node uses DefaultAzureCredential
+    (managed identity, workload identity, az login).
+    """
+    env = read_env()
+    try:
+        check_block_size(block_size)
+        token = resolve_token(token or env.token, token_file or env.token_file)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not token:
+        if not no_auth:
+            raise click.UsageError("no cluster token: pass --token, --token-file, set CACHENODE_TOKEN, "
+                                   "or --no-auth (loopback only)")
+        if not _is_loopback(host):
+            raise click.UsageError(f"--no-auth refused on non-loopback address {host}: set a cluster token")
+    azure = AzureCredentials(
+        connection_string=connection_string or env.azure.connection_string,
+        account_name=account_name or env.azure.account_name,
+        account_key=account_key or env.azure.account_key,
+        sas_token=sas_token or env.azure.sas_token,
+        endpoint=blob_endpoint or env.azure.endpoint,
+    )
+    for entry in allow:
+        if not entry.startswith("file://") and entry.count("/") != 1:
+            raise click.BadParameter(f"{entry!r}: use account/container, account/* or file:///dir",
+                                     param_hint="--allow")
+    config = NodeConfig(
+        host=host, port=port,
+        cache_dir=os.path.abspath(os.path.expanduser(cache_dir or env.cache_dir or NodeConfig.cache_dir)),
+        memory_bytes=memory_bytes, disk_bytes=disk_bytes, block_size=block_size, allow=tuple(allow),
+        token=token, azure=azure, origin_retries=origin_retries,
+    )
+    from .daemon import serve_forever
+
+    click.echo(f"cachenode: memory {format_size(memory_bytes)}, disk {format_size(disk_bytes)}, "
+               f"block {format_size(block_size)}, account {azure.account or '-'}", err=True)
+    try:
+        asyncio.run(serve_forever(config, announce=lambda s: click.echo(s, nl=True) or sys.stdout.flush()))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+@main.command()
+@click.argument("url")
+@click.option("--node", "nodes", multiple=True, help="Node URL [env CACHENODE_NODES].")
+@click.option("--token", help="Cluster token [env CACHENODE_TOKEN].")
+def stat(url, nodes, token) -> None:
+    """Print size, ETag and block size of a checkpoint file, as a node sees it."""
+    from .client.api import Client
+
+    with Client(nodes=nodes or None, token=token) as c:
+        info = c.stat(url)
+    click.echo(json.dumps(info, indent=2))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,52 @@
+"""The node's configuration: one frozen dataclass, plus the allow-list check it implies."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .blocks import DEFAULT_BLOCK_SIZE
+from .origin_azure import AzureCredentials
+from .source import AZURE, FILE, SourceRef
+
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a cache node needs; click options and env vars map onto these fields."""
+
+    host: str = "127.0.0.1"
+    port: int = 8470
+    cache_dir: str = os.path.expanduser("~/.cache/cachenode")
+    memory_bytes: int = 2 * GiB
+    disk_bytes: int = 50 * GiB
+    block_size: int = DEFAULT_BLOCK_SIZE
+    # "account/container", "account/*" or "file:///dir/"; empty = every container of the
+    # configured account (the only account a node holds credentials for) and no local files.
+    allow: tuple[str, ...] = ()
+    token: str | None = None
+    azure: AzureCredentials = field(default_factory=AzureCredentials)
+    origin_retries: int = 4
+    origin_backoff: float = 0.25
+    origin_timeout: float = 60.0
+
+    def allows(self, ref: SourceRef) -> bool:
+        """True if this node may read `ref` from its origin on a client's behalf."""
+        if ref.kind == FILE:
+            for entry in self.allow:
+                if entry.startswith("file://"):
+                    root = os.path.normpath(entry[len("file://"):])
+                    if ref.path == root or ref.path.startswith(root.rstrip("/") + "/"):
+                        return True
+            return False
+        if ref.kind != AZURE:
+            return False
+        azure_entries = [a for a in self.allow if not a.startswith("file://")]
+        if not azure_entries:
+            return ref.account == self.azure.account
+        for entry in azure_entries:
+            account, _, container = entry.partition("/")
+            if account == ref.account and container in ("*", ref.container):
+                return True
+        return False

@@ -1,0 +1,56 @@
+"""Every environment variable cachenode reads, read in this one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from .origin_azure import AzureCredentials
+
+
+@dataclass(frozen=True)
+class Env:
+    """Settings taken from the environment (flags override them)."""
+
+    token: str | None
+    token_file: str | None
+    nodes: tuple[str, ...]
+    cache_dir: str | None
+    azure: AzureCredentials
+
+
+def read_env(environ: Mapping[str, str] | None = None) -> Env:
+    """CACHENODE_* for cachenode itself, AZURE_STORAGE_* as the Azure tools spell them."""
+    e = os.environ if environ is None else environ
+    nodes = tuple(n.strip() for n in e.get("CACHENODE_NODES", "").split(",") if n.strip())
+    azure = AzureCredentials(
+        connection_string=e.get("AZURE_STORAGE_CONNECTION_STRING") or None,
+        account_name=e.get("AZURE_STORAGE_ACCOUNT_NAME") or e.get("AZURE_STORAGE_ACCOUNT") or None,
+        account_key=e.get("AZURE_STORAGE_ACCOUNT_KEY") or e.get("AZURE_STORAGE_KEY") or None,
+        sas_token=e.get("AZURE_STORAGE_SAS_TOKEN") or None,
+        endpoint=e.get("AZURE_STORAGE_BLOB_ENDPOINT") or None,
+    )
+    return Env(
+        token=e.get("CACHENODE_TOKEN") or None,
+        token_file=e.get("CACHENODE_TOKEN_FILE") or None,
+        nodes=nodes,
+        cache_dir=e.get("CACHENODE_CACHE_DIR") or None,
+        azure=azure,
+    )
+
+
+def resolve_token(token: str | None, token_file: str | None) -> str | None:
+    """The cluster token: given directly, or the first line of a file (Kubernetes secret mount)."""
+    if token:
+        return token.strip()
+    if token_file:
+        try:
+            text = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read token file {token_file}: {exc.strerror}") from None
+        if not text:
+            raise ValueError(f"token file {token_file} is empty")
+        return text
+    return None

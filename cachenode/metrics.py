@@ -1,0 +1,42 @@
+"""Per-node Prometheus counters (one registry per node, so many nodes can share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class NodeMetrics:
+    """The counters groupcache taught us to keep first-class, in Prometheus form."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.hits = Counter("cachenode_hits", "Block requests answered from the cache", ["tier"], registry=r)
+        self.misses = Counter("cachenode_misses", "Block requests not in any tier", registry=r)
+        self.fills = Counter("cachenode_fills", "Blocks read from the origin", registry=r)
+        self.fills_deduplicated = Counter(
+            "cachenode_fills_deduplicated", "Requests that waited on a fill already running", registry=r)
+        self.origin_bytes = Counter("cachenode_origin_bytes", "Bytes read from the origin", registry=r)
+        self.served_bytes = Counter("cachenode_served_bytes", "Block bytes sent to clients", registry=r)
+        self.served_blocks = Counter("cachenode_served_blocks", "Blocks sent to clients", ["tier"], registry=r)
+        self.corrupt_blocks = Counter(
+            "cachenode_corrupt_blocks", "Cached blocks whose digest did not match (dropped)", registry=r)
+        self.disk_full = Counter("cachenode_disk_full", "Blocks not cached because the disk was full", registry=r)
+        self.errors = Counter("cachenode_errors", "Requests that failed", ["kind"], registry=r)
+        self.memory_used = Gauge("cachenode_memory_used_bytes", "Bytes in the memory tier", registry=r)
+        self.memory_capacity = Gauge("cachenode_memory_capacity_bytes", "Memory tier budget", registry=r)
+        self.disk_used = Gauge("cachenode_disk_used_bytes", "Bytes in the disk tier", registry=r)
+        self.disk_capacity = Gauge("cachenode_disk_capacity_bytes", "Disk tier budget", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Flatten Prometheus text into {'name{labels}': value} (for status output and tests)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        out[name] = float(value)
+    return out

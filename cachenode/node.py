@@ -1,0 +1,159 @@
+"""The cache node's core: tiers, single-flight fills from the origin, allow-list."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+
+from .blocks import block_key, block_span, digest
+from .config import NodeConfig
+from .errors import Forbidden
+from .metrics import NodeMetrics
+from .origin import ObjectInfo, Origin
+from .origin_azure import AzureOrigin
+from .origin_file import FileOrigin
+from .singleflight import SingleFlight
+from .source import FILE, SourceRef
+from .store_disk import DiskFull, DiskTier
+from .store_memory import MemoryTier
+
+log = logging.getLogger("cachenode.node")
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block ready to send: bytes in memory, or a verified file to sendfile."""
+
+    length: int
+    digest: str
+    tier: str
+    data: bytes | bytearray | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class BlockRequest:
+    """Everything needed to fill one block; the node keeps no per-file state."""
+
+    ref: SourceRef
+    etag: str
+    size: int
+    block_size: int
+    index: int
+
+
+class Node:
+    """One cache node. Several may live in one process (tests): no global state."""
+
+    def __init__(self, config: NodeConfig, *, azure: Origin | None = None,
+                 file: Origin | None = None) -> None:
+        self.config = config
+        self.metrics = NodeMetrics()
+        self.memory = MemoryTier(config.memory_bytes)
+        self.disk = DiskTier(os.path.join(config.cache_dir, "blocks"), config.disk_bytes)
+        self.azure = azure or AzureOrigin(config.azure, retries=config.origin_retries,
+                                          backoff=config.origin_backoff, timeout=config.origin_timeout)
+        self.file = file or FileOrigin()
+        self._flights: SingleFlight[Block] = SingleFlight()
+        self._writes: set[asyncio.Task] = set()
+        self._warned_full = False
+        self.metrics.memory_capacity.set(config.memory_bytes)
+        self.metrics.disk_capacity.set(config.disk_bytes)
+
+    async def start(self) -> None:
+        n = await asyncio.to_thread(self.disk.rebuild)
+        log.info("disk tier %s: %d blocks, %d bytes", self.disk.root, n, self.disk.used)
+        self._update_gauges()
+
+    async def close(self) -> None:
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self.azure.close()
+        await self.file.close()
+
+    def origin_for(self, ref: SourceRef) -> Origin:
+        if not self.config.allows(ref):
+            raise Forbidden(f"{ref} is not on this node's allow-list")
+        return self.file if ref.kind == FILE else self.azure
+
+    async def stat(self, ref: SourceRef) -> ObjectInfo:
+        return await self.origin_for(ref).stat(ref)
+
+    async def list(self, ref: SourceRef, prefix: str) -> list[tuple[SourceRef, ObjectInfo]]:
+        return await self.origin_for(ref).list(ref, prefix)
+
+    async def get_block(self, req: BlockRequest, *, verify: bool = False) -> Block:
+        """The block's bytes from memory, disk, or (once, however many ask) the origin."""
+        origin = self.origin_for(req.ref)
+        offset, length = block_span(req.size, req.block_size, req.index)
+        key = block_key(req.ref, req.etag, req.size, req.block_size, req.index)
+        block = await self._lookup(key, verify)
+        if block is not None:
+            self.metrics.hits.labels(block.tier).inc()
+            return block
+        self.metrics.misses.inc()
+        block, shared = await self._flights.do(
+            key, lambda: self._fill(origin, req, key, offset, length))
+        if shared:
+            self.metrics.fills_deduplicated.inc()
+        return block
+
+    async def _lookup(self, key: str, verify: bool) -> Block | None:
+        item = self.memory.get(key)
+        if item is not None:
+            data, dg = item
+            if not verify or digest(data) == dg:
+                return Block(len(data), dg, "memory", data=data)
+            self.memory.discard(key)
+            self.metrics.corrupt_blocks.inc()
+        entry = self.disk.get(key)
+        if entry is None:
+            return None
+        if entry.verified and not verify:
+            return Block(entry.length, entry.digest, "disk", path=entry.path)
+        data = await self.disk.read_verified(key)
+        if data is None:
+            log.warning("dropped corrupt cached block %s", key)
+            self.metrics.corrupt_blocks.inc()
+            self._update_gauges()
+            return None
+        self.memory.put(key, data, entry.digest)
+        self._update_gauges()
+        return Block(len(data), entry.digest, "disk", data=data)
+
+    async def _fill(self, origin: Origin, req: BlockRequest, key: str, offset: int, length: int) -> Block:
+        # Check again inside the flight: a flight for this key may have finished between our
+        # miss and this one starting, and the block must not be read from the origin twice.
+        block = await self._lookup(key, False)
+        if block is not None:
+            return block
+        buf = bytearray(length)
+        await origin.read_into(req.ref, req.etag, offset, memoryview(buf))
+        self.metrics.fills.inc()
+        self.metrics.origin_bytes.inc(length)
+        dg = digest(buf)
+        self.memory.put(key, buf, dg)  # never mutated from here on: shared with responses
+        task = asyncio.ensure_future(self._write_disk(key, buf, dg))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        self._update_gauges()
+        return Block(length, dg, "origin", data=buf)
+
+    async def _write_disk(self, key: str, data, dg: str) -> None:
+        try:
+            await self.disk.write(key, data, dg)
+        except DiskFull as exc:
+            self.metrics.disk_full.inc()
+            if not self._warned_full:
+                log.warning("%s; serving without caching on disk", exc.strerror)
+                self._warned_full = True
+        except OSError as exc:
+            self.metrics.errors.labels("disk_write").inc()
+            log.warning("could not cache block %s on disk: %s", key, exc)
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self.metrics.memory_used.set(self.memory.used)
+        self.metrics.disk_used.set(self.disk.used)

@@ -1,0 +1,1 @@
+"""The loader: open checkpoint files through the cluster cache."""

@@ -1,0 +1,127 @@
+"""File objects over a BlockReader: an async one, and the sync io.RawIOBase users pass to torch."""
+
+from __future__ import annotations
+
+import io
+import os
+
+from .iothread import LoopThread
+from .reader import BlockReader
+
+
+def _new_position(pos: int, size: int, offset: int, whence: int) -> int:
+    if whence == os.SEEK_SET:
+        new = offset
+    elif whence == os.SEEK_CUR:
+        new = pos + offset
+    elif whence == os.SEEK_END:
+        new = size + offset
+    else:
+        raise ValueError(f"invalid whence {whence!r} (use 0, 1 or 2)")
+    if new < 0:
+        raise ValueError(f"negative seek position {new}")
+    return new
+
+
+class AsyncCacheFile:
+    """Read-only, seekable async file over one pinned version of a source."""
+
+    def __init__(self, reader: BlockReader, name: str, etag: str, via: str) -> None:
+        self._reader = reader
+        self.name = name
+        self.etag = etag
+        self.via = via  # node URL, or "origin" when bypassing
+        self.size = reader.size
+        self._pos = 0
+        self.closed = False
+
+    async def readinto(self, b) -> int:
+        self._check()
+        n = await self._reader.read_into(self._pos, memoryview(b).cast("B"))
+        self._pos += n
+        return n
+
+    async def read(self, n: int = -1) -> bytes:
+        self._check()
+        remaining = max(0, self.size - self._pos)
+        buf = bytearray(remaining if n is None or n < 0 else min(n, remaining))
+        got = await self.readinto(buf)
+        return bytes(buf[:got]) if got != len(buf) else bytes(buf)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._check()
+        self._pos = _new_position(self._pos, self.size, offset, whence)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def _check(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+
+    async def close(self) -> None:
+        self.closed = True
+        self._reader.cancel()
+
+    async def __aenter__(self) -> "AsyncCacheFile":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class CacheFile(io.RawIOBase):
+    """Sync, seekable, read-only file; `readinto` fills the caller's buffer directly.
+
+    Works with torch.load(...) and anything expecting a binary file. The transfers run on the
+    owning client's private I/O thread.
+    """
+
+    def __init__(self, afile: AsyncCacheFile, loop: LoopThread, on_close=None) -> None:
+        super().__init__()
+        self._afile = afile
+        self._loop = loop
+        self._on_close = on_close
+        self.name = afile.name
+        self.etag = afile.etag
+        self.via = afile.via
+        self.size = afile.size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        self._checkClosed()
+        view = memoryview(b).cast("B")
+        n = self._loop.run(self._afile._reader.read_into(self._afile._pos, view))
+        self._afile._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        """The rest of the file in one parallel read (use readinto to avoid the final copy)."""
+        buf = bytearray(max(0, self.size - self.tell()))
+        n = self.readinto(buf)
+        return bytes(buf[:n]) if n != len(buf) else bytes(buf)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._checkClosed()
+        return self._afile.seek(offset, whence)
+
+    def tell(self) -> int:
+        self._checkClosed()
+        return self._afile.tell()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if not self._loop.loop.is_closed():
+                self._loop.run(self._afile.close())
+        finally:
+            super().close()
+            if self._on_close is not None:
+                self._on_close()

@@ -1,0 +1,1 @@
+"""Wire transports between loaders and cache nodes (HTTP over TCP today)."""
