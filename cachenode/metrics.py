@@ -26,6 +26,10 @@ class NodeMetrics:
         self.memory_capacity = Gauge("cachenode_memory_capacity_bytes", "Memory tier budget", registry=r)
         self.disk_used = Gauge("cachenode_disk_used_bytes", "Bytes in the disk tier", registry=r)
         self.disk_capacity = Gauge("cachenode_disk_capacity_bytes", "Disk tier budget", registry=r)
+        for tier in ("memory", "disk"):  # export zeros from the start, so rates work at once
+            self.hits.labels(tier)
+        for tier in ("memory", "disk", "origin"):
+            self.served_blocks.labels(tier)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -40,3 +44,14 @@ def parse_metrics(text: str) -> dict[str, float]:
         name, _, value = line.rpartition(" ")
         out[name] = float(value)
     return out
+
+
+def scrape(node_url: str, token: str | None, timeout: float = 10.0) -> dict[str, float]:
+    """Fetch and parse a node's /metrics (sync; for tools, tests and status output)."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{node_url.rstrip('/')}/metrics")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return parse_metrics(r.read().decode())

@@ -160,7 +160,7 @@ class AzureOrigin(Origin):
             props = await blob.get_blob_properties()
         except Exception as exc:  # noqa: BLE001 - translated at the edge of the backend
             raise self._translate(exc, ref) from exc
-        return ObjectInfo(props.size, props.etag)
+        return ObjectInfo(props.size or 0, props.etag)  # Azurite omits the size of empty blobs
 
     async def read_into(self, ref: SourceRef, etag: str, offset: int, dest: memoryview) -> None:
         if len(dest) == 0:

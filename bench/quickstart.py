@@ -1,0 +1,78 @@
+"""The quickstart job: Azurite + a node, a generated checkpoint, loaded cold then warm."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from cachenode.metrics import scrape
+from cachenode.units import format_size
+
+from .checkpoint import make_safetensors, upload
+from .loads import LoadResult, load_blob_sdk, load_cache
+from .services import Azurite, NodeProcess
+from .table import print_table
+
+CONTAINER = "models"
+BLOB = "demo/model.safetensors"
+
+
+def _bar(desc: str, total: int) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                leave=False, dynamic_ncols=True)
+
+
+def run_quickstart(size: int, block_size: str, workdir: str | None, keep: bool) -> list[dict]:
+    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cachenode-quickstart-"))
+    rows: list[dict] = []
+    with ExitStack() as stack:
+        if not keep and not workdir:
+            stack.callback(shutil.rmtree, base, ignore_errors=True)
+        click.echo(f"workdir {base}")
+        azurite = stack.enter_context(Azurite(base / "azurite"))
+        click.echo(f"Azurite (Azure Blob emulator) on {azurite.endpoint}")
+
+        ckpt = base / "model.safetensors"
+        with _bar("generate checkpoint", size) as bar:
+            file_size = make_safetensors(ckpt, size, progress=bar.update)
+        with _bar("upload to Azurite", file_size) as bar:
+            upload(azurite.connection_string, CONTAINER, BLOB, ckpt, progress=bar.update)
+        ckpt.unlink()  # the blob is the only copy now
+        click.echo(f"uploaded {format_size(file_size)} to {CONTAINER}/{BLOB}")
+
+        token = secrets.token_urlsafe(24)
+        node = stack.enter_context(NodeProcess(
+            base / "node", token=token, conn_str=azurite.connection_string,
+            args=("--block-size", block_size, "--memory", "4GiB")))
+        click.echo(f"cachenode on {node.url}")
+        url = f"{azurite.endpoint}/{CONTAINER}/{BLOB}"
+
+        def origin_bytes() -> float:
+            return scrape(node.url, token).get("cachenode_origin_bytes_total", 0.0)
+
+        with _bar("blob direct (azure SDK)", file_size) as bar:
+            direct = load_blob_sdk(azurite.connection_string, CONTAINER, BLOB, 8, on_bytes=bar.update)
+        rows.append(_row("blob direct (azure-storage-blob)", direct, file_size, direct.digest))
+        for name in ("cache cold", "cache warm"):
+            before = origin_bytes()
+            with _bar(name, file_size) as bar:
+                res = load_cache(url, [node.url], token, file_size, on_bytes=bar.update)
+            rows.append(_row(name, res, origin_bytes() - before, direct.digest))
+    return rows
+
+
+def _row(name: str, res: LoadResult, origin: float, reference: str) -> dict:
+    return {"scenario": name, "seconds": res.seconds, "gb_per_s": res.gb_per_s,
+            "origin_bytes": int(origin), "tensors": res.tensors, "verified": res.digest == reference}
+
+
+def show(rows: list[dict], file_size: int | None = None) -> None:
+    print_table(rows, [("scenario", "scenario", "{}"), ("seconds", "seconds", "{:.2f}"),
+                       ("GB/s", "gb_per_s", "{:.2f}"), ("origin bytes", "origin_bytes", format_size),
+                       ("tensors", "tensors", "{}"), ("verified", "verified", "{}")])
