@@ -35,3 +35,7 @@ def quickstart(size, block_size, workdir, keep, json_path) -> None:
             json.dump({"scenarios": rows}, f, indent=2)
     if not all(r["verified"] for r in rows):
         raise click.ClickException("a load returned bytes that differ from the checkpoint")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up everything cachenode needs in the project folder: a venv with the pinned CPU torch and
+# the package (editable, with test extras), and Azurite from npm into ./node_modules.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+quiet=(-q)
+[[ "${CI:-}" == "true" ]] && quiet=()
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo "== creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+echo "== pip: torch 2.13.0 (CPU wheel), then cachenode and its dependencies"
+.venv/bin/python -m pip install "${quiet[@]}" --upgrade pip
+# Pinned first: an unpinned torch would pull a multi-GB CUDA build.
+.venv/bin/python -m pip install "${quiet[@]}" "torch==2.13.0"
+.venv/bin/python -m pip install "${quiet[@]}" -e '.[test]'
+
+echo "== npm: Azurite (Azure Blob emulator) into ./node_modules"
+command -v npm >/dev/null || { echo "npm not found: install Node.js 18+ (apt-get install nodejs npm)" >&2; exit 1; }
+npm ci --no-audit --no-fund --loglevel=error
+echo "== setup done"

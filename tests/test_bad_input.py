@@ -1,0 +1,177 @@
+"""Bad input gets a clear error naming it, and loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+
+import pytest
+
+import cachenode
+from cachenode.bench.services import connection_string, free_port
+from cachenode.client.api import BypassWarning
+from cachenode.origin_azure import AzureCredentials
+from helpers import BS, TOKEN, metric
+
+
+@pytest.fixture
+def node(nodes):
+    return nodes.start("--block-size", f"{BS}")
+
+
+def _get(url: str, token: str | None = TOKEN) -> tuple[int, dict | str]:
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        body = e.read().decode()
+        try:
+            return e.code, json.loads(body)
+        except ValueError:
+            return e.code, body
+
+
+@pytest.mark.parametrize("url, match", [
+    ("", "empty"),
+    ("s3://bucket/key", "unsupported URL scheme"),
+    ("az://models/x.bin", "names no storage account"),
+    ("http://127.0.0.1:1/devstoreaccount1/UPPER/x", "not a valid container name"),
+    ("http://127.0.0.1:1/devstoreaccount1/models/", "names no blob"),
+    ("https://acct.blob.core.windows.net/models", "names no blob"),
+    ("file://otherhost/etc/passwd", "must be local"),
+    ("file:relative/path", "absolute path"),
+])
+def test_malformed_urls(url, match):
+    with pytest.raises(cachenode.InvalidSource, match=match):
+        cachenode.open(url, nodes=[])
+
+
+def test_container_outside_allow_list_is_refused_and_named(blobs, nodes):
+    node = nodes.start("--allow", "devstoreaccount1/only-this-one")
+    url = blobs.put("x.bin", b"data")
+    with pytest.raises(cachenode.Forbidden, match=f"{blobs.container}/x.bin is not on this node's allow-list"):
+        cachenode.open(url, nodes=[node.url], token=TOKEN)
+
+
+def test_other_account_is_never_proxied(node):
+    with pytest.raises(cachenode.Forbidden, match="otheraccount"):
+        cachenode.open("https://otheraccount.blob.core.windows.net/models/m.bin", nodes=[node.url], token=TOKEN)
+
+
+def test_local_files_are_refused_unless_allowed(nodes, tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"do not serve")
+    node = nodes.start()
+    with pytest.raises(cachenode.Forbidden, match="allow-list"):
+        cachenode.open(f"file://{secret}", nodes=[node.url], token=TOKEN)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    data = os.urandom(3 * BS + 1)
+    (shared / "m.bin").write_bytes(data)
+    node2 = nodes.start("--block-size", f"{BS}", "--allow", f"file://{shared}")
+    with cachenode.open(f"file://{shared}/m.bin", nodes=[node2.url], token=TOKEN) as f:
+        assert f.read() == data
+    with pytest.raises(cachenode.Forbidden):  # ../ does not escape the allowed directory
+        cachenode.open(f"file://{shared}/../secret.bin", nodes=[node2.url], token=TOKEN)
+
+
+def test_missing_and_wrong_token(blobs, node):
+    url = blobs.put("t.bin", b"abc")
+    with pytest.raises(cachenode.Unauthorized, match="missing cluster token"):
+        cachenode.open(url, nodes=[node.url], token=None)
+    with pytest.raises(cachenode.Forbidden, match="wrong cluster token"):
+        cachenode.open(url, nodes=[node.url], token="nope")
+    assert _get(f"{node.url}/metrics", token=None)[0] == 401
+    assert _get(f"{node.url}/metrics", token="nope")[0] == 403
+    assert _get(f"{node.url}/healthz", token=None)[0] == 200  # the only open endpoint
+
+
+def test_blob_replaced_after_open_raises_source_changed(blobs, node, blob_service):
+    url = blobs.put("swap.bin", b"A" * (3 * BS))
+    # readahead off, so block 2 is certainly asked for after the swap
+    with cachenode.open(url, nodes=[node.url], token=TOKEN, readahead=0) as f:
+        assert f.read(10) == b"A" * 10  # version pinned
+        blobs.put("swap.bin", b"B" * (3 * BS))
+        f.seek(2 * BS)
+        with pytest.raises(cachenode.SourceChanged, match="swap.bin"):
+            f.read(BS)
+    with cachenode.open(url, nodes=[node.url], token=TOKEN) as f:  # a new open sees the new version
+        assert f.read() == b"B" * (3 * BS)
+
+
+def test_block_requests_out_of_range_or_malformed(blobs, node):
+    url = blobs.put("b.bin", os.urandom(2 * BS))
+    info = cachenode.Client(nodes=[node.url], token=TOKEN)
+    try:
+        st = info.stat(url)
+    finally:
+        info.close()
+    from urllib.parse import urlencode
+    base = {"kind": "azure", "account": "devstoreaccount1", "container": blobs.container,
+            "path": "b.bin", "etag": st["etag"], "size": str(st["size"]), "bs": str(BS), "index": "0"}
+
+    def ask(**over):
+        q = {**base, **over}
+        q = {k: v for k, v in q.items() if v is not None}
+        return _get(f"{node.url}/v1/block?{urlencode(q)}")
+
+    assert ask()[0] == 200
+    status, body = ask(index="2")
+    assert status == 400 and "block index 2 out of range" in body["message"]
+    status, body = ask(index="-1")
+    assert status == 400 and "must not be negative" in body["message"]
+    status, body = ask(index="x")
+    assert status == 400 and "not an integer" in body["message"]
+    status, body = ask(bs="1")
+    assert status == 400 and "block size 1 out of range" in body["message"]
+    status, body = ask(etag=None)
+    assert status == 400 and "missing 'etag'" in body["message"]
+    status, body = ask(kind="s3")
+    assert status == 400 and "unknown source kind" in body["message"]
+    status, body = ask(etag='"0xdeadbeef"')
+    assert status == 412 and body["error"] == "source_changed"
+
+
+def test_missing_blob_and_container(blobs, node):
+    with pytest.raises(cachenode.SourceNotFound, match="nope.bin"):
+        cachenode.open(blobs.url("nope.bin"), nodes=[node.url], token=TOKEN)
+    with pytest.raises(FileNotFoundError, match="container 'no-such-container'"):
+        cachenode.open(f"{blobs.azurite.endpoint}/no-such-container/x.bin", nodes=[node.url], token=TOKEN)
+
+
+def test_origin_unreachable_is_named(blobs, nodes):
+    dead = free_port()
+    node = nodes.start("--origin-retries", "1", conn_str=connection_string(dead))
+    with pytest.raises(cachenode.OriginUnavailable, match=f"127.0.0.1:{dead}"):
+        cachenode.open(blobs.url("x.bin"), nodes=[node.url], token=TOKEN)
+
+
+def test_origin_5xx_is_retried(blobs, node, proxy):
+    data = os.urandom(2 * BS)
+    url = blobs.put("flaky.bin", data)
+    proxy.fail_next("flaky.bin", 2, status=503)
+    with cachenode.open(url, nodes=[node.url], token=TOKEN) as f:
+        assert f.read() == data
+    assert metric(node, "cachenode_fills_total") == 2
+
+
+def test_no_node_reachable_bypasses_to_origin_with_one_warning(blobs, azurite):
+    data = os.urandom(3 * BS)
+    url = blobs.put("by.bin", data)
+    creds = AzureCredentials(connection_string=azurite.connection_string)
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.warns(BypassWarning, match="reading the origin directly") as record:
+        with cachenode.open(url, nodes=[dead], token=TOKEN, azure=creds) as f:
+            assert f.via == "origin"
+            assert f.read() == data
+    assert len([w for w in record if issubclass(w.category, BypassWarning)]) == 1
+
+
+def test_open_is_read_only(blobs, node):
+    with pytest.raises(ValueError, match="read-only"):
+        cachenode.open(blobs.url("x"), "wb", nodes=[node.url])

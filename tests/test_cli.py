@@ -1,0 +1,63 @@
+"""The daemon's command line refuses unsafe or malformed settings with a clear message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cachenode.units import parse_size
+
+
+def _serve(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("CACHENODE_", "AZURE_STORAGE_"))}
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "cachenode", "serve", "--port", "0", *args],
+                          capture_output=True, text=True, timeout=60, env=e)
+
+
+def test_serve_requires_a_token():
+    r = _serve()
+    assert r.returncode == 2
+    assert "no cluster token" in r.stderr
+
+
+def test_no_auth_only_on_loopback():
+    r = _serve("--no-auth", "--host", "0.0.0.0")
+    assert r.returncode == 2
+    assert "refused on non-loopback address 0.0.0.0" in r.stderr
+
+
+def test_bad_sizes_and_allow_entries_are_named(tmp_path):
+    r = _serve("--token", "t", "--memory", "lots")
+    assert r.returncode == 2 and "cannot parse size 'lots'" in r.stderr
+    r = _serve("--token", "t", "--block-size", "1KiB")
+    assert r.returncode == 2 and "block size 1024 out of range" in r.stderr
+    r = _serve("--token", "t", "--allow", "justaccount")
+    assert r.returncode == 2 and "'justaccount'" in r.stderr
+    empty = tmp_path / "tok"
+    empty.write_text("")
+    r = _serve("--token-file", str(empty))
+    assert r.returncode == 2 and "is empty" in r.stderr
+
+
+def test_help_explains():
+    r = subprocess.run([sys.executable, "-m", "cachenode", "serve", "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0
+    for flag in ("--memory", "--disk", "--block-size", "--allow", "--token", "CACHENODE_TOKEN"):
+        assert flag in r.stdout
+
+
+@pytest.mark.parametrize("text, value", [("8MiB", 8 << 20), ("4GiB", 4 << 30), ("1.5GB", 1_500_000_000),
+                                         ("0", 0), ("512 kib", 512 << 10)])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["-1", "1XB", "", "GiB"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError, match="cannot parse size"):
+        parse_size(text)

@@ -1,0 +1,123 @@
+"""Pure pieces: URL parsing, block geometry and keys, the LRU tiers, single-flight, in-process nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from cachenode.blocks import block_count, block_key, block_span
+from cachenode.config import NodeConfig
+from cachenode.errors import BadRequest
+from cachenode.singleflight import SingleFlight
+from cachenode.source import AZURE, FILE, parse_source
+from cachenode.store_disk import DiskTier
+from cachenode.store_memory import MemoryTier
+
+
+def test_parse_source_forms():
+    r = parse_source("https://acct01.blob.core.windows.net/models/llama/model-00001.safetensors")
+    assert (r.kind, r.account, r.container, r.path) == (AZURE, "acct01", "models", "llama/model-00001.safetensors")
+    r = parse_source("http://127.0.0.1:10000/devstoreaccount1/models/a%20b.bin")
+    assert (r.account, r.container, r.path) == ("devstoreaccount1", "models", "a b.bin")
+    assert r.endpoint == "http://127.0.0.1:10000/devstoreaccount1"
+    r = parse_source("az://models/x/y.pt", default_account="acct01")
+    assert (r.account, r.container, r.path) == ("acct01", "models", "x/y.pt")
+    r = parse_source("file:///data/../data/m.bin")
+    assert (r.kind, r.path) == (FILE, "/data/m.bin")
+
+
+def test_block_geometry():
+    assert block_count(0, 10) == 0
+    assert block_count(10, 10) == 1
+    assert block_count(11, 10) == 2
+    assert block_span(25, 10, 2) == (20, 5)
+    with pytest.raises(BadRequest, match="block index 3 out of range"):
+        block_span(25, 10, 3)
+    with pytest.raises(BadRequest):
+        block_span(0, 10, 0)
+
+
+def test_block_key_changes_with_every_field():
+    ref = parse_source("az://models/m.bin", default_account="acct01")
+    base = block_key(ref, '"e1"', 100, 8, 0)
+    assert base == block_key(ref, '"e1"', 100, 8, 0)
+    others = [block_key(ref, '"e2"', 100, 8, 0), block_key(ref, '"e1"', 101, 8, 0),
+              block_key(ref, '"e1"', 100, 16, 0), block_key(ref, '"e1"', 100, 8, 1),
+              block_key(parse_source("az://models/m.bin2", default_account="acct01"), '"e1"', 100, 8, 0)]
+    assert len({base, *others}) == 6
+
+
+def test_memory_tier_is_byte_bounded_lru():
+    m = MemoryTier(100)
+    m.put("a", b"x" * 40, "da")
+    m.put("b", b"x" * 40, "db")
+    assert m.get("a")  # a is now most recent
+    m.put("c", b"x" * 40, "dc")  # evicts b
+    assert m.get("b") is None and m.get("a") and m.get("c")
+    assert m.used == 80
+    assert not m.put("huge", b"x" * 101, "dh")
+
+
+def test_disk_tier_evicts_and_rebuilds(tmp_path):
+    async def main():
+        d = DiskTier(str(tmp_path), 250)
+        d.rebuild()
+        from cachenode.blocks import digest
+        for i in range(3):
+            data = bytes([i]) * 100
+            await d.write(f"{i:032x}", data, digest(data))
+        assert len(d) == 2 and d.used == 200  # the oldest went to make room
+        again = DiskTier(str(tmp_path), 250)
+        assert again.rebuild() == 2
+        assert await again.read_verified(f"{2:032x}") == bytes([2]) * 100
+    asyncio.run(main())
+
+
+def test_singleflight_shares_one_fill_and_survives_first_caller_cancel():
+    async def main():
+        sf: SingleFlight[int] = SingleFlight()
+        calls = 0
+        gate = asyncio.Event()
+
+        async def fill():
+            nonlocal calls
+            calls += 1
+            await gate.wait()
+            return 42
+
+        first = asyncio.ensure_future(sf.do("k", fill))
+        await asyncio.sleep(0)
+        others = [asyncio.ensure_future(sf.do("k", fill)) for _ in range(5)]
+        await asyncio.sleep(0)
+        first.cancel()
+        gate.set()
+        results = await asyncio.gather(*others)
+        assert calls == 1
+        assert results == [(42, True)] * 5
+        assert sf.in_flight() == 0
+    asyncio.run(main())
+
+
+def test_several_nodes_in_one_process(tmp_path):
+    """No module-level state: two in-process nodes keep separate stores and counters."""
+    import cachenode
+    from cachenode.daemon import NodeServer
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    data = os.urandom(200_000)
+    (shared / "m.bin").write_bytes(data)
+
+    async def main():
+        cfgs = [NodeConfig(port=0, cache_dir=str(tmp_path / f"n{i}"), block_size=65536, token="t",
+                           allow=(f"file://{shared}",)) for i in range(2)]
+        async with NodeServer(cfgs[0]) as a, NodeServer(cfgs[1]) as b:
+            async with cachenode.AsyncClient(nodes=[a.url], token="t") as c:
+                f = await c.open(f"file://{shared}/m.bin")
+                assert await f.read() == data
+            assert a.node.metrics.fills._value.get() == 4
+            assert b.node.metrics.fills._value.get() == 0
+            assert len(b.node.memory) == 0
+    asyncio.run(main())
