@@ -68,9 +68,20 @@ def main(log_level: str) -> None:
 @click.option("--blob-endpoint", help="Blob service URL, if not https://<account>.blob.core.windows.net.")
 @click.option("--origin-retries", default=4, show_default=True, type=click.IntRange(0, 20),
               help="Retries (with exponential backoff) on origin 5xx, throttling and connection errors.")
+@click.option("--peers", multiple=True, metavar="URL[,URL...]",
+              help="Cluster members: http://host:port or ID=http://host:port, comma-separated or repeated.")
+@click.option("--peers-file", type=click.Path(dir_okay=False),
+              help="File with one member per line; re-read when it changes.")
+@click.option("--peers-dns", metavar="NAME:PORT",
+              help="DNS name whose A/AAAA records are the members (Kubernetes headless Service); "
+                   "re-resolved every few seconds.")
+@click.option("--member-id", help="This node's stable id in the cluster [default: host:port it is reached at].")
+@click.option("--advertise-url", help="URL other members use for this node [default: the listen address].")
+@click.option("--peer-timeout", default=10.0, show_default=True, type=float,
+              help="Seconds without progress before a peer transfer is abandoned for the next candidate.")
 def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, token, token_file,
           no_auth, connection_string, account_name, account_key, sas_token, blob_endpoint,
-          origin_retries) -> None:
+          origin_retries, peers, peers_file, peers_dns, member_id, advertise_url, peer_timeout) -> None:
     """Run a cache node until SIGTERM or Ctrl-C.
 
     Without an account key, SAS or connection string, the node uses DefaultAzureCredential
@@ -104,6 +115,8 @@ def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, to
         cache_dir=os.path.abspath(os.path.expanduser(cache_dir or env.cache_dir or NodeConfig.cache_dir)),
         memory_bytes=memory_bytes, disk_bytes=disk_bytes, block_size=block_size, allow=tuple(allow),
         token=token, azure=azure, origin_retries=origin_retries,
+        peers=_split_peers(peers), peers_file=peers_file, peers_dns=peers_dns, member_id=member_id,
+        advertise_url=advertise_url, peer_timeout=peer_timeout,
     )
     from .daemon import serve_forever
 
@@ -126,6 +139,61 @@ def stat(url, nodes, token) -> None:
     with Client(nodes=nodes or None, token=token) as c:
         info = c.stat(url)
     click.echo(json.dumps(info, indent=2))
+
+
+@main.command()
+@click.argument("url")
+@click.option("--node", "nodes", multiple=True, help="Node URL [env CACHENODE_NODES].")
+@click.option("--token", help="Cluster token [env CACHENODE_TOKEN].")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def warm(url, nodes, token, as_json) -> None:
+    """Fill the cluster with a file, or every file under a prefix (ending in /).
+
+    Each block goes to its owner, which reads it from blob storage once; owners fill in parallel.
+    """
+    from tqdm import tqdm
+
+    from .client.api import Client
+
+    with Client(nodes=nodes or None, token=token) as c, \
+            tqdm(desc="warm", unit="B", unit_scale=True, unit_divisor=1024, disable=as_json) as bar:
+        summary = c.warm(url, progress=bar.update)
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+        return
+    click.echo(f"warmed {summary.objects} object(s): {summary.blocks} blocks, "
+               f"{format_size(summary.bytes)} in {summary.seconds:.2f}s "
+               f"({summary.already_cached} blocks were already cached)")
+    for mid, n in sorted(summary.per_member.items()):
+        click.echo(f"  {mid}: {n} blocks")
+
+
+@main.command()
+@click.option("--node", "nodes", multiple=True, help="Node URL [env CACHENODE_NODES].")
+@click.option("--token", help="Cluster token [env CACHENODE_TOKEN].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def status(nodes, token, as_json) -> None:
+    """Members, their health, tier usage, hit ratio and origin bytes."""
+    from .client.api import Client
+    from .status import collect, render
+
+    with Client(nodes=nodes or None, token=token) as c:
+        members = c.members()
+        token = c._async.token
+    rows = collect(members, token)
+    click.echo(json.dumps(rows, indent=2) if as_json else render(rows))
+
+
+def _split_peers(values: tuple[str, ...]) -> tuple[str, ...]:
+    from .membership import parse_member
+
+    out = tuple(p.strip() for v in values for p in v.split(",") if p.strip())
+    for p in out:
+        try:
+            parse_member(p)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--peers") from None
+    return out
 
 
 def _is_loopback(host: str) -> bool:

@@ -30,6 +30,16 @@ class NodeConfig:
     origin_retries: int = 4
     origin_backoff: float = 0.25
     origin_timeout: float = 60.0
+    # Cluster: members as URL or ID=URL entries, a file of them (re-read on change), or a DNS
+    # name:port whose A/AAAA records are the members. member_id defaults to host:port.
+    peers: tuple[str, ...] = ()
+    peers_file: str | None = None
+    peers_dns: str | None = None
+    member_id: str | None = None
+    advertise_url: str | None = None
+    peer_timeout: float = 10.0
+    health_interval: float = 1.0
+    warm_concurrency: int = 4
 
     def allows(self, ref: SourceRef) -> bool:
         """True if this node may read `ref` from its origin on a client's behalf."""

@@ -9,7 +9,9 @@ import signal
 from aiohttp import web
 
 from .config import NodeConfig
+from .membership import Member, Membership, member_id_of
 from .node import Node
+from .router import Router
 
 log = logging.getLogger("cachenode.daemon")
 
@@ -22,8 +24,12 @@ class NodeServer:
 
         self.config = config
         self.node = node or Node(config)
-        self._runner = web.AppRunner(create_app(self.node, config.token), handle_signals=False,
-                                     access_log=None)
+        self.membership = Membership(
+            peers=config.peers, peers_file=config.peers_file, peers_dns=config.peers_dns,
+            health_interval=config.health_interval, health_timeout=min(2.0, config.peer_timeout))
+        self.router = Router(self.node, self.membership, config.token, config.peer_timeout)
+        self._runner = web.AppRunner(create_app(self.node, config.token, self.router),
+                                     handle_signals=False, access_log=None)
         self.url = ""
 
     async def start(self) -> str:
@@ -32,6 +38,9 @@ class NodeServer:
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        # Our own id is known only now that the port is bound (--port 0 in tests).
+        advertised = self.config.advertise_url or self.url
+        self.membership.set_self(Member(self.config.member_id or member_id_of(advertised), advertised))
         return self.url
 
     async def stop(self) -> None:

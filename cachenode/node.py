@@ -100,6 +100,13 @@ class Node:
             self.metrics.fills_deduplicated.inc()
         return block
 
+    async def warm_block(self, req: BlockRequest) -> bool:
+        """Make sure the block is cached here; True if it already was."""
+        block = await self.get_block(req)
+        cached = block.tier != "origin"
+        self.metrics.warm_blocks.labels("cached" if cached else "filled").inc()
+        return cached
+
     async def _lookup(self, key: str, verify: bool) -> Block | None:
         item = self.memory.get(key)
         if item is not None:

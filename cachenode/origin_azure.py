@@ -72,6 +72,11 @@ def _conn_fields(conn: str) -> dict[str, str]:
     return out
 
 
+def _quoted(etag: str) -> str:
+    """Listings give ETags bare, properties give them quoted; keys need one spelling."""
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
 class _Backoff(ExponentialRetry):
     """Storage's retry policy (5xx, throttling, connection errors) with sub-second first backoff.
 
@@ -160,7 +165,7 @@ class AzureOrigin(Origin):
             props = await blob.get_blob_properties()
         except Exception as exc:  # noqa: BLE001 - translated at the edge of the backend
             raise self._translate(exc, ref) from exc
-        return ObjectInfo(props.size or 0, props.etag)  # Azurite omits the size of empty blobs
+        return ObjectInfo(props.size or 0, _quoted(props.etag))  # Azurite omits the size of empty blobs
 
     async def read_into(self, ref: SourceRef, etag: str, offset: int, dest: memoryview) -> None:
         if len(dest) == 0:
@@ -183,7 +188,7 @@ class AzureOrigin(Origin):
         try:
             async for b in cc.list_blobs(name_starts_with=prefix):
                 out.append((SourceRef(AZURE, ref.account, ref.container, b.name),
-                            ObjectInfo(b.size, b.etag)))
+                            ObjectInfo(b.size or 0, _quoted(b.etag))))
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, ref) from exc
         return out

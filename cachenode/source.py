@@ -43,7 +43,7 @@ class SourceRef:
                 "path": self.path}
 
     @classmethod
-    def from_params(cls, params) -> "SourceRef":
+    def from_params(cls, params, *, prefix: bool = False) -> "SourceRef":
         """Rebuild a SourceRef from wire fields, validating them as strictly as a URL."""
         try:
             kind, account = params["kind"], params.get("account", "")
@@ -54,10 +54,11 @@ class SourceRef:
             return _file_ref(path, original=path)
         if kind != AZURE:
             raise InvalidSource(f"unknown source kind {kind!r} (expected 'azure' or 'file')")
-        return _azure_ref(account, container, path, None, original=f"{account}/{container}/{path}")
+        return _azure_ref(account, container, path, None, original=f"{account}/{container}/{path}",
+                          prefix=prefix)
 
 
-def parse_source(url: str, default_account: str | None = None) -> SourceRef:
+def parse_source(url: str, default_account: str | None = None, *, prefix: bool = False) -> SourceRef:
     """Parse a user-facing URL into a SourceRef, or raise InvalidSource naming the URL.
 
     Accepted: az://<container>/<path> (account from configuration), abfs:// likewise,
@@ -71,7 +72,10 @@ def parse_source(url: str, default_account: str | None = None) -> SourceRef:
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise InvalidSource(f"{url!r}: file:// URLs must be local (file:///absolute/path)")
-        return _file_ref(unquote(parts.path), original=url)
+        ref = _file_ref(unquote(parts.path), original=url)
+        if prefix and parts.path.endswith("/") and not ref.path.endswith("/"):
+            ref = SourceRef(FILE, "", "", ref.path + "/")
+        return ref
     if scheme in ("az", "abfs", "azure"):
         if not default_account:
             raise InvalidSource(
@@ -79,25 +83,27 @@ def parse_source(url: str, default_account: str | None = None) -> SourceRef:
                 "AZURE_STORAGE_CONNECTION_STRING, or use an https://<account>.blob.core.windows.net URL"
             )
         container, _, path = (parts.netloc + unquote(parts.path)).partition("/")
-        return _azure_ref(default_account, container, path, None, original=url)
+        return _azure_ref(default_account, container, path, None, original=url, prefix=prefix)
     if scheme in ("http", "https"):
         host = (parts.hostname or "").lower()
         segments = unquote(parts.path).lstrip("/")
         m = _HOST_STYLE_RE.match(host)
         if m:
             container, _, path = segments.partition("/")
-            return _azure_ref(m.group(1), container, path, f"{scheme}://{parts.netloc}", original=url)
+            return _azure_ref(m.group(1), container, path, f"{scheme}://{parts.netloc}", original=url,
+                              prefix=prefix)
         account, _, rest = segments.partition("/")
         container, _, path = rest.partition("/")
         endpoint = f"{scheme}://{parts.netloc}/{account}"
-        return _azure_ref(account, container, path, endpoint, original=url)
+        return _azure_ref(account, container, path, endpoint, original=url, prefix=prefix)
     raise InvalidSource(
         f"unsupported URL scheme in {url!r}: use az://, https://<account>.blob.core.windows.net/, "
         "an Azurite http:// URL, or file:///"
     )
 
 
-def _azure_ref(account: str, container: str, path: str, endpoint: str | None, *, original: str) -> SourceRef:
+def _azure_ref(account: str, container: str, path: str, endpoint: str | None, *, original: str,
+               prefix: bool = False) -> SourceRef:
     if not _ACCOUNT_RE.match(account or ""):
         raise InvalidSource(f"{original!r}: {account!r} is not a valid storage account name")
     if not _CONTAINER_RE.match(container or ""):
@@ -105,7 +111,7 @@ def _azure_ref(account: str, container: str, path: str, endpoint: str | None, *,
             f"{original!r}: {container!r} is not a valid container name "
             "(3-63 lowercase letters, digits and single hyphens)"
         )
-    if not path or path.endswith("/"):
+    if not prefix and (not path or path.endswith("/")):
         raise InvalidSource(f"{original!r} names no blob inside container {container!r}")
     if len(path) > 1024:
         raise InvalidSource(f"{original!r}: blob name longer than 1024 characters")

@@ -22,6 +22,7 @@ class BlobProxy:
         self.upstream = upstream.rstrip("/")
         self.reads: Counter[str] = Counter()
         self.read_bytes: Counter[str] = Counter()
+        self.ranges: Counter[tuple[str, str]] = Counter()  # (path, range header) -> reads
         self._fail: list = []  # [(path substring, status, remaining)]
         self._lock = threading.Lock()
         self.port = 0
@@ -55,6 +56,11 @@ class BlobProxy:
         with self._lock:
             return sum(n for p, n in self.reads.items() if p.endswith(blob_path))
 
+    def ranges_of(self, blob_path: str) -> dict[str, int]:
+        """{range header: times read} for one blob."""
+        with self._lock:
+            return {r: n for (p, r), n in self.ranges.items() if p.endswith(blob_path)}
+
     def fail_next(self, path_part: str, count: int, status: int = 503) -> None:
         with self._lock:
             self._fail.append([path_part, status, count])
@@ -83,6 +89,8 @@ class BlobProxy:
                 with self._lock:
                     self.reads[request.path] += 1
                     self.read_bytes[request.path] += len(payload)
+                    rng = request.headers.get("x-ms-range") or request.headers.get("Range", "")
+                    self.ranges[(request.path, rng)] += 1
             out_headers = {k: v for k, v in r.headers.items() if k.lower() not in _HOP}
             if request.method == "HEAD" and "Content-Length" in r.headers:
                 # A HEAD answer's Content-Length is the blob's size: pass it through as is.

@@ -10,7 +10,7 @@ from cachenode.node import BlockRequest
 from cachenode.origin import ObjectInfo
 from cachenode.source import SourceRef
 
-from .wire import DIGEST_HEADER, error_from_wire, request_params
+from .wire import DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, error_from_wire, request_params
 
 
 class HttpNodeClient:
@@ -26,6 +26,35 @@ class HttpNodeClient:
     def __repr__(self) -> str:
         return f"HttpNodeClient({self.base_url})"
 
+    async def members(self) -> list[dict]:
+        """The node's view of the cluster: [{id, url, healthy}]."""
+        return (await self.get_json("/v1/members"))["members"]
+
+    async def get_json(self, path: str, params: dict | None = None) -> dict:
+        try:
+            async with self._session.get(f"{self.base_url}{path}", params=params,
+                                         headers=self._headers, timeout=self._timeout) as r:
+                if r.status != 200:
+                    raise await self._error(r)
+                return await r.json()
+        except CacheError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise PeerUnavailable(f"cache node {self.base_url} unreachable: {exc}") from exc
+
+    async def post_json(self, path: str, body: dict, timeout: float | None = None) -> dict:
+        t = aiohttp.ClientTimeout(total=timeout, sock_connect=5) if timeout else self._timeout
+        try:
+            async with self._session.post(f"{self.base_url}{path}", json=body,
+                                          headers=self._headers, timeout=t) as r:
+                if r.status != 200:
+                    raise await self._error(r)
+                return await r.json()
+        except CacheError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise PeerUnavailable(f"cache node {self.base_url} failed: {exc!r}") from exc
+
     async def healthy(self) -> bool:
         try:
             async with self._session.get(f"{self.base_url}/healthz", timeout=self._timeout) as r:
@@ -35,20 +64,12 @@ class HttpNodeClient:
 
     async def stat(self, ref: SourceRef) -> tuple[ObjectInfo, int]:
         """(size+ETag, the node's block size) for `ref`, answered by the node from its origin."""
-        try:
-            async with self._session.get(f"{self.base_url}/v1/stat", params=ref.to_params(),
-                                         headers=self._headers, timeout=self._timeout) as r:
-                if r.status != 200:
-                    raise await self._error(r)
-                body = await r.json()
-        except CacheError:
-            raise
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise PeerUnavailable(f"cache node {self.base_url} unreachable: {exc}") from exc
+        body = await self.get_json("/v1/stat", ref.to_params())
         return ObjectInfo(int(body["size"]), body["etag"]), int(body["block_size"])
 
-    async def read_block(self, req: BlockRequest, dest: memoryview, *, verify: bool = False) -> str:
-        """Fill `dest` (exactly the block's length) and return the tier that served it.
+    async def read_block(self, req: BlockRequest, dest: memoryview, *, verify: bool = False,
+                         forwarded: bool = False) -> tuple[str, str]:
+        """Fill `dest` (exactly the block's length); returns (tier that served it, digest).
 
         The body is copied chunk by chunk into `dest` as it arrives; a short or corrupt body
         raises and the caller must treat `dest` as garbage.
@@ -56,11 +77,12 @@ class HttpNodeClient:
         try:
             async with self._session.get(f"{self.base_url}/v1/block",
                                          params=request_params(req, verify),
-                                         headers=self._headers, timeout=self._timeout) as r:
+                                         headers={**self._headers, FORWARDED_HEADER: "1"} if forwarded else self._headers,
+                                         timeout=self._timeout) as r:
                 if r.status != 200:
                     raise await self._error(r)
                 expected = r.headers.get(DIGEST_HEADER, "")
-                tier = r.headers.get("X-Cachenode-Tier", "")
+                tier = r.headers.get(TIER_HEADER, "")
                 pos = 0
                 async for chunk in r.content.iter_any():
                     end = pos + len(chunk)
@@ -77,7 +99,7 @@ class HttpNodeClient:
                 f"cache node {self.base_url} sent {pos} of {len(dest)} bytes of block {req.index} of {req.ref}")
         if digest(dest) != expected:
             raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} failed its digest check")
-        return tier
+        return tier, expected
 
     async def _error(self, r: aiohttp.ClientResponse) -> CacheError:
         try:

@@ -1,42 +1,55 @@
-"""The node's HTTP endpoints (aiohttp): blocks, stat, health, metrics; token auth."""
+"""The node's HTTP endpoints (aiohttp): blocks, stat, list, warm, members, health, metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 
 from aiohttp import web
 
 from cachenode.errors import BadRequest, Forbidden, Unauthorized
-from cachenode.node import Node
+from cachenode.node import BlockRequest, Node
+from cachenode.router import Router
 from cachenode.source import SourceRef
+from cachenode.warming import select_objects, warm_objects
 
-from .wire import DIGEST_HEADER, TIER_HEADER, error_status, parse_block_request
+from .wire import (
+    DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, error_status, parse_block_request,
+)
 
 log = logging.getLogger("cachenode.http")
 
 NODE_KEY = web.AppKey("node", Node)
+ROUTER_KEY = web.AppKey("router", Router)
 TOKEN_KEY = web.AppKey("token", str)
 PUBLIC_PATHS = frozenset({"/healthz"})
 
 
-def create_app(node: Node, token: str | None) -> web.Application:
+def create_app(node: Node, token: str | None, router: Router) -> web.Application:
     """App factory: the node's lifetime is tied to the app's (started on startup, closed on cleanup)."""
-    app = web.Application(middlewares=[_errors, _auth], client_max_size=1024**2)
+    app = web.Application(middlewares=[_errors, _auth], client_max_size=16 * 1024**2)
     app[NODE_KEY] = node
+    app[ROUTER_KEY] = router
     app[TOKEN_KEY] = token or ""
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/block", get_block)
     app.router.add_get("/v1/stat", stat)
+    app.router.add_get("/v1/list", list_objects)
+    app.router.add_get("/v1/members", members)
+    app.router.add_post("/v1/fill", fill)
+    app.router.add_post("/v1/warm", warm)
     app.cleanup_ctx.append(_node_lifetime)
     return app
 
 
 async def _node_lifetime(app: web.Application):
-    node = app[NODE_KEY]
+    node, router = app[NODE_KEY], app[ROUTER_KEY]
     await node.start()
+    await router.start()
     yield
+    await router.close()
     await node.close()
 
 
@@ -84,11 +97,64 @@ async def stat(request: web.Request) -> web.Response:
                               "block_size": node.config.block_size})
 
 
+async def list_objects(request: web.Request) -> web.Response:
+    """Objects under a prefix: ?kind&account&container&path=<prefix>."""
+    node = request.app[NODE_KEY]
+    ref = SourceRef.from_params(request.query, prefix=True)
+    items = await node.list(ref, ref.path)
+    return web.json_response({"block_size": node.config.block_size, "objects": [
+        {**r.to_params(), "size": i.size, "etag": i.etag} for r, i in items]})
+
+
+async def members(request: web.Request) -> web.Response:
+    m = request.app[ROUTER_KEY].membership
+    return web.json_response({"self": m.self_id, "members": [x.to_json() for x in m.members()]})
+
+
+async def fill(request: web.Request) -> web.Response:
+    """Warm: fill the listed blocks of one object on this node."""
+    return web.json_response(await fill_blocks(request.app[NODE_KEY], await request.json()))
+
+
+async def fill_blocks(node: Node, payload: dict) -> dict:
+    """Fill blocks `indices` of one object here, a few at a time; count those already cached."""
+    indices = payload.get("indices")
+    if not isinstance(indices, list) or not all(isinstance(i, int) for i in indices):
+        raise BadRequest("fill request needs 'indices': a list of block numbers")
+    base = parse_block_request({k: str(v) for k, v in payload.items() if k != "indices"} | {"index": "0"})
+    sem = asyncio.Semaphore(node.config.warm_concurrency)
+
+    async def one(i: int) -> bool:
+        async with sem:
+            return await node.warm_block(BlockRequest(base.ref, base.etag, base.size, base.block_size, i))
+
+    cached = await asyncio.gather(*(one(i) for i in indices))
+    return {"blocks": len(indices), "cached": sum(cached)}
+
+
+async def warm(request: web.Request) -> web.Response:
+    """Warm everything under a prefix across the cluster, coordinated by this node."""
+    node, router = request.app[NODE_KEY], request.app[ROUTER_KEY]
+    body = await request.json()
+    ref = SourceRef.from_params(body, prefix=True)
+    objects = select_objects(await node.list(ref, ref.path), ref.path)
+    me = router.membership.self_id
+
+    async def send_fill(member, payload):
+        if member.id == me:
+            return await fill_blocks(node, payload)
+        return await router.peer(member.url).post_json("/v1/fill", payload, timeout=3600)
+
+    summary = await warm_objects(objects, node.config.block_size, router.membership.members(), send_fill)
+    return web.json_response(summary.to_json())
+
+
 async def get_block(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     req = parse_block_request(request.query)
     verify = request.query.get("verify") == "1"
-    block = await node.get_block(req, verify=verify)
+    forwarded = request.headers.get(FORWARDED_HEADER) == "1"
+    block = await request.app[ROUTER_KEY].get_block(req, verify=verify, forwarded=forwarded)
     headers = {DIGEST_HEADER: block.digest, TIER_HEADER: block.tier}
     node.metrics.served_bytes.inc(block.length)
     node.metrics.served_blocks.labels(block.tier).inc()

@@ -14,6 +14,8 @@ from cachenode.source import SourceRef
 
 DIGEST_HEADER = "X-Cachenode-Digest"
 TIER_HEADER = "X-Cachenode-Tier"
+# Set on node-to-node requests: the receiver serves the block itself (one hop, never a loop).
+FORWARDED_HEADER = "X-Cachenode-Forwarded"
 
 # (exception class, HTTP status, wire name): most specific first.
 ERRORS: list[tuple[type[Exception], int, str]] = [

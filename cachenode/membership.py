@@ -1,0 +1,182 @@
+"""Cluster membership from the orchestrator (static list, file, DNS name) plus health checks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+
+log = logging.getLogger("cachenode.membership")
+
+
+@dataclass
+class Member:
+    id: str
+    url: str
+    healthy: bool = True
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "url": self.url, "healthy": self.healthy}
+
+
+def member_id_of(url: str) -> str:
+    """Default member id: host:port of the node's URL (stable across restarts on one address)."""
+    parts = urlsplit(url)
+    if not parts.hostname or not parts.port:
+        raise ValueError(f"member URL {url!r} needs a host and a port, e.g. http://10.0.0.5:8470")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{parts.port}"
+
+
+def parse_member(entry: str) -> Member:
+    """'URL' or 'ID=URL' (an explicit, stable member id)."""
+    entry = entry.strip()
+    mid, sep, url = entry.partition("=")
+    if not sep or "://" in mid:
+        mid, url = "", entry
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"member {entry!r}: expected http://host:port or ID=http://host:port")
+    url = url.rstrip("/")
+    return Member(mid or member_id_of(url), url)
+
+
+def read_peers_file(path: str) -> list[Member]:
+    """One member per line (URL or ID=URL); blank lines and # comments ignored."""
+    with open(path) as f:
+        lines = [ln.split("#", 1)[0].strip() for ln in f]
+    return [parse_member(ln) for ln in lines if ln]
+
+
+class Membership:
+    """Who is in the cluster and who answers. No coordination service: every participant
+    derives the same list from the same orchestrator-provided source."""
+
+    def __init__(self, self_member: Member | None = None, *, peers: tuple[str, ...] = (),
+                 peers_file: str | None = None, peers_dns: str | None = None,
+                 refresh_interval: float = 2.0, health_interval: float = 1.0,
+                 health_timeout: float = 1.0, token: str | None = None) -> None:
+        self.self_member = self_member
+        self._static = [parse_member(p) for p in peers]
+        self._file = peers_file
+        self._file_mtime: float | None = None
+        self._file_members: list[Member] = []
+        self._dns = peers_dns
+        self._dns_members: list[Member] = []
+        self._refresh = refresh_interval
+        self._health_interval = health_interval
+        self._health_timeout = health_timeout
+        self._token = token
+        self._members: dict[str, Member] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    def set_self(self, member: Member) -> None:
+        self.self_member = member
+        self._apply([*self._static, *self._file_members, *self._dns_members])
+
+    @property
+    def self_id(self) -> str | None:
+        return self.self_member.id if self.self_member else None
+
+    def members(self) -> list[Member]:
+        return sorted(self._members.values(), key=lambda m: m.id)
+
+    def healthy_ids(self) -> list[str]:
+        return [m.id for m in self._members.values() if m.healthy]
+
+    def get(self, member_id: str) -> Member | None:
+        return self._members.get(member_id)
+
+    def mark_down(self, member_id: str) -> None:
+        m = self._members.get(member_id)
+        if m is not None and member_id != self.self_id and m.healthy:
+            log.warning("member %s (%s) marked down", member_id, m.url)
+            m.healthy = False
+
+    async def start(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+        await self.refresh()
+        self._tasks = [asyncio.ensure_future(self._loop(self._refresh, self.refresh)),
+                       asyncio.ensure_future(self._loop(self._health_interval, self.check_health))]
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _loop(self, interval: float, step) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await step()
+            except Exception as exc:  # noqa: BLE001 - a bad refresh must not stop the loop
+                log.warning("membership %s failed: %s", step.__name__, exc)
+
+    async def refresh(self) -> None:
+        """Re-read the peers file if it changed, and re-resolve the DNS name."""
+        if self._file:
+            try:
+                mtime = os.stat(self._file).st_mtime_ns
+                if mtime != self._file_mtime:
+                    self._file_members = read_peers_file(self._file)
+                    self._file_mtime = mtime
+            except FileNotFoundError:
+                self._file_members = []
+            except ValueError as exc:
+                log.warning("ignoring peers file %s: %s", self._file, exc)
+        if self._dns:
+            self._dns_members = await resolve_dns_members(self._dns)
+        self._apply([*self._static, *self._file_members, *self._dns_members])
+
+    def _apply(self, listed: list[Member]) -> None:
+        new: dict[str, Member] = {}
+        for m in ([self.self_member] if self.self_member else []) + listed:
+            if m.id in new:
+                continue
+            old = self._members.get(m.id)
+            healthy = old.healthy if old is not None and old.url == m.url else True
+            new[m.id] = Member(m.id, m.url, healthy)
+        if set(new) != set(self._members):
+            log.info("members: %s", ", ".join(sorted(new)))
+        self._members = new
+
+    async def check_health(self) -> None:
+        others = [m for m in self._members.values() if m.id != self.self_id]
+        results = await asyncio.gather(*(self._probe(m) for m in others))
+        for m, ok in zip(others, results):
+            if ok and not m.healthy:
+                log.info("member %s (%s) is back", m.id, m.url)
+            elif not ok and m.healthy:
+                log.warning("member %s (%s) stopped answering", m.id, m.url)
+            m.healthy = ok
+
+    async def _probe(self, m: Member) -> bool:
+        assert self._session is not None
+        try:
+            timeout = aiohttp.ClientTimeout(total=self._health_timeout)
+            async with self._session.get(f"{m.url}/healthz", timeout=timeout) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+
+async def resolve_dns_members(name_port: str) -> list[Member]:
+    """A/AAAA records of `host:port` (a Kubernetes headless Service) as members."""
+    host, sep, port = name_port.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--peers-dns {name_port!r}: expected name:port")
+    infos = await asyncio.get_running_loop().getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    out, seen = [], set()
+    for family, _, _, _, addr in infos:
+        ip = addr[0]
+        if ip in seen:
+            continue
+        seen.add(ip)
+        url = f"http://[{ip}]:{port}" if family == socket.AF_INET6 else f"http://{ip}:{port}"
+        out.append(Member(member_id_of(url), url))
+    return out
