@@ -117,8 +117,9 @@ class NodeProcess:
     """`cachenode serve` as a child process on a free port; `url` once it listens."""
 
     def __init__(self, cache_dir: str | Path, *, token: str | None, conn_str: str | None,
-                 args: tuple[str, ...] = (), port: int = 0) -> None:
+                 args: tuple[str, ...] = (), port: int = 0, wrap: tuple[str, ...] = ()) -> None:
         self.cache_dir = Path(cache_dir)
+        self.wrap = wrap  # a command prefix, e.g. ("ip", "netns", "exec", NAME)
         self.token = token
         self.conn_str = conn_str
         self.args = args
@@ -134,7 +135,7 @@ class NodeProcess:
             env["CACHENODE_TOKEN"] = self.token
         if self.conn_str:
             env["AZURE_STORAGE_CONNECTION_STRING"] = self.conn_str
-        cmd = [sys.executable, "-m", "cachenode", "serve", "--port", str(self.port),
+        cmd = [*self.wrap, sys.executable, "-m", "cachenode", "serve", "--port", str(self.port),
                "--cache-dir", str(self.cache_dir), *self.args]
         if not self.token:
             cmd.append("--no-auth")

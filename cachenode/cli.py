@@ -40,6 +40,8 @@ def main(log_level: str) -> None:
     """
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The Azure SDK logs every HTTP request and response at INFO.
+    logging.getLogger("azure").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @main.command()

@@ -139,8 +139,8 @@ class Membership:
             if m.id in new:
                 continue
             old = self._members.get(m.id)
-            healthy = old.healthy if old is not None and old.url == m.url else True
-            new[m.id] = Member(m.id, m.url, healthy)
+            # Keep the same object for an unchanged member: health probes in flight update it.
+            new[m.id] = old if old is not None and old.url == m.url else Member(m.id, m.url, True)
         if set(new) != set(self._members):
             log.info("members: %s", ", ".join(sorted(new)))
         self._members = new
@@ -149,6 +149,8 @@ class Membership:
         others = [m for m in self._members.values() if m.id != self.self_id]
         results = await asyncio.gather(*(self._probe(m) for m in others))
         for m, ok in zip(others, results):
+            if self._members.get(m.id) is not m:
+                continue  # replaced by a membership change while we probed
             if ok and not m.healthy:
                 log.info("member %s (%s) is back", m.id, m.url)
             elif not ok and m.healthy:

@@ -141,7 +141,11 @@ class AzureOrigin(Origin):
                 f"(configured account: {self.account!r}); refusing {ref}"
             )
         if self._service is None:
-            self._service = self._make_service()
+            try:
+                self._service = self._make_service()
+            except ValueError as exc:  # e.g. a token credential on a plain-http endpoint
+                raise Forbidden(f"cannot read {ref} from {self.url}: {exc} "
+                                "(set AZURE_STORAGE_CONNECTION_STRING or an account key/SAS)") from None
         return self._service
 
     def _make_service(self) -> BlobServiceClient:

@@ -51,13 +51,14 @@ class Router:
                                                          read_timeout=self._peer_timeout)
         return client
 
-    async def get_block(self, req: BlockRequest, *, verify: bool = False, forwarded: bool = False) -> Block:
+    async def get_block(self, req: BlockRequest, *, verify: bool = False, forwarded: bool = False,
+                        avoid: frozenset[str] = frozenset()) -> Block:
         self.node.origin_for(req.ref)  # allow-list first: never forward what we would refuse
         if forwarded:
             return await self.node.get_block(req, verify=verify)
         offset, length = block_span(req.size, req.block_size, req.index)
         key = block_key(req.ref, req.etag, req.size, req.block_size, req.index)
-        for member_id in rank(key, self.membership.healthy_ids()):
+        for member_id in rank(key, [m for m in self.membership.healthy_ids() if m not in avoid]):
             if member_id == self.membership.self_id:
                 break
             member = self.membership.get(member_id)

@@ -152,11 +152,12 @@ class AsyncClient:
                 for member_id in route.candidates(key):
                     # On failure dest holds garbage; the next candidate overwrites all of it.
                     try:
+                        client, avoid = route.client(member_id), tuple(route.down)
                         try:
-                            await route.client(member_id).read_block(req, dest)
+                            await client.read_block(req, dest, avoid=avoid)
                         except BlockCorrupt:
                             # Ask the node to re-check its copy; it drops and refetches a bad one.
-                            await route.client(member_id).read_block(req, dest, verify=True)
+                            await client.read_block(req, dest, verify=True, avoid=avoid)
                         return
                     except (PeerUnavailable, BlockCorrupt) as exc:
                         log.warning("block %d of %s: %s; trying the next member", index, ref, exc)

@@ -18,8 +18,9 @@ class BlobProxy:
     Counts are taken here, outside the node, so tests do not trust the node's own counters.
     """
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, host: str = "127.0.0.1") -> None:
         self.upstream = upstream.rstrip("/")
+        self.host = host
         self.reads: Counter[str] = Counter()
         self.read_bytes: Counter[str] = Counter()
         self.ranges: Counter[tuple[str, str]] = Counter()  # (path, range header) -> reads
@@ -40,7 +41,7 @@ class BlobProxy:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
         self.port = self._runner.addresses[0][1]
 

@@ -72,10 +72,10 @@ class Nodes:
         self._n = itertools.count()
 
     def start(self, *args: str, cache_dir=None, token: str | None = TOKEN,
-              conn_str: str | None = None, port: int = 0) -> NodeProcess:
+              conn_str: str | None = None, port: int = 0, wrap: tuple[str, ...] = ()) -> NodeProcess:
         cache_dir = cache_dir or self.tmp_path / f"node{next(self._n)}"
-        node = NodeProcess(cache_dir, token=token,
-                           conn_str=conn_str or connection_string(self.proxy.port), args=args, port=port)
+        node = NodeProcess(cache_dir, token=token, wrap=wrap, port=port, args=args,
+                           conn_str=conn_str or connection_string(self.proxy.port))
         self.procs.append(node)
         return node.start()
 

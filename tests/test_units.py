@@ -121,3 +121,50 @@ def test_several_nodes_in_one_process(tmp_path):
             assert b.node.metrics.fills._value.get() == 0
             assert len(b.node.memory) == 0
     asyncio.run(main())
+
+
+def test_rendezvous_spreads_and_moves_minimally():
+    from collections import Counter
+
+    from cachenode.placement import owner
+
+    ids = ["10.0.0.1:8470", "10.0.0.2:8470", "10.0.0.3:8470"]
+    keys = [f"{i:032x}" for i in range(3000)]
+    before = {k: owner(k, ids) for k in keys}
+    share = Counter(before.values())
+    assert all(800 < n < 1200 for n in share.values()), share
+    after = {k: owner(k, ids + ["10.0.0.4:8470"]) for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert all(after[k] == "10.0.0.4:8470" for k in moved)
+    assert 600 < len(moved) < 900  # about a quarter
+    removed = {k: owner(k, ids[:2]) for k in keys}
+    assert all(removed[k] == before[k] for k in keys if before[k] != ids[2])
+
+
+def test_member_parsing_and_sources(tmp_path):
+    from cachenode.membership import Membership, parse_member, resolve_dns_members
+
+    assert parse_member("http://10.1.2.3:8470/").id == "10.1.2.3:8470"
+    m = parse_member("gpu-7=http://10.1.2.3:8470")
+    assert (m.id, m.url) == ("gpu-7", "http://10.1.2.3:8470")
+    with pytest.raises(ValueError, match="needs a host and a port"):
+        parse_member("http://10.1.2.3")
+    with pytest.raises(ValueError, match="expected http"):
+        parse_member("10.1.2.3:8470")
+
+    peers = tmp_path / "peers"
+    peers.write_text("# members\nhttp://127.0.0.1:1\n\nb=http://127.0.0.1:2  # second\n")
+
+    async def main():
+        ms = Membership(peers_file=str(peers), peers=("http://127.0.0.1:3",))
+        await ms.refresh()
+        assert sorted(x.id for x in ms.members()) == ["127.0.0.1:1", "127.0.0.1:3", "b"]
+        peers.write_text("http://127.0.0.1:1\n")
+        os.utime(peers, ns=(1, 1))  # a different mtime even within one clock tick
+        await ms.refresh()
+        assert sorted(x.id for x in ms.members()) == ["127.0.0.1:1", "127.0.0.1:3"]
+        ms.mark_down("127.0.0.1:1")
+        assert ms.healthy_ids() == ["127.0.0.1:3"]
+        dns = await resolve_dns_members("localhost:8470")
+        assert "127.0.0.1:8470" in [d.id for d in dns]
+    asyncio.run(main())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import aiohttp
 
 from cachenode.blocks import digest
@@ -10,7 +12,7 @@ from cachenode.node import BlockRequest
 from cachenode.origin import ObjectInfo
 from cachenode.source import SourceRef
 
-from .wire import DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, error_from_wire, request_params
+from .wire import AVOID_HEADER, DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, error_from_wire, request_params
 
 
 class HttpNodeClient:
@@ -68,17 +70,20 @@ class HttpNodeClient:
         return ObjectInfo(int(body["size"]), body["etag"]), int(body["block_size"])
 
     async def read_block(self, req: BlockRequest, dest: memoryview, *, verify: bool = False,
-                         forwarded: bool = False) -> tuple[str, str]:
+                         forwarded: bool = False, avoid: Iterable[str] = ()) -> tuple[str, str]:
         """Fill `dest` (exactly the block's length); returns (tier that served it, digest).
 
         The body is copied chunk by chunk into `dest` as it arrives; a short or corrupt body
         raises and the caller must treat `dest` as garbage.
         """
+        headers = dict(self._headers)
+        if forwarded:
+            headers[FORWARDED_HEADER] = "1"
+        if avoid:
+            headers[AVOID_HEADER] = ",".join(avoid)
         try:
-            async with self._session.get(f"{self.base_url}/v1/block",
-                                         params=request_params(req, verify),
-                                         headers={**self._headers, FORWARDED_HEADER: "1"} if forwarded else self._headers,
-                                         timeout=self._timeout) as r:
+            async with self._session.get(f"{self.base_url}/v1/block", params=request_params(req, verify),
+                                         headers=headers, timeout=self._timeout) as r:
                 if r.status != 200:
                     raise await self._error(r)
                 expected = r.headers.get(DIGEST_HEADER, "")

@@ -15,7 +15,7 @@ from cachenode.source import SourceRef
 from cachenode.warming import select_objects, warm_objects
 
 from .wire import (
-    DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, error_status, parse_block_request,
+    AVOID_HEADER, DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, error_status, parse_block_request,
 )
 
 log = logging.getLogger("cachenode.http")
@@ -154,7 +154,8 @@ async def get_block(request: web.Request) -> web.StreamResponse:
     req = parse_block_request(request.query)
     verify = request.query.get("verify") == "1"
     forwarded = request.headers.get(FORWARDED_HEADER) == "1"
-    block = await request.app[ROUTER_KEY].get_block(req, verify=verify, forwarded=forwarded)
+    avoid = frozenset(a for a in request.headers.get(AVOID_HEADER, "").split(",") if a)
+    block = await request.app[ROUTER_KEY].get_block(req, verify=verify, forwarded=forwarded, avoid=avoid)
     headers = {DIGEST_HEADER: block.digest, TIER_HEADER: block.tier}
     node.metrics.served_bytes.inc(block.length)
     node.metrics.served_blocks.labels(block.tier).inc()

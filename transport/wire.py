@@ -16,6 +16,9 @@ DIGEST_HEADER = "X-Cachenode-Digest"
 TIER_HEADER = "X-Cachenode-Tier"
 # Set on node-to-node requests: the receiver serves the block itself (one hop, never a loop).
 FORWARDED_HEADER = "X-Cachenode-Forwarded"
+# Member ids the sender already found dead: the receiver leaves them out of its ranking, so a
+# fallback request is not forwarded straight back into the same stall.
+AVOID_HEADER = "X-Cachenode-Avoid"
 
 # (exception class, HTTP status, wire name): most specific first.
 ERRORS: list[tuple[type[Exception], int, str]] = [
