@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import time
-import urllib.request
 import uuid
 
 import pytest
 from azure.storage.blob import BlobServiceClient
 
 from blobproxy import BlobProxy
-from cachenode.bench.services import AZURITE_ACCOUNT, Azurite, NodeProcess, connection_string, free_port
+from cachenode.bench.services import (
+    AZURITE_ACCOUNT, Azurite, LocalCluster, NodeProcess, connection_string,
+)
+from cachenode.bench.services import members_of as _members_of
 from helpers import TOKEN
 
 
@@ -69,6 +69,7 @@ class Nodes:
         self.tmp_path = tmp_path
         self.proxy = proxy
         self.procs: list[NodeProcess] = []
+        self.clusters: list[LocalCluster] = []
         self._n = itertools.count()
 
     def start(self, *args: str, cache_dir=None, token: str | None = TOKEN,
@@ -80,60 +81,21 @@ class Nodes:
         return node.start()
 
     def stop_all(self) -> None:
+        for c in self.clusters:
+            c.stop()
         for p in self.procs:
             p.stop()
 
-    def cluster(self, n: int, *args: str) -> "Cluster":
-        """n nodes on fixed free ports sharing a peers file; returns once all see each other."""
-        ports = [free_port() for _ in range(n)]
-        peers = self.tmp_path / f"peers{next(self._n)}.txt"
-        peers.write_text("".join(f"http://127.0.0.1:{p}\n" for p in ports))
-        procs = [self.start("--peers-file", str(peers), *args, port=p) for p in ports]
-        c = Cluster(procs, peers, args, self)
-        c.wait_members(n)
-        return c
-
-
-class Cluster:
-    def __init__(self, procs: list[NodeProcess], peers_file, args, nodes: "Nodes") -> None:
-        self.procs = procs
-        self.peers_file = peers_file
-        self.args = args
-        self._nodes = nodes
-
-    @property
-    def urls(self) -> list[str]:
-        return [p.url for p in self.procs]
-
-    def ids(self) -> list[str]:
-        return [u.removeprefix("http://") for u in self.urls]
-
-    def add(self) -> NodeProcess:
-        port = free_port()
-        proc = self._nodes.start("--peers-file", str(self.peers_file), *self.args, port=port)
-        self.procs.append(proc)
-        self.peers_file.write_text("".join(f"{u}\n" for u in self.urls))
-        return proc
-
-    def views(self) -> list[list[dict]]:
-        return [members_of(p.url) for p in self.procs if p.proc is not None]
-
-    def wait_members(self, n: int, healthy: int | None = None, timeout: float = 15.0) -> None:
-        healthy = n if healthy is None else healthy
-        deadline = time.monotonic() + timeout
-        while True:
-            views = self.views()
-            if all(len(v) == n and sum(m["healthy"] for m in v) == healthy for v in views):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"members never settled at {n} ({healthy} healthy): {views}")
-            time.sleep(0.1)
+    def cluster(self, n: int, *args: str) -> LocalCluster:
+        """n nodes on loopback sharing a peers file; returns once all see each other."""
+        c = LocalCluster(self.tmp_path / f"cluster{next(self._n)}", n, token=TOKEN,
+                         conn_str=connection_string(self.proxy.port), args=args)
+        self.clusters.append(c)
+        return c.start()
 
 
 def members_of(url: str) -> list[dict]:
-    req = urllib.request.Request(f"{url}/v1/members", headers={"Authorization": f"Bearer {TOKEN}"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())["members"]
+    return _members_of(url, TOKEN)
 
 
 @pytest.fixture
