@@ -41,7 +41,7 @@ def load_cache(url: str, nodes: list[str], token: str | None, nbytes: int, on_by
     """cachenode: blocks in parallel from the node(s) into one buffer, tensors as views."""
     t0 = time.perf_counter()
     with Client(nodes=nodes, token=token) as client:
-        tensors, _ = load_safetensors(url, client=client, on_bytes=on_bytes)
+        tensors = load_safetensors(url, client=client, on_bytes=on_bytes)
     seconds = time.perf_counter() - t0
     return LoadResult(seconds, nbytes, data_digest(tensors), len(tensors))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 
@@ -21,6 +22,13 @@ def _new_position(pos: int, size: int, offset: int, whence: int) -> int:
     if new < 0:
         raise ValueError(f"negative seek position {new}")
     return new
+
+
+def _running_loop():
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class AsyncCacheFile:
@@ -119,7 +127,13 @@ class CacheFile(io.RawIOBase):
         if self.closed:
             return
         try:
-            if not self._loop.loop.is_closed():
+            loop = self._loop.loop
+            if loop.is_closed():
+                pass
+            elif _running_loop() is loop:
+                # Closed (or garbage-collected) on the I/O loop itself: waiting would deadlock.
+                loop.create_task(self._afile.close())
+            else:
                 self._loop.run(self._afile.close())
         finally:
             super().close()

@@ -1,11 +1,15 @@
-"""safetensors files through the cache straight into torch tensors that view one buffer."""
+"""safetensors and torch checkpoints through the cache, straight into tensors viewing one buffer."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import AsyncIterator, Iterator
+
 import torch
 
-from .api import Client
-from .safetensors_header import Header, SafetensorsError, header_length, parse_header
+from .api import AsyncClient, Client
+from .files import AsyncCacheFile
+from .safetensors_header import Header, SafetensorsError, TensorEntry, header_length, parse_header
 
 TORCH_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -15,8 +19,14 @@ TORCH_DTYPES = {
 }
 
 
+class StateDict(dict):
+    """name -> tensor, plus the file's `__metadata__` as `.metadata`."""
+
+    metadata: dict[str, str]
+
+
 def read_header(f, name: str) -> Header:
-    """Read and validate the header of an open cachenode (or any seekable binary) file."""
+    """Read and validate the header of an open seekable binary file (sync)."""
     size = f.seek(0, 2)
     f.seek(0)
     n = header_length(f.read(8), size, name)
@@ -26,36 +36,158 @@ def read_header(f, name: str) -> Header:
     return parse_header(raw, size, name)
 
 
-def views(header: Header, data: bytearray | memoryview) -> dict[str, torch.Tensor]:
-    """Every tensor as a view of `data` (the data section); no per-tensor copies.
+async def aread_header(f: AsyncCacheFile) -> Header:
+    f.seek(0)
+    n = header_length(await f.read(8), f.size, f.name)
+    return parse_header(await f.read(n), f.size, f.name)
 
-    The tensors keep `data` alive through torch's buffer reference.
-    """
-    out = {}
+
+def alloc(nbytes: int, device: str | torch.device) -> torch.Tensor:
+    """One host buffer for a whole data section; page-locked when the tensors go to a GPU, so the
+    host-to-device copies can run asynchronously (non_blocking) straight out of it."""
+    pin = torch.device(device).type == "cuda"
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+
+
+def tensor_view(e: TensorEntry, data) -> torch.Tensor:
+    """Tensor `e` as a view of `data` (the data section as a writable buffer); no copy."""
+    dtype = TORCH_DTYPES[e.dtype]
+    if e.end == e.begin:
+        return torch.empty(e.shape, dtype=dtype)
+    # frombuffer, not slicing a uint8 tensor: safetensors offsets need not be aligned to the
+    # element size, and view(dtype) on a slice refuses unaligned storage offsets.
+    raw = torch.frombuffer(data, dtype=torch.uint8, count=e.end - e.begin, offset=e.begin)
+    return raw.view(dtype).view(e.shape)
+
+
+def views(header: Header, data) -> dict[str, torch.Tensor]:
+    """Every tensor as a view of `data`; they keep `data` alive through torch's buffer reference."""
+    return {e.name: tensor_view(e, data) for e in header.tensors}
+
+
+async def stream_tensors(f: AsyncCacheFile, header: Header, data: memoryview, *, window: int = 8
+                         ) -> AsyncIterator[TensorEntry]:
+    """Fill `data` block by block, several in flight; yield each tensor once all of its blocks
+    have arrived, in arrival order rather than file order."""
+    bs, base, size = f._reader.block_size, header.data_offset, f.size
+    spans = [e for e in header.tensors if e.end > e.begin]
     for e in header.tensors:
-        dtype = TORCH_DTYPES[e.dtype]
         if e.end == e.begin:
-            out[e.name] = torch.empty(e.shape, dtype=dtype)
-            continue
-        raw = torch.frombuffer(data, dtype=torch.uint8, count=e.end - e.begin, offset=e.begin)
-        out[e.name] = raw.view(dtype).view(e.shape)
+            yield e
+    if not spans:
+        return
+    first, last = base // bs, (size - 1) // bs
+    waiting: dict[int, list[TensorEntry]] = {}
+    missing: dict[str, int] = {}
+    for e in spans:
+        blocks = range((base + e.begin) // bs, (base + e.end - 1) // bs + 1)
+        missing[e.name] = len(blocks)
+        for i in blocks:
+            waiting.setdefault(i, []).append(e)
+    sem = asyncio.Semaphore(window)
+
+    async def fetch(i: int) -> int:
+        lo, hi = max(i * bs, base), min((i + 1) * bs, size)
+        async with sem:
+            await f._reader.read_into(lo, data[lo - base:hi - base])
+        return i
+
+    tasks = [asyncio.ensure_future(fetch(i)) for i in range(first, last + 1)]
+    try:
+        for done in asyncio.as_completed(tasks):
+            i = await done
+            for e in waiting.get(i, ()):
+                missing[e.name] -= 1
+                if missing[e.name] == 0:
+                    yield e
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def _open_safetensors(client: AsyncClient, url: str, on_bytes=None) -> tuple[AsyncCacheFile, Header]:
+    f = await client.open(url, on_bytes=on_bytes)
+    try:
+        return f, await aread_header(f)
+    except BaseException:
+        await f.close()
+        raise
+
+
+async def _tensors(f: AsyncCacheFile, header: Header, device, window: int
+                   ) -> AsyncIterator[tuple[str, torch.Tensor]]:
+    buf = alloc(header.data_size, device)
+    data = memoryview(buf.numpy()) if header.data_size else memoryview(bytearray())
+    target = torch.device(device)
+    async for e in stream_tensors(f, header, data, window=window):
+        t = tensor_view(e, data)
+        # From pinned memory the copy is asynchronous; torch's caching host allocator keeps the
+        # pinned buffer alive until the copy's stream is done with it, so dropping `buf` is safe.
+        yield e.name, (t if target.type == "cpu" else t.to(target, non_blocking=True))
+
+
+async def aiter_safetensors(client: AsyncClient, url: str, device: str | torch.device = "cpu",
+                            on_bytes=None) -> AsyncIterator[tuple[str, torch.Tensor]]:
+    """Async twin of iter_safetensors."""
+    f, header = await _open_safetensors(client, url, on_bytes)
+    try:
+        async for item in _tensors(f, header, device, client.window):
+            yield item
+    finally:
+        await f.close()
+
+
+async def aload_safetensors(client: AsyncClient, url: str, device: str | torch.device = "cpu",
+                            on_bytes=None) -> StateDict:
+    """Async twin of load_safetensors."""
+    f, header = await _open_safetensors(client, url, on_bytes)
+    try:
+        got = {name: t async for name, t in _tensors(f, header, device, client.window)}
+    finally:
+        await f.close()
+    out = StateDict((e.name, got[e.name]) for e in header.tensors)  # file order, like safetensors
+    out.metadata = header.metadata
     return out
 
 
-def load_safetensors(url: str, *, client: Client | None = None, on_bytes=None, **kwargs
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, __metadata__) of a safetensors file read through the cache into one buffer."""
+def load_safetensors(url: str, device: str | torch.device = "cpu", *, client: Client | None = None,
+                     on_bytes=None, **client_kwargs) -> StateDict:
+    """All tensors of a safetensors file, read in parallel into one buffer and viewed from it.
+
+    `device="cuda"` reads into page-locked memory and copies each tensor with non_blocking=True
+    as soon as its blocks are in. `.metadata` holds the file's `__metadata__`.
+    """
+    return _with_client(client, client_kwargs,
+                        lambda c: c._loop.run(aload_safetensors(c._async, url, device, on_bytes)))
+
+
+def iter_safetensors(url: str, device: str | torch.device = "cpu", *, client: Client | None = None,
+                     on_bytes=None, **client_kwargs) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) as soon as the blocks holding each tensor have arrived.
+
+    The shape fits what inference servers take as a weights iterator; network, copy and the
+    device upload overlap.
+    """
+    own = client is None
+    client = client or Client(**client_kwargs)
+    agen = aiter_safetensors(client._async, url, device, on_bytes)
+    try:
+        while True:
+            try:
+                yield client._loop.run(agen.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        client._loop.run(agen.aclose())
+        if own:
+            client.close()
+
+
+def _with_client(client: Client | None, kwargs: dict, fn):
     own = client is None
     client = client or Client(**kwargs)
     try:
-        with client.open(url, on_bytes=on_bytes) as f:
-            header = read_header(f, url)
-            data = bytearray(header.data_size)
-            f.seek(header.data_offset)
-            got = f.readinto(data)
-            if got != len(data):
-                raise SafetensorsError(f"{url}: data section truncated ({got} of {len(data)} bytes)")
-        return views(header, data), header.metadata
+        return fn(client)
     finally:
         if own:
             client.close()

@@ -51,7 +51,8 @@ def test_safetensors_bytes_and_views_match_local_load(blobs, node, tmp_path):
 
     with cachenode.open(url, nodes=[node.url], token=TOKEN) as f:
         via_bytes = safetensors.torch.load(f.read())
-    tensors, meta = load_safetensors(url, nodes=[node.url], token=TOKEN)
+    tensors = load_safetensors(url, nodes=[node.url], token=TOKEN)
+    meta = tensors.metadata
     assert meta == {"format": "pt"}
     for got in (via_bytes, tensors):
         assert got.keys() == expected.keys()
