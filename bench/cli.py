@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -37,6 +38,59 @@ def quickstart(size, block_size, n_nodes, workdir, keep, json_path) -> None:
             json.dump({"scenarios": rows}, f, indent=2)
     if not all(r["verified"] for r in rows):
         raise click.ClickException("a load returned bytes that differ from the checkpoint")
+
+
+@main.command()
+@click.option("--size", default="1GiB", show_default=True, type=Size(), help="Checkpoint size.")
+@click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16))
+@click.option("--readers", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Concurrent readers in cache_cold_concurrent.")
+@click.option("--transport", default="tcp", show_default=True, type=click.Choice(["tcp"]))
+@click.option("--block-size", default="8MiB", show_default=True)
+@click.option("--concurrency", "concurrencies", default="4,8,16", show_default=True,
+              help="Connection counts tried for blob_direct_sdk (the best is reported).")
+@click.option("--workdir", type=click.Path(file_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG bar chart.")
+def compare(size, n_nodes, readers, transport, block_size, concurrencies, workdir, json_path, plot_path) -> None:
+    """Cold, warm and concurrent cache loads vs the blob SDK and a local file, in one run.
+
+    Every contender runs in a fresh process, loads into torch CPU tensors in fresh memory,
+    and is verified against the checkpoint.
+    """
+    from .compare import run_compare, target_lines
+    from .table import print_table
+    from cachenode.units import format_size
+
+    conc = tuple(int(c) for c in concurrencies.split(","))
+    result = run_compare(size, n_nodes, readers, transport, block_size, conc, workdir)
+    click.echo()
+    rows = [{"scenario": k, **v} for k, v in result["scenarios"].items() if "seconds" in v]
+    print_table(rows, [("scenario", "scenario", "{}"), ("seconds", "seconds", "{:.2f}"),
+                       ("GB/s", "gb_per_s", "{:.2f}"), ("origin bytes", "origin_bytes", format_size),
+                       ("peak RSS", "peak_rss_bytes", format_size), ("verified", "verified", "{}")])
+    for k, v in result["scenarios"].items():
+        if "skipped" in v:
+            click.echo(f"{k}: skipped ({v['skipped']})")
+    click.echo("\ntargets (ratios from this run):")
+    for line in target_lines(result["ratios"]):
+        click.echo(line)
+    _write(result, json_path, plot_path, f"cachebench compare: {format_size(result['model_bytes'])}, "
+           f"{n_nodes} nodes, {readers} concurrent readers ({os.cpu_count()} CPUs)")
+    if not all(v.get("verified", True) for v in result["scenarios"].values()):
+        raise click.ClickException("a contender returned bytes that differ from the checkpoint")
+
+
+def _write(result: dict, json_path: str | None, plot_path: str | None, title: str) -> None:
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+        click.echo(f"wrote {json_path}")
+    if plot_path:
+        from .plot import plot_scenarios
+
+        plot_scenarios(result, plot_path, title)
+        click.echo(f"wrote {plot_path}")
 
 
 if __name__ == "__main__":

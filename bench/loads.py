@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import xxhash
@@ -20,7 +20,6 @@ class LoadResult:
     nbytes: int
     digest: str
     tensors: int
-    extra: dict = field(default_factory=dict)
 
     @property
     def gb_per_s(self) -> float:
@@ -33,20 +32,24 @@ def data_digest(tensors) -> str:
     for name in sorted(tensors):
         t = tensors[name]
         if t.numel():
-            h.update(t.contiguous().view(-1).view(torch.uint8).numpy())
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
-def load_cache(url: str, nodes: list[str], token: str | None, nbytes: int, on_bytes=None) -> LoadResult:
-    """cachenode: blocks in parallel from the node(s) into one buffer, tensors as views."""
+def timed(load, nbytes: int) -> LoadResult:
     t0 = time.perf_counter()
-    with Client(nodes=nodes, token=token) as client:
-        tensors = load_safetensors(url, client=client, on_bytes=on_bytes)
+    tensors = load()
     seconds = time.perf_counter() - t0
     return LoadResult(seconds, nbytes, data_digest(tensors), len(tensors))
 
 
-def load_blob_sdk(conn_str: str, container: str, blob: str, concurrency: int, on_bytes=None) -> LoadResult:
+def cache_tensors(url: str, nodes: list[str], token: str | None, on_bytes=None) -> dict:
+    """cachenode: blocks in parallel from the cluster into one buffer, tensors as views."""
+    with Client(nodes=nodes, token=token) as client:
+        return load_safetensors(url, client=client, on_bytes=on_bytes)
+
+
+def blob_sdk_tensors(conn_str: str, container: str, blob: str, concurrency: int, on_bytes=None) -> dict:
     """azure-storage-blob (aio) download of the whole blob into fresh memory, then tensor views."""
     from azure.storage.blob.aio import BlobServiceClient
 
@@ -59,16 +62,13 @@ def load_blob_sdk(conn_str: str, container: str, blob: str, concurrency: int, on
             out.append(bytearray(stream.size))
             await stream.readinto(_Writer(out[0]))
 
-    t0 = time.perf_counter()
-    # The buffer is passed out by side channel: asyncio.run reprs a task's result on some
-    # paths, and repr of a 1 GiB bytearray takes seconds.
+    # The buffer leaves by side channel: asyncio.run reprs a task's result on some paths, and
+    # the repr of a 1 GiB bytearray takes seconds.
     asyncio.run(run())
     buf = out[0]
     n = header_length(bytes(buf[:8]), len(buf), blob)
     header = parse_header(bytes(buf[8:8 + n]), len(buf), blob)
-    tensors = views(header, memoryview(buf)[header.data_offset:])
-    seconds = time.perf_counter() - t0
-    return LoadResult(seconds, len(buf), data_digest(tensors), len(tensors), {"concurrency": concurrency})
+    return views(header, memoryview(buf)[header.data_offset:])
 
 
 def _hook(on_bytes):

@@ -15,7 +15,7 @@ from cachenode.metrics import scrape
 from cachenode.units import format_size
 
 from .checkpoint import make_safetensors, upload
-from .loads import LoadResult, load_blob_sdk, load_cache
+from .loads import LoadResult, blob_sdk_tensors, cache_tensors, timed
 from .services import Azurite, LocalCluster
 from .table import print_table
 
@@ -57,14 +57,16 @@ def run_quickstart(size: int, block_size: str, workdir: str | None, keep: bool, 
             return sum(scrape(u, token).get("cachenode_origin_bytes_total", 0.0) for u in cluster.urls)
 
         with _bar("blob direct (azure SDK)", file_size) as bar:
-            direct = load_blob_sdk(azurite.connection_string, CONTAINER, BLOB, 8, on_bytes=bar.update)
+            direct = timed(lambda: blob_sdk_tensors(azurite.connection_string, CONTAINER, BLOB, 8,
+                                                    on_bytes=bar.update), file_size)
         rows.append(_row("blob direct (azure-storage-blob)", direct, file_size, direct.digest))
         # cold: the first reader on an empty cluster; warm: another reader (its own client and
         # fresh memory) entering at another node, every block served by its owner.
         for name, entry in (("cache cold", 0), ("cache warm", 1 % n_nodes)):
             before = origin_bytes()
             with _bar(name, file_size) as bar:
-                res = load_cache(url, [cluster.urls[entry]], token, file_size, on_bytes=bar.update)
+                res = timed(lambda: cache_tensors(url, [cluster.urls[entry]], token, on_bytes=bar.update),
+                            file_size)
             rows.append(_row(name, res, origin_bytes() - before, direct.digest))
     return rows
 

@@ -56,7 +56,9 @@ class BlockReader:
             out[:] = memoryview(buf)[lo - start:hi - start]
 
         await asyncio.gather(*(one(i) for i in range(first, last + 1)))
-        if offset == self._next_sequential or offset == 0:
+        # Readahead only serves small sequential reads (torch.load); big reads already keep a
+        # window in flight, and prefetching beside them would turn direct fills into copies.
+        if n < bs and offset in (0, self._next_sequential):
             self._prefetch(last + 1)
         self._next_sequential = offset + n
         return n

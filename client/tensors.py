@@ -9,6 +9,7 @@ import torch
 
 from .api import AsyncClient, Client
 from .files import AsyncCacheFile
+from .prefault import prefault
 from .safetensors_header import Header, SafetensorsError, TensorEntry, header_length, parse_header
 
 TORCH_DTYPES = {
@@ -119,11 +120,16 @@ async def _tensors(f: AsyncCacheFile, header: Header, device, window: int
     buf = alloc(header.data_size, device)
     data = memoryview(buf.numpy()) if header.data_size else memoryview(bytearray())
     target = torch.device(device)
-    async for e in stream_tensors(f, header, data, window=window):
-        t = tensor_view(e, data)
-        # From pinned memory the copy is asynchronous; torch's caching host allocator keeps the
-        # pinned buffer alive until the copy's stream is done with it, so dropping `buf` is safe.
-        yield e.name, (t if target.type == "cpu" else t.to(target, non_blocking=True))
+    filler = None if buf.is_pinned() else prefault(buf.data_ptr(), header.data_size)
+    try:
+        async for e in stream_tensors(f, header, data, window=window):
+            t = tensor_view(e, data)
+            # From pinned memory the copy is asynchronous; torch's caching host allocator keeps
+            # the pinned buffer alive until the copy's stream is done with it.
+            yield e.name, (t if target.type == "cpu" else t.to(target, non_blocking=True))
+    finally:
+        if filler is not None:
+            await asyncio.to_thread(filler.join)  # `buf` must outlive the prefault thread
 
 
 async def aiter_safetensors(client: AsyncClient, url: str, device: str | torch.device = "cpu",

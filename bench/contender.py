@@ -1,0 +1,64 @@
+"""One load in a fresh process: `python -m cachenode.bench.contender '<json>'`.
+
+A fresh process per load means fresh memory (first-touch page faults paid by every contender
+alike) and an honest peak RSS. It prints "ready" after its imports, waits for a line on stdin,
+loads, and prints one JSON line with seconds, peak RSS, the import baseline and a data digest.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def _rss() -> int:
+    """Peak RSS of this process image (VmHWM): unlike ru_maxrss it is not inherited over exec
+    from a parent that once held a large buffer."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def main(spec: dict) -> dict:
+    import torch  # noqa: F401  (part of the baseline every contender pays)
+
+    from cachenode.bench.loads import data_digest
+
+    kind = spec["kind"]
+    if kind == "cache":
+        from cachenode.bench.loads import cache_tensors
+
+        def load():
+            return cache_tensors(spec["url"], spec["nodes"], spec["token"])
+    elif kind == "local":
+        import safetensors.torch
+
+        def load():
+            # load_file hands out tensors over an mmap of the page cache; clone() puts each in
+            # fresh memory, as every other contender must (first-touch costs alike).
+            return {k: v.clone() for k, v in safetensors.torch.load_file(spec["path"]).items()}
+    elif kind == "blob_sdk":
+        from cachenode.bench.loads import blob_sdk_tensors
+
+        def load():
+            return blob_sdk_tensors(spec["conn_str"], spec["container"], spec["blob"], spec["concurrency"])
+    else:
+        raise SystemExit(f"unknown contender kind {kind!r}")
+
+    baseline = _rss()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t0 = time.perf_counter()
+    tensors = load()
+    seconds = time.perf_counter() - t0
+    peak = _rss()
+    return {"seconds": seconds, "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
+            "tensors": len(tensors), "digest": data_digest(tensors)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(json.loads(sys.argv[1]))), flush=True)

@@ -1,0 +1,43 @@
+"""Run contender processes, all started together, and collect their JSON results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+
+def run_together(specs: list[dict], timeout: float = 1800) -> tuple[list[dict], float]:
+    """Start one process per spec, wait until each has imported torch, release them at once.
+
+    Returns their results and the wall time from release until the last one finished.
+    """
+    procs = [subprocess.Popen([sys.executable, "-m", "cachenode.bench.contender", json.dumps(s)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for s in specs]
+    try:
+        for p in procs:
+            line = p.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"contender failed to start: {line!r}")
+        t0 = time.perf_counter()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = []
+        for p in procs:
+            line = p.stdout.readline()
+            if not line:
+                p.wait(timeout)
+                raise RuntimeError(f"contender exited with {p.returncode} without a result")
+            results.append(json.loads(line))
+        wall = time.perf_counter() - t0
+        for p in procs:
+            p.wait(timeout)
+        return results, wall
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
