@@ -117,8 +117,10 @@ class NodeProcess:
     """`cachenode serve` as a child process on a free port; `url` once it listens."""
 
     def __init__(self, cache_dir: str | Path, *, token: str | None, conn_str: str | None,
-                 args: tuple[str, ...] = (), port: int = 0, wrap: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), port: int = 0, wrap: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.cache_dir = Path(cache_dir)
+        self.extra_env = env or {}
         self.wrap = wrap  # a command prefix, e.g. ("ip", "netns", "exec", NAME)
         self.token = token
         self.conn_str = conn_str
@@ -135,6 +137,8 @@ class NodeProcess:
             env["CACHENODE_TOKEN"] = self.token
         if self.conn_str:
             env["AZURE_STORAGE_CONNECTION_STRING"] = self.conn_str
+        env.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
+        env.update(self.extra_env)
         cmd = [*self.wrap, sys.executable, "-m", "cachenode", "serve", "--port", str(self.port),
                "--cache-dir", str(self.cache_dir), *self.args]
         if not self.token:
@@ -144,7 +148,15 @@ class NodeProcess:
                                      env=env, text=True, start_new_session=True)
         log.close()
         ready: list[str] = []
-        reader = threading.Thread(target=lambda: ready.append(self.proc.stdout.readline()), daemon=True)
+
+        def wait_ready() -> None:
+            # UCX writes its own warnings to stdout; skip to our line.
+            for out in self.proc.stdout:
+                if "listening on " in out:
+                    ready.append(out)
+                    return
+
+        reader = threading.Thread(target=wait_ready, daemon=True)
         reader.start()
         reader.join(timeout)
         line = ready[0] if ready else ""
@@ -192,7 +204,8 @@ class LocalCluster:
     """n node processes on loopback sharing a peers file (re-read by the nodes when it changes)."""
 
     def __init__(self, workdir: str | Path, n: int, *, token: str | None, conn_str: str | None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        self.env = env
         self.workdir = Path(workdir)
         self.n = n
         self.token = token
@@ -223,7 +236,7 @@ class LocalCluster:
 
     def _start_one(self, port: int) -> NodeProcess:
         proc = NodeProcess(self.workdir / f"node{len(self.procs)}", token=self.token,
-                           conn_str=self.conn_str, port=port,
+                           conn_str=self.conn_str, port=port, env=self.env,
                            args=("--peers-file", str(self.peers_file), *self.args))
         self.procs.append(proc)
         return proc.start()

@@ -16,7 +16,7 @@ echo "== pip: torch 2.13.0 (CPU wheel), then cachenode and its dependencies"
 .venv/bin/python -m pip install "${quiet[@]}" --upgrade pip
 # Pinned first: an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install "${quiet[@]}" "torch==2.13.0"
-.venv/bin/python -m pip install "${quiet[@]}" -e '.[test,bench]'
+.venv/bin/python -m pip install "${quiet[@]}" -e '.[test,bench,ucx]'
 
 echo "== npm: Azurite (Azure Blob emulator) into ./node_modules"
 command -v npm >/dev/null || { echo "npm not found: install Node.js 18+ (apt-get install nodejs npm)" >&2; exit 1; }

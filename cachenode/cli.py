@@ -79,11 +79,14 @@ def main(log_level: str) -> None:
                    "re-resolved every few seconds.")
 @click.option("--member-id", help="This node's stable id in the cluster [default: host:port it is reached at].")
 @click.option("--advertise-url", help="URL other members use for this node [default: the listen address].")
+@click.option("--ucx", is_flag=True,
+              help="Also serve blocks over UCX (RDMA/InfiniBand, shared memory; pip install cachenode[ucx]). "
+                   "UCX_TLS, UCX_NET_DEVICES etc. pass through to UCX.")
 @click.option("--peer-timeout", default=10.0, show_default=True, type=float,
               help="Seconds without progress before a peer transfer is abandoned for the next candidate.")
 def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, token, token_file,
           no_auth, connection_string, account_name, account_key, sas_token, blob_endpoint,
-          origin_retries, peers, peers_file, peers_dns, member_id, advertise_url, peer_timeout) -> None:
+          origin_retries, peers, peers_file, peers_dns, member_id, advertise_url, ucx, peer_timeout) -> None:
     """Run a cache node until SIGTERM or Ctrl-C.
 
     Without an account key, SAS or connection string, the node uses DefaultAzureCredential
@@ -118,8 +121,13 @@ def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, to
         memory_bytes=memory_bytes, disk_bytes=disk_bytes, block_size=block_size, allow=tuple(allow),
         token=token, azure=azure, origin_retries=origin_retries,
         peers=_split_peers(peers), peers_file=peers_file, peers_dns=peers_dns, member_id=member_id,
-        advertise_url=advertise_url, peer_timeout=peer_timeout,
+        advertise_url=advertise_url, peer_timeout=peer_timeout, ucx=ucx,
     )
+    if ucx:
+        from .transport.registry import available
+
+        if not available("ucx"):
+            raise click.UsageError("--ucx needs the ucxx package: pip install 'cachenode[ucx]'")
     from .daemon import serve_forever
 
     click.echo(f"cachenode: memory {format_size(memory_bytes)}, disk {format_size(disk_bytes)}, "

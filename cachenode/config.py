@@ -40,6 +40,7 @@ class NodeConfig:
     peer_timeout: float = 10.0
     health_interval: float = 1.0
     warm_concurrency: int = 4
+    ucx: bool = False  # also serve blocks over UCX (needs the `ucx` extra)
 
     def allows(self, ref: SourceRef) -> bool:
         """True if this node may read `ref` from its origin on a client's behalf."""

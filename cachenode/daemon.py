@@ -40,7 +40,9 @@ class NodeServer:
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         # Our own id is known only now that the port is bound (--port 0 in tests).
         advertised = self.config.advertise_url or self.url
-        self.membership.set_self(Member(self.config.member_id or member_id_of(advertised), advertised))
+        transports = {"ucx": self.router.ucx_address} if self.router.ucx_address else {}
+        self.membership.set_self(Member(self.config.member_id or member_id_of(advertised), advertised,
+                                        transports=transports))
         return self.url
 
     async def stop(self) -> None:

@@ -19,6 +19,7 @@ class Env:
     nodes: tuple[str, ...]
     cache_dir: str | None
     azure: AzureCredentials
+    transports: str | None = None  # loader preference, e.g. "ucx,tcp"
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> Env:
@@ -38,6 +39,7 @@ def read_env(environ: Mapping[str, str] | None = None) -> Env:
         nodes=nodes,
         cache_dir=e.get("CACHENODE_CACHE_DIR") or None,
         azure=azure,
+        transports=e.get("CACHENODE_TRANSPORTS") or None,
     )
 
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -19,9 +19,10 @@ class Member:
     id: str
     url: str
     healthy: bool = True
+    transports: dict[str, str] = field(default_factory=dict)  # name -> address, besides HTTP
 
     def to_json(self) -> dict:
-        return {"id": self.id, "url": self.url, "healthy": self.healthy}
+        return {"id": self.id, "url": self.url, "healthy": self.healthy, "transports": self.transports}
 
 
 def member_id_of(url: str) -> str:
@@ -139,8 +140,12 @@ class Membership:
             if m.id in new:
                 continue
             old = self._members.get(m.id)
-            # Keep the same object for an unchanged member: health probes in flight update it.
-            new[m.id] = old if old is not None and old.url == m.url else Member(m.id, m.url, True)
+            if m is self.self_member:
+                new[m.id] = m
+            elif old is not None and old.url == m.url and old is not self.self_member:
+                new[m.id] = old  # the same object: health probes in flight update it
+            else:
+                new[m.id] = Member(m.id, m.url, True)
         if set(new) != set(self._members):
             log.info("members: %s", ", ".join(sorted(new)))
         self._members = new
@@ -162,8 +167,12 @@ class Membership:
         try:
             timeout = aiohttp.ClientTimeout(total=self._health_timeout)
             async with self._session.get(f"{m.url}/healthz", timeout=timeout) as r:
-                return r.status == 200
-        except (aiohttp.ClientError, OSError, TimeoutError):
+                if r.status != 200:
+                    return False
+                body = await r.json(content_type=None)
+                m.transports = dict(body.get("transports") or {})
+                return True
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
             return False
 
 

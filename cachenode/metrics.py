@@ -21,6 +21,7 @@ class NodeMetrics:
         self.corrupt_blocks = Counter(
             "cachenode_corrupt_blocks", "Cached blocks whose digest did not match (dropped)", registry=r)
         self.disk_full = Counter("cachenode_disk_full", "Blocks not cached because the disk was full", registry=r)
+        self.ucx_requests = Counter("cachenode_ucx_requests", "Block requests received over UCX", registry=r)
         self.forwarded = Counter("cachenode_forwarded", "Block requests forwarded to their owner", registry=r)
         self.warm_blocks = Counter("cachenode_warm_blocks", "Blocks filled by warm requests", ["result"], registry=r)
         self.errors = Counter("cachenode_errors", "Requests that failed", ["kind"], registry=r)

@@ -30,6 +30,7 @@ class Router:
         self._peer_timeout = peer_timeout
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, object] = {}
+        self.ucx_address: str | None = None  # set when the node also serves UCX
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=32)

@@ -19,6 +19,7 @@ from cachenode.origin_file import FileOrigin
 from cachenode.placement import rank
 from cachenode.source import FILE, SourceRef, parse_source
 from cachenode.transport.http_client import HttpNodeClient
+from cachenode.transport.registry import parse_preference, pick
 from cachenode.warming import WarmSummary, select_objects, warm_objects
 
 from .files import AsyncCacheFile, CacheFile
@@ -35,7 +36,7 @@ class BypassWarning(UserWarning):
 class Route:
     """The members a loader sends blocks to, and the ones it found dead during this file's life."""
 
-    def __init__(self, members: list[Member], clients: Callable[[str], HttpNodeClient]) -> None:
+    def __init__(self, members: list[Member], clients: Callable[[Member], object]) -> None:
         self.members = {m.id: m for m in members}
         self._clients = clients
         self.down: set[str] = set()
@@ -43,8 +44,9 @@ class Route:
     def candidates(self, key: str) -> list[str]:
         return rank(key, [m.id for m in self.members.values() if m.healthy and m.id not in self.down])
 
-    def client(self, member_id: str) -> HttpNodeClient:
-        return self._clients(self.members[member_id].url)
+    def client(self, member_id: str):
+        """HTTP or UCX client for the member, by the loader's transport preference."""
+        return self._clients(self.members[member_id])
 
 
 class AsyncClient:
@@ -57,7 +59,7 @@ class AsyncClient:
     def __init__(self, nodes: Iterable[str] | None = None, token: str | None = None, *,
                  azure: AzureCredentials | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
                  window: int = 8, readahead: int = 4, peer_timeout: float = 10.0,
-                 env: Env | None = None) -> None:
+                 transports: Iterable[str] | str | None = None, env: Env | None = None) -> None:
         env = env or read_env()
         self.nodes = [n.rstrip("/") for n in (nodes if nodes is not None else env.nodes)]
         self.token = token or resolve_token(env.token, env.token_file)
@@ -66,7 +68,14 @@ class AsyncClient:
         self.window = window
         self.readahead = readahead
         self.peer_timeout = peer_timeout
+        self.transports = (parse_preference(transports) if isinstance(transports, str) or transports is None
+                           else tuple(transports))
+        if transports is None and env.transports:
+            self.transports = parse_preference(env.transports)
         self._clients: dict[str, HttpNodeClient] = {}
+        self._ucx_clients: dict[str, object] = {}
+        self._ucx = None
+        self._ucx_failed = False
         self._session: aiohttp.ClientSession | None = None
         self._origins: dict[tuple, Origin] = {}
         self._warned = False
@@ -84,6 +93,24 @@ class AsyncClient:
                                                          read_timeout=self.peer_timeout)
         return client
 
+    def _member_client(self, member: Member):
+        if pick(self.transports, member.transports) == "ucx" and not self._ucx_failed:
+            client = self._ucx_clients.get(member.id)
+            if client is None:
+                try:
+                    from cachenode.transport.ucx_client import UcxContext, UcxNodeClient
+
+                    self._ucx = self._ucx or UcxContext()
+                    client = UcxNodeClient(member.url, member.transports["ucx"], self.token, self._ucx,
+                                           timeout=self.peer_timeout, max_outstanding=self.window)
+                except Exception as exc:  # noqa: BLE001 - UCX is an accelerator, TCP always works
+                    log.warning("UCX unavailable (%s); using TCP", exc)
+                    self._ucx_failed = True
+                    return self._client(member.url)
+                self._ucx_clients[member.id] = client
+            return client
+        return self._client(member.url)
+
     def parse(self, url: str, *, prefix: bool = False) -> SourceRef:
         return parse_source(url, default_account=self.azure.account, prefix=prefix)
 
@@ -92,7 +119,8 @@ class AsyncClient:
         for url in self.nodes:
             node = self._client(url)
             try:
-                members = [Member(m["id"], m["url"], m["healthy"]) for m in await node.members()]
+                members = [Member(m["id"], m["url"], m["healthy"], m.get("transports") or {})
+                           for m in await node.members()]
                 return node, members
             except PeerUnavailable:
                 continue
@@ -126,7 +154,7 @@ class AsyncClient:
             node, members = first
             try:
                 info, block_size = await node.stat(ref)
-                return info, block_size, node, Route(members, self._client)
+                return info, block_size, node, Route(members, self._member_client)
             except PeerUnavailable:
                 pass
         reason = (f"no cache node answered (tried {', '.join(self.nodes)})" if self.nodes

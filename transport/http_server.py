@@ -48,7 +48,17 @@ async def _node_lifetime(app: web.Application):
     node, router = app[NODE_KEY], app[ROUTER_KEY]
     await node.start()
     await router.start()
+    ucx = None
+    if node.config.ucx:
+        import base64
+
+        from .ucx_server import UcxServer
+
+        ucx = UcxServer(router, node.config.token)
+        router.ucx_address = base64.b64encode(await ucx.start()).decode()
     yield
+    if ucx is not None:
+        await ucx.close()
     await router.close()
     await node.close()
 
@@ -81,7 +91,8 @@ async def _errors(request: web.Request, handler):
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+    me = request.app[ROUTER_KEY].membership.self_member
+    return web.json_response({"ok": True, "transports": me.transports if me else {}})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -1,0 +1,110 @@
+"""The loader side of the UCX transport: a block lands straight in the caller's memoryview."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import logging
+from typing import Iterable
+
+from cachenode.blocks import digest
+from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
+from cachenode.node import BlockRequest
+
+from . import ucx_wire as w
+from .wire import error_from_wire, request_params
+
+log = logging.getLogger("cachenode.ucx")
+
+# ucxx has one UCX context per process, bound to the event loop that first used it. This
+# records that loop so a second loop falls back to TCP instead of hanging; it mirrors ucxx's
+# own process-wide state and is not cachenode configuration.
+_ucx_loop: asyncio.AbstractEventLoop | None = None
+
+
+class UcxContext:
+    """Per-process UCX state for loaders: our worker address, endpoints, request ids."""
+
+    def __init__(self) -> None:
+        import ucxx
+
+        global _ucx_loop
+        loop = asyncio.get_running_loop()
+        if _ucx_loop is not None and _ucx_loop is not loop and not _ucx_loop.is_closed():
+            raise PeerUnavailable("UCX is already bound to another event loop in this process")
+        _ucx_loop = loop
+        self.ucxx = ucxx
+        self.address = ucxx.get_worker_address().tobytes()
+        self._eps: dict[bytes, object] = {}
+        self._ids = itertools.count(1)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    async def endpoint(self, address: bytes):
+        ep = self._eps.get(address)
+        if ep is None:
+            addr = self.ucxx.get_ucx_address_from_buffer(address)
+            ep = await self.ucxx.create_endpoint_from_worker_address(addr, endpoint_error_handling=False)
+            self._eps[address] = ep
+        return ep
+
+    def forget(self, address: bytes) -> None:
+        self._eps.pop(address, None)
+
+    def cancel_inflight(self) -> None:
+        """After a timeout: a receive posted into a caller's buffer must never complete later
+        (the buffer is being refilled from another peer), and UCX cannot cancel one request."""
+        self.ucxx.core._get_ctx().worker.cancel_inflight_requests()
+
+
+class UcxNodeClient:
+    """Reads blocks from one node over UCX. Same read_block contract as HttpNodeClient."""
+
+    def __init__(self, base_url: str, address_b64: str, token: str | None, ctx: UcxContext,
+                 *, timeout: float = 10.0, max_outstanding: int = 8) -> None:
+        self.base_url = base_url
+        self._address = base64.b64decode(address_b64)
+        self._token = token
+        self._ctx = ctx
+        self._timeout = timeout
+        self._sem = asyncio.Semaphore(max_outstanding)
+
+    def __repr__(self) -> str:
+        return f"UcxNodeClient({self.base_url})"
+
+    async def read_block(self, req: BlockRequest, dest: memoryview, *, verify: bool = False,
+                         forwarded: bool = False, avoid: Iterable[str] = ()) -> tuple[str, str]:
+        fields = request_params(req, verify)
+        fields.update(token=self._token or "", avoid=list(avoid))
+        ucxx = self._ctx.ucxx
+        async with self._sem:
+            rid = self._ctx.next_id()
+            header = bytearray(w.HEADER_SIZE)
+            try:
+                ep = await self._ctx.endpoint(self._address)
+                got_header = asyncio.ensure_future(ucxx.recv(header, tag=w.header_tag(rid)))
+                await asyncio.wait_for(ep.send(w.pack_request(rid, self._ctx.address, fields),
+                                               tag=w.REQUEST_TAG, force_tag=True), self._timeout)
+                await asyncio.wait_for(got_header, self._timeout)
+                status, info = w.unpack_header(header)
+                if status != 200:
+                    raise error_from_wire(info.get("error", ""), f"{info.get('message', '')} (node {self.base_url}, ucx)")
+                if info["length"] != len(dest):
+                    raise BlockCorrupt(f"{self.base_url} announced {info['length']} bytes for a "
+                                       f"{len(dest)}-byte block {req.index} of {req.ref}")
+                if len(dest):
+                    await asyncio.wait_for(ucxx.recv(dest, tag=w.body_tag(rid)), self._timeout)
+            except CacheError:
+                raise
+            except (asyncio.TimeoutError, TimeoutError) as exc:
+                self._ctx.cancel_inflight()
+                self._ctx.forget(self._address)
+                raise PeerUnavailable(f"cache node {self.base_url} (ucx) stalled on block {req.index}") from exc
+            except Exception as exc:  # noqa: BLE001 - UCX errors become ours at the edge
+                self._ctx.forget(self._address)
+                raise PeerUnavailable(f"cache node {self.base_url} (ucx) failed: {exc!r}") from exc
+        if digest(dest) != info["digest"]:
+            raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} (ucx) failed its digest check")
+        return info.get("tier", ""), info["digest"]

@@ -1,0 +1,57 @@
+"""UCX message layout: a fixed-size request, a fixed-size reply header, then the block body."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+REQUEST_SIZE = 8192
+HEADER_SIZE = 1024
+REQUEST_TAG = 0x6361_6368_656E_6F64  # "cachenod": every request goes to the node's worker on it
+_HDR, _BODY = 1 << 62, 2 << 62
+_ID_MASK = (1 << 48) - 1
+_REQ = struct.Struct("<4sHHIQ")  # magic, version, address length, json length, request id
+_REP = struct.Struct("<HI")  # status, json length
+MAGIC = b"CNU1"
+
+
+def header_tag(req_id: int) -> int:
+    return _HDR | (req_id & _ID_MASK)
+
+
+def body_tag(req_id: int) -> int:
+    return _BODY | (req_id & _ID_MASK)
+
+
+def pack_request(req_id: int, reply_address: bytes, fields: dict) -> bytearray:
+    body = json.dumps(fields, separators=(",", ":")).encode()
+    need = _REQ.size + len(reply_address) + len(body)
+    if need > REQUEST_SIZE:
+        raise ValueError(f"UCX request of {need} bytes exceeds {REQUEST_SIZE}")
+    out = bytearray(REQUEST_SIZE)
+    _REQ.pack_into(out, 0, MAGIC, 1, len(reply_address), len(body), req_id)
+    out[_REQ.size:_REQ.size + len(reply_address)] = reply_address
+    out[_REQ.size + len(reply_address):need] = body
+    return out
+
+
+def unpack_request(buf: bytes | bytearray) -> tuple[int, bytes, dict]:
+    magic, version, alen, jlen, req_id = _REQ.unpack_from(buf, 0)
+    if magic != MAGIC or version != 1 or _REQ.size + alen + jlen > len(buf):
+        raise ValueError("not a cachenode UCX request")
+    addr = bytes(buf[_REQ.size:_REQ.size + alen])
+    fields = json.loads(bytes(buf[_REQ.size + alen:_REQ.size + alen + jlen]))
+    return req_id, addr, fields
+
+
+def pack_header(status: int, fields: dict) -> bytearray:
+    body = json.dumps(fields, separators=(",", ":")).encode()[:HEADER_SIZE - _REP.size]
+    out = bytearray(HEADER_SIZE)
+    _REP.pack_into(out, 0, status, len(body))
+    out[_REP.size:_REP.size + len(body)] = body
+    return out
+
+
+def unpack_header(buf: bytes | bytearray) -> tuple[int, dict]:
+    status, jlen = _REP.unpack_from(buf, 0)
+    return status, json.loads(bytes(buf[_REP.size:_REP.size + jlen]))
