@@ -45,7 +45,8 @@ def quickstart(size, block_size, n_nodes, workdir, keep, json_path) -> None:
 @click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16))
 @click.option("--readers", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Concurrent readers in cache_cold_concurrent.")
-@click.option("--transport", default="tcp", show_default=True, type=click.Choice(["tcp"]))
+@click.option("--transport", default="tcp", show_default=True, type=click.Choice(["tcp", "ucx"]),
+              help="Wire between loaders and nodes (ucx: shared memory here, RDMA on a real cluster).")
 @click.option("--block-size", default="8MiB", show_default=True)
 @click.option("--concurrency", "concurrencies", default="4,8,16", show_default=True,
               help="Connection counts tried for blob_direct_sdk (the best is reported).")
@@ -79,6 +80,30 @@ def compare(size, n_nodes, readers, transport, block_size, concurrencies, workdi
            f"{n_nodes} nodes, {readers} concurrent readers ({os.cpu_count()} CPUs)")
     if not all(v.get("verified", True) for v in result["scenarios"].values()):
         raise click.ClickException("a contender returned bytes that differ from the checkpoint")
+
+
+@main.command()
+@click.option("--size", default="1GiB", show_default=True, type=Size(), help="Bytes read per pass.")
+@click.option("--block-size", default="8MiB", show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
+def transports(size, block_size, workdir, json_path) -> None:
+    """Warm block-read throughput: HTTP, UCX (shared memory), UCX (tcp) vs a raw TCP socket.
+
+    Each transport reads the same warm blocks from a node into a pre-touched buffer, in its own
+    process, best of 3 passes.
+    """
+    from .transports import run_transports
+
+    result = run_transports(size, block_size, workdir)
+    click.echo(f"raw TCP socket (1 MiB writes)  {result['raw_tcp_gb_per_s']:.2f} GB/s")
+    for name, r in result["transports"].items():
+        click.echo(f"{name:<30} {r['gb_per_s']:.2f} GB/s  ({r['channel']})")
+    r = result["ratios"]
+    click.echo(f"\ntargets: HTTP >= 0.7x raw TCP: {r['tcp_over_raw_tcp']:.2f} "
+               f"[{'met' if r['tcp_over_raw_tcp'] >= 0.7 else 'NOT met'}]; "
+               f"UCX (shm) >= 1.5x HTTP: {r['ucx_over_tcp']:.2f} [{'met' if r['ucx_over_tcp'] >= 1.5 else 'NOT met'}]")
+    _write(result, json_path, None, "")
 
 
 def _write(result: dict, json_path: str | None, plot_path: str | None, title: str) -> None:

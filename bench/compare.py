@@ -60,7 +60,7 @@ def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_siz
         token = secrets.token_urlsafe(24)
         cluster = stack.enter_context(LocalCluster(
             base / "cluster", n_nodes, token=token, conn_str=azurite.connection_string,
-            args=("--block-size", block_size, "--memory", "8GiB")))
+            args=("--block-size", block_size, "--memory", "8GiB", *(("--ucx",) if transport == "ucx" else ()))))
         url_a = f"{azurite.endpoint}/{CONTAINER}/a/model.safetensors"
         url_b = f"{azurite.endpoint}/{CONTAINER}/b/model.safetensors"
 
@@ -93,7 +93,7 @@ def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_siz
         record("blob_direct_sdk", best[0], best[1], model_bytes, concurrency=best[2])
         scenarios["runai_streamer"] = runai_streamer_skipped()
 
-        cache = {"kind": "cache", "token": token}
+        cache = {"kind": "cache", "token": token, "transport": transport}
         before = origin_bytes()
         res, wall = run_together([{**cache, "url": url_a, "nodes": [cluster.urls[0]]}])
         record("cache_cold", res, wall, origin_bytes() - before)

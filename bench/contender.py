@@ -2,7 +2,7 @@
 
 A fresh process per load means fresh memory (first-touch page faults paid by every contender
 alike) and an honest peak RSS. It prints "ready" after its imports, waits for a line on stdin,
-loads, and prints one JSON line with seconds, peak RSS, the import baseline and a data digest.
+loads, and prints one "RESULT <json>" line with seconds, peak RSS, the import baseline and a data digest.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def main(spec: dict) -> dict:
         from cachenode.bench.loads import cache_tensors
 
         def load():
-            return cache_tensors(spec["url"], spec["nodes"], spec["token"])
+            return cache_tensors(spec["url"], spec["nodes"], spec["token"],
+                                 transport=spec.get("transport", "tcp"))
     elif kind == "local":
         import safetensors.torch
 
@@ -50,7 +51,7 @@ def main(spec: dict) -> dict:
         raise SystemExit(f"unknown contender kind {kind!r}")
 
     baseline = _rss()
-    print("ready", flush=True)
+    print("READY", flush=True)
     sys.stdin.readline()
     t0 = time.perf_counter()
     tensors = load()
@@ -61,4 +62,4 @@ def main(spec: dict) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(json.loads(sys.argv[1]))), flush=True)
+    print("RESULT " + json.dumps(main(json.loads(sys.argv[1]))), flush=True)

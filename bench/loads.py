@@ -43,9 +43,10 @@ def timed(load, nbytes: int) -> LoadResult:
     return LoadResult(seconds, nbytes, data_digest(tensors), len(tensors))
 
 
-def cache_tensors(url: str, nodes: list[str], token: str | None, on_bytes=None) -> dict:
+def cache_tensors(url: str, nodes: list[str], token: str | None, on_bytes=None,
+                  transport: str = "tcp") -> dict:
     """cachenode: blocks in parallel from the cluster into one buffer, tensors as views."""
-    with Client(nodes=nodes, token=token) as client:
+    with Client(nodes=nodes, token=token, transports=transport) as client:
         return load_safetensors(url, client=client, on_bytes=on_bytes)
 
 

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+
+
+def _line(p: subprocess.Popen, prefix: str) -> str | None:
+    """The next stdout line starting with `prefix` (UCX prints its own lines on stdout)."""
+    for line in p.stdout:
+        if line.startswith(prefix):
+            return line[len(prefix):]
+    return None
 
 
 def run_together(specs: list[dict], timeout: float = 1800) -> tuple[list[dict], float]:
@@ -13,22 +22,22 @@ def run_together(specs: list[dict], timeout: float = 1800) -> tuple[list[dict], 
 
     Returns their results and the wall time from release until the last one finished.
     """
+    env = {**os.environ, "UCX_WARN_UNUSED_ENV_VARS": "n"}
     procs = [subprocess.Popen([sys.executable, "-m", "cachenode.bench.contender", json.dumps(s)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
              for s in specs]
     try:
         for p in procs:
-            line = p.stdout.readline()
-            if line.strip() != "ready":
-                raise RuntimeError(f"contender failed to start: {line!r}")
+            if _line(p, "READY") is None:
+                raise RuntimeError(f"contender {p.args[-1][:80]} failed to start")
         t0 = time.perf_counter()
         for p in procs:
             p.stdin.write("go\n")
             p.stdin.flush()
         results = []
         for p in procs:
-            line = p.stdout.readline()
-            if not line:
+            line = _line(p, "RESULT ")
+            if line is None:
                 p.wait(timeout)
                 raise RuntimeError(f"contender exited with {p.returncode} without a result")
             results.append(json.loads(line))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from aiohttp import web
@@ -67,4 +68,12 @@ async def serve_forever(config: NodeConfig, announce=print) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
-    await server.stop()
+    try:
+        await asyncio.wait_for(server.stop(), 30)  # pending disk writes finish in here
+    except asyncio.TimeoutError:
+        log.warning("shutdown took longer than 30s; exiting anyway")
+    if config.ucx:
+        # ucxx's notifier and progress threads do not end on their own; everything of ours is
+        # closed and flushed by now, so leave without waiting for interpreter teardown.
+        logging.shutdown()
+        os._exit(0)

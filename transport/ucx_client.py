@@ -27,14 +27,12 @@ class UcxContext:
     """Per-process UCX state for loaders: our worker address, endpoints, request ids."""
 
     def __init__(self) -> None:
-        import ucxx
-
         global _ucx_loop
         loop = asyncio.get_running_loop()
         if _ucx_loop is not None and _ucx_loop is not loop and not _ucx_loop.is_closed():
             raise PeerUnavailable("UCX is already bound to another event loop in this process")
         _ucx_loop = loop
-        self.ucxx = ucxx
+        self.ucxx = ucxx = w.init_ucx()
         self.address = ucxx.get_worker_address().tobytes()
         self._eps: dict[bytes, object] = {}
         self._ids = itertools.count(1)

@@ -32,9 +32,7 @@ class UcxServer:
         self.address = b""
 
     async def start(self) -> bytes:
-        import ucxx
-
-        self._ucxx = ucxx
+        ucxx = self._ucxx = w.init_ucx()
         self.address = ucxx.get_worker_address().tobytes()
         self._tasks = [asyncio.ensure_future(self._serve()) for _ in range(self._receivers)]
         return self.address
@@ -42,7 +40,8 @@ class UcxServer:
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A receive posted on the worker does not always notice the cancel: do not wait forever.
+        await asyncio.wait(self._tasks, timeout=1.0)
 
     async def _serve(self) -> None:
         while True:

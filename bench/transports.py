@@ -1,0 +1,69 @@
+"""`cachebench transports`: warm block reads per transport vs a raw TCP socket, in one run."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+import click
+
+from .checkpoint import make_safetensors, upload
+from .services import Azurite, LocalCluster
+
+SHM_TLS = "sm,cma,tcp"
+
+
+def _probe(spec: dict, env: dict | None = None) -> dict:
+    e = {**os.environ, "UCX_WARN_UNUSED_ENV_VARS": "n", **(env or {})}
+    r = subprocess.run([sys.executable, "-m", "cachenode.bench.wire_probe", json.dumps(spec)],
+                       capture_output=True, text=True, env=e, timeout=900)
+    for line in r.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"probe {spec.get('transport', 'raw')} failed: {r.stderr[-1500:]}")
+
+
+def run_transports(size: int, block_size: str, workdir: str | None) -> dict:
+    import cachenode
+
+    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cachebench-tr-"))
+    with ExitStack() as stack:
+        if not workdir:
+            stack.callback(shutil.rmtree, base, ignore_errors=True)
+        azurite = stack.enter_context(Azurite(base / "azurite"))
+        make_safetensors(base / "m.safetensors", size)
+        upload(azurite.connection_string, "models", "t/m.safetensors", base / "m.safetensors")
+        url = f"{azurite.endpoint}/models/t/m.safetensors"
+        token = secrets.token_urlsafe(16)
+        args = ("--ucx", "--block-size", block_size, "--memory", "8GiB")
+        shm = stack.enter_context(LocalCluster(base / "shm", 1, token=token, conn_str=azurite.connection_string,
+                                               args=args, env={"UCX_TLS": SHM_TLS}))
+        tcp = stack.enter_context(LocalCluster(base / "tcp", 1, token=token, conn_str=azurite.connection_string,
+                                               args=args, env={"UCX_TLS": "tcp"}))
+        for c in (shm, tcp):
+            cachenode.warm(url, nodes=c.urls, token=token)
+        nbytes = (base / "m.safetensors").stat().st_size
+        click.echo(f"{nbytes / 2**30:.2f} GiB warm on the node(s); reading every block, best of 3")
+        common = {"token": token, "url": url}
+        result = {
+            "raw_tcp_gb_per_s": _probe({"raw": True, "bytes": nbytes})["gb_per_s"],
+            "transports": {
+                "tcp": _probe({**common, "node": shm.urls[0], "transport": "tcp"}),
+                "ucx": _probe({**common, "node": shm.urls[0], "transport": "ucx"}),
+                "ucx_tcp": _probe({**common, "node": tcp.urls[0], "transport": "ucx"}, {"UCX_TLS": "tcp"}),
+            },
+            "ucx_tls": {"ucx": SHM_TLS, "ucx_tcp": "tcp"},
+            "block_size": block_size, "bytes": nbytes,
+        }
+    t = result["transports"]
+    result["ratios"] = {"tcp_over_raw_tcp": t["tcp"]["gb_per_s"] / result["raw_tcp_gb_per_s"],
+                        "ucx_over_tcp": t["ucx"]["gb_per_s"] / t["tcp"]["gb_per_s"],
+                        "ucx_tcp_over_tcp": t["ucx_tcp"]["gb_per_s"] / t["tcp"]["gb_per_s"]}
+    return result

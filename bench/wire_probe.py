@@ -1,0 +1,93 @@
+"""Warm block-read throughput of one transport, or of a raw TCP socket, in a fresh process.
+
+`python -m cachenode.bench.wire_probe '<json>'` prints one JSON line. Blocks land in a buffer
+that is touched beforehand, so the figure is the wire's, not first-touch page faults'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+import threading
+import time
+
+
+def probe_transport(spec: dict) -> dict:
+    from cachenode.blocks import block_count
+    from cachenode.client.api import AsyncClient
+    from cachenode.membership import Member
+    from cachenode.node import BlockRequest
+    from cachenode.source import parse_source
+
+    async def run() -> dict:
+        client = AsyncClient(nodes=[spec["node"]], token=spec["token"], transports=spec["transport"])
+        try:
+            st = await client.stat(spec["url"])
+            me = (await client.members())[0]
+            ch = client._member_client(Member(me.id, me.url, True, me.transports))
+            size, bs = st["size"], st["block_size"]
+            buf = bytearray(size)  # zero-filled: every page touched before timing
+            view = memoryview(buf)
+            ref = parse_source(spec["url"])
+            sem = asyncio.Semaphore(spec.get("window", 8))
+
+            async def one(i: int) -> None:
+                async with sem:
+                    req = BlockRequest(ref, st["etag"], size, bs, i)
+                    await ch.read_block(req, view[i * bs:min(size, (i + 1) * bs)])
+
+            best = None
+            for _ in range(spec.get("repeat", 3)):
+                t0 = time.perf_counter()
+                await asyncio.gather(*(one(i) for i in range(block_count(size, bs))))
+                dt = time.perf_counter() - t0
+                best = dt if best is None else min(best, dt)
+            return {"gb_per_s": size / best / 1e9, "seconds": best, "bytes": size,
+                    "channel": type(ch).__name__}
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def probe_raw_tcp(spec: dict) -> dict:
+    """A plain socket sender/receiver on loopback, 1 MiB writes: the ceiling for any TCP wire."""
+    size, chunk = spec["bytes"], 1 << 20
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    payload = bytes(chunk)
+
+    def send() -> None:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            for _ in range(spec.get("repeat", 3)):
+                left = size
+                while left:
+                    left -= s.send(memoryview(payload)[:min(chunk, left)])
+
+    threading.Thread(target=send, daemon=True).start()
+    conn, _ = srv.accept()
+    buf = bytearray(size)
+    view = memoryview(buf)
+    best = None
+    for _ in range(spec.get("repeat", 3)):
+        got, t0 = 0, time.perf_counter()
+        while got < size:
+            n = conn.recv_into(view[got:], min(chunk, size - got))
+            if not n:
+                raise ConnectionError("raw TCP sender stopped early")
+            got += n
+        dt = time.perf_counter() - t0
+        best = dt if best is None else min(best, dt)
+    conn.close()
+    srv.close()
+    return {"gb_per_s": size / best / 1e9, "seconds": best, "bytes": size}
+
+
+if __name__ == "__main__":
+    spec = json.loads(sys.argv[1])
+    result = probe_raw_tcp(spec) if spec.get("raw") else probe_transport(spec)
+    print("RESULT " + json.dumps(result), flush=True)
