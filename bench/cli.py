@@ -106,6 +106,36 @@ def transports(size, block_size, workdir, json_path) -> None:
     _write(result, json_path, None, "")
 
 
+@main.command()
+@click.option("--link", default="100mbit", show_default=True,
+              help="Rate of the emulated link (tc tbf syntax, e.g. 100mbit, 1gbit).")
+@click.option("--workdir", type=click.Path(file_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
+def qos(link, workdir, json_path) -> None:
+    """Warming vs a bulk TCP flow on a shaped link (network namespace + veth + tc tbf; root).
+
+    Measures the flow alone, the flow while a warm runs, and the warm once the flow stops.
+    """
+    import tempfile
+
+    from cachenode.units import parse_rate
+
+    from .qos import run_qos
+
+    if os.geteuid() != 0:
+        raise click.ClickException("cachebench qos creates a network namespace and needs root")
+    rate = parse_rate(link.lower().replace("mbit", "Mbit").replace("gbit", "Gbit"))
+    with tempfile.TemporaryDirectory(prefix="cachebench-qos-") as tmp:
+        r = run_qos(workdir or tmp, link=link, link_bytes_per_s=rate)
+    click.echo(f"link {r['link_gbit']:.2f} Gbit/s")
+    click.echo(f"bulk flow alone           {r['foreground_alone_gb_per_s'] * 1e3:8.1f} MB/s")
+    click.echo(f"bulk flow during warm     {r['foreground_with_cache_gb_per_s'] * 1e3:8.1f} MB/s "
+               f"({100 * r['foreground_kept']:.0f}% kept; target >= 90%)")
+    click.echo(f"warm once the flow stops  {r['cache_idle_gb_per_s'] * 1e3:8.1f} MB/s "
+               f"({100 * r['cache_idle_link_share']:.0f}% of the link; target >= 80%)")
+    _write(r, json_path, None, "")
+
+
 def _write(result: dict, json_path: str | None, plot_path: str | None, title: str) -> None:
     if json_path:
         with open(json_path, "w") as f:

@@ -82,11 +82,21 @@ def main(log_level: str) -> None:
 @click.option("--ucx", is_flag=True,
               help="Also serve blocks over UCX (RDMA/InfiniBand, shared memory; pip install cachenode[ucx]). "
                    "UCX_TLS, UCX_NET_DEVICES etc. pass through to UCX.")
+@click.option("--max-egress", metavar="RATE", help="Cap for all cache traffic, e.g. 10Gbit or 1GB/s.")
+@click.option("--link-speed", metavar="RATE",
+              help="NIC speed (e.g. 100Gbit): turns on idle mode, where warming uses only what the "
+                   "other traffic on the link leaves free.")
+@click.option("--idle-iface", help="NIC whose byte counters idle mode watches [default: busiest non-loopback].")
+@click.option("--idle-headroom", default=0.1, show_default=True, type=click.FloatRange(0, 0.9),
+              help="Fraction of the link background traffic never uses.")
+@click.option("--idle-direction", default="rx", show_default=True, type=click.Choice(["rx", "tx"]),
+              help="Counter that carries background traffic: rx (fills from blob storage) or tx.")
 @click.option("--peer-timeout", default=10.0, show_default=True, type=float,
               help="Seconds without progress before a peer transfer is abandoned for the next candidate.")
 def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, token, token_file,
           no_auth, connection_string, account_name, account_key, sas_token, blob_endpoint,
-          origin_retries, peers, peers_file, peers_dns, member_id, advertise_url, ucx, peer_timeout) -> None:
+          origin_retries, peers, peers_file, peers_dns, member_id, advertise_url, ucx, max_egress,
+          link_speed, idle_iface, idle_headroom, idle_direction, peer_timeout) -> None:
     """Run a cache node until SIGTERM or Ctrl-C.
 
     Without an account key, SAS or connection string, the node uses DefaultAzureCredential
@@ -122,6 +132,7 @@ def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, to
         token=token, azure=azure, origin_retries=origin_retries,
         peers=_split_peers(peers), peers_file=peers_file, peers_dns=peers_dns, member_id=member_id,
         advertise_url=advertise_url, peer_timeout=peer_timeout, ucx=ucx,
+        qos=_qos(max_egress, link_speed, idle_iface, idle_headroom, idle_direction),
     )
     if ucx:
         from .transport.registry import available
@@ -192,6 +203,21 @@ def status(nodes, token, as_json) -> None:
         token = c._async.token
     rows = collect(members, token)
     click.echo(json.dumps(rows, indent=2) if as_json else render(rows))
+
+
+def _qos(max_egress, link_speed, iface, headroom, direction):
+    from .qos import QosConfig, read_counters
+    from .units import parse_rate
+
+    try:
+        cfg = QosConfig(max_rate=parse_rate(max_egress) if max_egress else None,
+                        link_speed=parse_rate(link_speed) if link_speed else None,
+                        iface=iface, headroom=headroom, direction=direction)
+        if iface:
+            read_counters(iface)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return cfg
 
 
 def _split_peers(values: tuple[str, ...]) -> tuple[str, ...]:

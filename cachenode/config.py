@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .blocks import DEFAULT_BLOCK_SIZE
 from .origin_azure import AzureCredentials
+from .qos import QosConfig
 from .source import AZURE, FILE, SourceRef
 
 GiB = 1024**3
@@ -41,6 +42,7 @@ class NodeConfig:
     health_interval: float = 1.0
     warm_concurrency: int = 4
     ucx: bool = False  # also serve blocks over UCX (needs the `ucx` extra)
+    qos: QosConfig = field(default_factory=QosConfig)
 
     def allows(self, ref: SourceRef) -> bool:
         """True if this node may read `ref` from its origin on a client's behalf."""

@@ -14,6 +14,7 @@ from .metrics import NodeMetrics
 from .origin import ObjectInfo, Origin
 from .origin_azure import AzureOrigin
 from .origin_file import FileOrigin
+from .qos import Governor
 from .singleflight import SingleFlight
 from .source import FILE, SourceRef
 from .store_disk import DiskFull, DiskTier
@@ -58,16 +59,20 @@ class Node:
         self.file = file or FileOrigin()
         self._flights: SingleFlight[Block] = SingleFlight()
         self._writes: set[asyncio.Task] = set()
+        self.governor = Governor(config.qos)
+        self._boost: dict[str, asyncio.Event] = {}  # background fills a loader now waits for
         self._warned_full = False
         self.metrics.memory_capacity.set(config.memory_bytes)
         self.metrics.disk_capacity.set(config.disk_bytes)
 
     async def start(self) -> None:
+        self.governor.start()
         n = await asyncio.to_thread(self.disk.rebuild)
         log.info("disk tier %s: %d blocks, %d bytes", self.disk.root, n, self.disk.used)
         self._update_gauges()
 
     async def close(self) -> None:
+        await self.governor.close()
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
         await self.azure.close()
@@ -84,8 +89,13 @@ class Node:
     async def list(self, ref: SourceRef, prefix: str) -> list[tuple[SourceRef, ObjectInfo]]:
         return await self.origin_for(ref).list(ref, prefix)
 
-    async def get_block(self, req: BlockRequest, *, verify: bool = False) -> Block:
-        """The block's bytes from memory, disk, or (once, however many ask) the origin."""
+    async def get_block(self, req: BlockRequest, *, verify: bool = False, background: bool = False) -> Block:
+        """The block's bytes from memory, disk, or (once, however many ask) the origin.
+
+        Background requests (warming) are paced into the link's idle capacity; a foreground
+        request that finds a background fill of the same block in flight lifts its pacing, so
+        a waiting loader never queues behind background traffic.
+        """
         origin = self.origin_for(req.ref)
         offset, length = block_span(req.size, req.block_size, req.index)
         key = block_key(req.ref, req.etag, req.size, req.block_size, req.index)
@@ -94,15 +104,17 @@ class Node:
             self.metrics.hits.labels(block.tier).inc()
             return block
         self.metrics.misses.inc()
+        if not background and key in self._boost:
+            self._boost[key].set()
         block, shared = await self._flights.do(
-            key, lambda: self._fill(origin, req, key, offset, length))
+            key, lambda: self._fill(origin, req, key, offset, length, background))
         if shared:
             self.metrics.fills_deduplicated.inc()
         return block
 
     async def warm_block(self, req: BlockRequest) -> bool:
         """Make sure the block is cached here; True if it already was."""
-        block = await self.get_block(req)
+        block = await self.get_block(req, background=True)
         cached = block.tier != "origin"
         self.metrics.warm_blocks.labels("cached" if cached else "filled").inc()
         return cached
@@ -130,14 +142,22 @@ class Node:
         self._update_gauges()
         return Block(len(data), entry.digest, "disk", data=data)
 
-    async def _fill(self, origin: Origin, req: BlockRequest, key: str, offset: int, length: int) -> Block:
+    async def _fill(self, origin: Origin, req: BlockRequest, key: str, offset: int, length: int,
+                    background: bool = False) -> Block:
         # Check again inside the flight: a flight for this key may have finished between our
         # miss and this one starting, and the block must not be read from the origin twice.
         block = await self._lookup(key, False)
         if block is not None:
             return block
+        if background:
+            boost = self._boost.setdefault(key, asyncio.Event())
+            try:
+                await self.governor.background(length, boost)
+            finally:
+                self._boost.pop(key, None)
         buf = bytearray(length)
         await origin.read_into(req.ref, req.etag, offset, memoryview(buf))
+        self.governor.own(length, "rx")
         self.metrics.fills.inc()
         self.metrics.origin_bytes.inc(length)
         dg = digest(buf)
@@ -164,3 +184,13 @@ class Node:
     def _update_gauges(self) -> None:
         self.metrics.memory_used.set(self.memory.used)
         self.metrics.disk_used.set(self.disk.used)
+
+    def refresh_metrics(self) -> None:
+        """Gauges read at scrape time."""
+        self._update_gauges()
+        g, m = self.governor, self.metrics
+        m.qos_limit.set(-1 if g.background_limit is None else g.background_limit)
+        m.qos_other.set(g.other_rate)
+        m.qos_throttled.set(g.throttled_seconds)
+        for cls, n in g.bytes.items():
+            m.qos_bytes.labels(cls).set(n)

@@ -36,3 +36,17 @@ def format_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+_RATE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(bit|bps|b/s|B/s|iB/s)?\s*$", re.IGNORECASE)
+
+
+def parse_rate(text: str) -> float:
+    """Parse a link rate into bytes per second: "10Gbit", "100Mbit", "1.5GB/s", "200MiB/s"."""
+    m = _RATE_RE.match(str(text))
+    if not m or not m.group(3):
+        raise ValueError(f"cannot parse rate {text!r}: use e.g. 10Gbit, 100Mbit, 1GB/s, 200MiB/s")
+    value, prefix, unit = float(m.group(1)), m.group(2).lower(), m.group(3).lower()
+    base = 1024 if unit == "ib/s" else 1000
+    scale = base ** ("kmgt".index(prefix) + 1) if prefix else 1
+    return value * scale / 8 if unit in ("bit", "bps") else value * scale

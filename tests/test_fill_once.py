@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,9 @@ def test_corrupt_block_on_disk_is_detected_dropped_and_refetched(blobs, nodes, p
     assert _read_all(url, node.url) == data
     assert metric(node, "cachenode_corrupt_blocks_total") == 1
     assert proxy.reads_of(blobs.path("c.bin")) == 4  # 3 cold + 1 refetch of the corrupt one
+    deadline = time.monotonic() + 10  # the refetched block is written to disk in the background
+    while len(_block_files(cache)) != 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(_block_files(cache)) == 3  # replaced by a good copy
 
 

@@ -13,7 +13,7 @@ import cachenode
 from blobproxy import BlobProxy
 from cachenode.bench.services import connection_string, free_port
 from helpers import BS, TOKEN, metric
-from netns import VethHost
+from cachenode.bench.netns import VethHost
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
                                 reason="network namespaces need root and iproute2 (CI has both)")

@@ -96,7 +96,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[NODE_KEY].metrics.render()
+    node = request.app[NODE_KEY]
+    node.refresh_metrics()
+    body = node.metrics.render()
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
@@ -168,6 +170,8 @@ async def get_block(request: web.Request) -> web.StreamResponse:
     avoid = frozenset(a for a in request.headers.get(AVOID_HEADER, "").split(",") if a)
     block = await request.app[ROUTER_KEY].get_block(req, verify=verify, forwarded=forwarded, avoid=avoid)
     headers = {DIGEST_HEADER: block.digest, TIER_HEADER: block.tier}
+    await node.governor.foreground(block.length)
+    node.governor.own(block.length, "tx")
     node.metrics.served_bytes.inc(block.length)
     node.metrics.served_blocks.labels(block.tier).inc()
     if block.data is not None:

@@ -48,6 +48,11 @@ class VethHost:
     def exec_prefix(self) -> tuple[str, ...]:
         return ("ip", "netns", "exec", self.ns)
 
+    def shape(self, rate: str) -> None:
+        """Rate-limit traffic from the root namespace into this host (tc tbf), e.g. "100mbit"."""
+        subprocess.run(["tc", "qdisc", "replace", "dev", self.root_if, "root", "tbf", "rate", rate,
+                        "burst", "64kb", "latency", "50ms"], check=True, capture_output=True, timeout=30)
+
     def cut(self) -> None:
         """Pull the cable at the far end: packets to the namespace are dropped, not refused."""
         _ip("link", "set", self.ns_if, "down", ns=self.ns)
