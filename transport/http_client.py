@@ -33,36 +33,24 @@ class HttpNodeClient:
         return (await self.get_json("/v1/members"))["members"]
 
     async def get_json(self, path: str, params: dict | None = None) -> dict:
-        try:
-            async with self._session.get(f"{self.base_url}{path}", params=params,
-                                         headers=self._headers, timeout=self._timeout) as r:
-                if r.status != 200:
-                    raise await self._error(r)
-                return await r.json()
-        except CacheError:
-            raise
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise PeerUnavailable(f"cache node {self.base_url} unreachable: {exc}") from exc
+        return await self._json("GET", path, params=params, timeout=self._timeout)
 
     async def post_json(self, path: str, body: dict, timeout: float | None = None) -> dict:
         t = aiohttp.ClientTimeout(total=timeout, sock_connect=5) if timeout else self._timeout
+        return await self._json("POST", path, json=body, timeout=t)
+
+    async def _json(self, method: str, path: str, **kwargs) -> dict:
+        """A JSON call; HTTP errors become ours, connection failures PeerUnavailable."""
         try:
-            async with self._session.post(f"{self.base_url}{path}", json=body,
-                                          headers=self._headers, timeout=t) as r:
+            async with self._session.request(method, f"{self.base_url}{path}", headers=self._headers,
+                                             **kwargs) as r:
                 if r.status != 200:
                     raise await self._error(r)
                 return await r.json()
         except CacheError:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise PeerUnavailable(f"cache node {self.base_url} failed: {exc!r}") from exc
-
-    async def healthy(self) -> bool:
-        try:
-            async with self._session.get(f"{self.base_url}/healthz", timeout=self._timeout) as r:
-                return r.status == 200
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return False
+            raise PeerUnavailable(f"cache node {self.base_url} unreachable: {exc!r}") from exc
 
     async def stat(self, ref: SourceRef) -> tuple[ObjectInfo, int]:
         """(size+ETag, the node's block size) for `ref`, answered by the node from its origin."""
