@@ -10,7 +10,7 @@ import torch
 from .api import AsyncClient, Client
 from .files import AsyncCacheFile
 from .prefault import prefault
-from .safetensors_header import Header, SafetensorsError, TensorEntry, header_length, parse_header
+from .safetensors_header import Header, TensorEntry, header_length, parse_header
 
 TORCH_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -24,17 +24,6 @@ class StateDict(dict):
     """name -> tensor, plus the file's `__metadata__` as `.metadata`."""
 
     metadata: dict[str, str]
-
-
-def read_header(f, name: str) -> Header:
-    """Read and validate the header of an open seekable binary file (sync)."""
-    size = f.seek(0, 2)
-    f.seek(0)
-    n = header_length(f.read(8), size, name)
-    raw = f.read(n)
-    if len(raw) != n:
-        raise SafetensorsError(f"{name}: header truncated ({len(raw)} of {n} bytes)")
-    return parse_header(raw, size, name)
 
 
 async def aread_header(f: AsyncCacheFile) -> Header:
