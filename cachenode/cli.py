@@ -13,6 +13,7 @@ import click
 
 from .blocks import DEFAULT_BLOCK_SIZE, check_block_size
 from .config import NodeConfig
+from .errors import CacheError
 from .env import read_env, resolve_token
 from .origin_azure import AzureCredentials
 from .units import format_size, parse_size
@@ -30,7 +31,17 @@ class Size(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Our own errors end the command with their message, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CacheError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def main(log_level: str) -> None:

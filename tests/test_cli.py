@@ -61,3 +61,11 @@ def test_parse_size(text, value):
 def test_parse_size_rejects(text):
     with pytest.raises(ValueError, match="cannot parse size"):
         parse_size(text)
+
+
+def test_admin_commands_report_errors_without_tracebacks():
+    r = subprocess.run([sys.executable, "-m", "cachenode", "stat", "s3://bucket/key"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1
+    assert "Error: unsupported URL scheme in 's3://bucket/key'" in r.stderr
+    assert "Traceback" not in r.stderr
