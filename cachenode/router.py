@@ -38,6 +38,8 @@ class Router:
         await self.membership.start(self._session)
 
     async def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
         await self.membership.close()
         if self._session is not None:
             await self._session.close()

@@ -222,6 +222,8 @@ class AsyncClient:
         return first[1]
 
     async def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
         for origin in self._origins.values():
             await origin.close()
         self._origins.clear()

@@ -94,6 +94,9 @@ def test_corruption_while_running_is_caught_end_to_end(blobs, nodes, proxy, tmp_
     url = blobs.put("live.bin", data)
     node = nodes.start("--block-size", f"{BS}", "--memory", "0", cache_dir=cache)
     assert _read_all(url, node.url) == data
+    deadline = time.monotonic() + 10  # blocks reach the disk in the background
+    while len(_block_files(cache)) != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     for p in _block_files(cache):
         with open(p, "r+b") as f:
             f.write(b"\x00" * 8)

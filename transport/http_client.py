@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Iterable
 
 import aiohttp
@@ -12,6 +14,7 @@ from cachenode.node import BlockRequest
 from cachenode.origin import ObjectInfo
 from cachenode.source import SourceRef
 
+from .http_fastpath import FastBlockGetter
 from .wire import AVOID_HEADER, DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, error_from_wire, request_params
 
 
@@ -24,6 +27,8 @@ class HttpNodeClient:
         self._session = session
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout)
+        self._read_timeout = read_timeout
+        self._fast: FastBlockGetter | None = None
 
     def __repr__(self) -> str:
         return f"HttpNodeClient({self.base_url})"
@@ -61,38 +66,39 @@ class HttpNodeClient:
                          forwarded: bool = False, avoid: Iterable[str] = ()) -> tuple[str, str]:
         """Fill `dest` (exactly the block's length); returns (tier that served it, digest).
 
-        The body is copied chunk by chunk into `dest` as it arrives; a short or corrupt body
-        raises and the caller must treat `dest` as garbage.
+        The body is received by the kernel straight into `dest` (see http_fastpath); after any
+        failure the caller must treat `dest` as garbage.
         """
-        headers = dict(self._headers)
+        extra = {}
         if forwarded:
-            headers[FORWARDED_HEADER] = "1"
+            extra[FORWARDED_HEADER] = "1"
         if avoid:
-            headers[AVOID_HEADER] = ",".join(avoid)
+            extra[AVOID_HEADER] = ",".join(avoid)
+        if self._fast is None:
+            self._fast = FastBlockGetter(self.base_url, self._headers)
         try:
-            async with self._session.get(f"{self.base_url}/v1/block", params=request_params(req, verify),
-                                         headers=headers, timeout=self._timeout) as r:
-                if r.status != 200:
-                    raise await self._error(r)
-                expected = r.headers.get(DIGEST_HEADER, "")
-                tier = r.headers.get(TIER_HEADER, "")
-                pos = 0
-                async for chunk in r.content.iter_any():
-                    end = pos + len(chunk)
-                    if end > len(dest):
-                        raise BlockCorrupt(f"{self.base_url} sent more than {len(dest)} bytes for block {req.index} of {req.ref}")
-                    dest[pos:end] = chunk
-                    pos = end
-        except CacheError:
-            raise
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            status, headers, body = await self._fast.get("/v1/block", request_params(req, verify), dest,
+                                                         extra, self._read_timeout)
+        except (OSError, ValueError, asyncio.TimeoutError) as exc:
             raise PeerUnavailable(f"cache node {self.base_url} failed mid-transfer: {exc!r}") from exc
-        if pos != len(dest):
-            raise PeerUnavailable(
-                f"cache node {self.base_url} sent {pos} of {len(dest)} bytes of block {req.index} of {req.ref}")
+        if status != 200:
+            try:
+                err = json.loads(bytes(body))
+                name, message = err.get("error", ""), err.get("message", "")
+            except (ValueError, AttributeError):
+                raise CacheError(f"cache node {self.base_url} answered {status}") from None
+            raise error_from_wire(name, f"{message} (node {self.base_url})")
+        if body is not dest:
+            raise BlockCorrupt(f"{self.base_url} sent {len(body)} bytes for the {len(dest)}-byte "
+                               f"block {req.index} of {req.ref}")
+        expected = headers.get(DIGEST_HEADER.lower(), "")
         if digest(dest) != expected:
             raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} failed its digest check")
-        return tier, expected
+        return headers.get(TIER_HEADER.lower(), ""), expected
+
+    def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
 
     async def _error(self, r: aiohttp.ClientResponse) -> CacheError:
         try:

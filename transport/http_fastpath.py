@@ -1,0 +1,153 @@
+"""Block GETs over plain HTTP/1.1 whose body the kernel writes straight into the caller's buffer.
+
+aiohttp hands a body out as chunks it has already copied; here an asyncio BufferedProtocol gives
+the socket the destination memoryview itself (recv_into), so a block crosses user space once.
+Only block bodies use this path; everything else stays on aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlencode, urlsplit
+
+_HEADER_MAX = 64 * 1024
+
+
+class _Response:
+    def __init__(self, dest: memoryview) -> None:
+        self.dest = dest
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body: memoryview | None = None  # where the body goes: dest, or a bytearray for errors
+        self.length = -1
+        self.got = 0
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+
+class _BlockProtocol(asyncio.BufferedProtocol):
+    """One keep-alive connection; one response at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._head = bytearray(_HEADER_MAX)
+        self._head_len = 0
+        self.resp: _Response | None = None
+        self.closed = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self.resp is not None and not self.resp.done.done():
+            self.resp.done.set_exception(ConnectionResetError(f"connection closed mid-response: {exc}"))
+
+    def begin(self, resp: _Response) -> None:
+        self.resp = resp
+        self._head_len = 0
+
+    def get_buffer(self, sizehint: int):
+        r = self.resp
+        if r is not None and r.body is not None:
+            return r.body[r.got:]
+        return memoryview(self._head)[self._head_len:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        r = self.resp
+        if r is None:  # bytes outside a response: protocol error, drop the connection
+            self.transport.abort()
+            return
+        if r.body is not None:
+            r.got += nbytes
+        else:
+            self._head_len += nbytes
+            end = self._head.find(b"\r\n\r\n", 0, self._head_len)
+            if end < 0:
+                if self._head_len == _HEADER_MAX:
+                    self._fail(ValueError("response header too large"))
+                return
+            if not self._parse_head(bytes(self._head[:end])):
+                return
+            extra = self._head_len - (end + 4)
+            if extra > r.length:
+                self._fail(ValueError("more bytes than Content-Length"))
+                return
+            r.body[:extra] = self._head[end + 4:self._head_len]
+            r.got = extra
+        if r.got >= r.length and not r.done.done():
+            self.resp = None
+            r.done.set_result(None)
+
+    def _parse_head(self, head: bytes) -> bool:
+        r = self.resp
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            r.status = int(lines[0].split(" ", 2)[1])
+        except (IndexError, ValueError):
+            self._fail(ValueError(f"bad status line {lines[0]!r}"))
+            return False
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            r.headers[k.strip().lower()] = v.strip()
+        if "content-length" not in r.headers:
+            self._fail(ValueError("response without Content-Length"))
+            return False
+        r.length = int(r.headers["content-length"])
+        if r.status == 200 and r.length == len(r.dest):
+            r.body = r.dest  # the kernel now writes the body straight into the caller's buffer
+        else:
+            r.body = memoryview(bytearray(r.length))  # an error body, or a wrong size: not into dest
+        return True
+
+    def _fail(self, exc: Exception) -> None:
+        r, self.resp = self.resp, None
+        if r is not None and not r.done.done():
+            r.done.set_exception(exc)
+        self.transport.abort()
+
+
+class FastBlockGetter:
+    """A small keep-alive pool of raw connections to one node, for block GETs only."""
+
+    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
+        parts = urlsplit(base_url)
+        self.host, self.port = parts.hostname, parts.port or 80
+        self._host_header = parts.netloc
+        self._headers = headers
+        self._idle: list[_BlockProtocol] = []
+
+    async def get(self, path: str, params: dict, dest: memoryview, extra_headers: dict, timeout: float
+                  ) -> tuple[int, dict[str, str], memoryview]:
+        """(status, headers, body): body is `dest` itself on a 200 of the right size."""
+        proto = None
+        while self._idle:
+            cand = self._idle.pop()
+            if not cand.closed:
+                proto = cand
+                break
+        if proto is None:
+            loop = asyncio.get_running_loop()
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(_BlockProtocol, self.host, self.port), timeout)
+        resp = _Response(dest)
+        proto.begin(resp)
+        lines = [f"GET {path}?{urlencode(params)} HTTP/1.1", f"Host: {self._host_header}"]
+        lines += [f"{k}: {v}" for k, v in {**self._headers, **extra_headers}.items()]
+        proto.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        try:
+            await asyncio.wait_for(asyncio.shield(resp.done), timeout)
+        except BaseException:
+            proto.transport.abort()  # nothing more may land in dest after we give up
+            if not resp.done.done():
+                resp.done.cancel()
+            raise
+        if resp.headers.get("connection", "").lower() != "close" and not proto.closed:
+            self._idle.append(proto)
+        else:
+            proto.transport.close()
+        return resp.status, resp.headers, resp.body
+
+    def close(self) -> None:
+        for p in self._idle:
+            p.transport.close()
+        self._idle.clear()
