@@ -11,19 +11,15 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from cachenode.metrics import scrape
 
 from .checkpoint import make_safetensors, upload
 from .runner import run_together
 from .services import Azurite, LocalCluster
+from .table import byte_bar
 
 CONTAINER = "models"
-
-
-def _bar(desc: str, total: int) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
 
 
 def reference_digest(path: Path) -> str:
@@ -51,9 +47,9 @@ def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_siz
             stack.callback(shutil.rmtree, base, ignore_errors=True)
         azurite = stack.enter_context(Azurite(base / "azurite"))
         ckpt = base / "model.safetensors"
-        with _bar("generate checkpoint", size) as bar:
+        with byte_bar("generate checkpoint", size) as bar:
             model_bytes = make_safetensors(ckpt, size, progress=bar.update)
-        with _bar("upload", model_bytes) as bar:
+        with byte_bar("upload", model_bytes) as bar:
             upload(azurite.connection_string, CONTAINER, "a/model.safetensors", ckpt, progress=bar.update)
         _copy_blob(azurite.connection_string, "a/model.safetensors", "b/model.safetensors")
         reference = reference_digest(ckpt)

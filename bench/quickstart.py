@@ -9,7 +9,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from cachenode.metrics import scrape
 from cachenode.units import format_size
@@ -17,15 +16,10 @@ from cachenode.units import format_size
 from .checkpoint import make_safetensors, upload
 from .loads import LoadResult, blob_sdk_tensors, cache_tensors, timed
 from .services import Azurite, LocalCluster
-from .table import print_table
+from .table import byte_bar, print_table
 
 CONTAINER = "models"
 BLOB = "demo/model.safetensors"
-
-
-def _bar(desc: str, total: int) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                leave=False, dynamic_ncols=True)
 
 
 def run_quickstart(size: int, block_size: str, workdir: str | None, keep: bool, n_nodes: int = 3) -> list[dict]:
@@ -39,9 +33,9 @@ def run_quickstart(size: int, block_size: str, workdir: str | None, keep: bool, 
         click.echo(f"Azurite (Azure Blob emulator) on {azurite.endpoint}")
 
         ckpt = base / "model.safetensors"
-        with _bar("generate checkpoint", size) as bar:
+        with byte_bar("generate checkpoint", size) as bar:
             file_size = make_safetensors(ckpt, size, progress=bar.update)
-        with _bar("upload to Azurite", file_size) as bar:
+        with byte_bar("upload to Azurite", file_size) as bar:
             upload(azurite.connection_string, CONTAINER, BLOB, ckpt, progress=bar.update)
         ckpt.unlink()  # the blob is the only copy now
         click.echo(f"uploaded {format_size(file_size)} to {CONTAINER}/{BLOB}")
@@ -56,7 +50,7 @@ def run_quickstart(size: int, block_size: str, workdir: str | None, keep: bool, 
         def origin_bytes() -> float:
             return sum(scrape(u, token).get("cachenode_origin_bytes_total", 0.0) for u in cluster.urls)
 
-        with _bar("blob direct (azure SDK)", file_size) as bar:
+        with byte_bar("blob direct (azure SDK)", file_size) as bar:
             direct = timed(lambda: blob_sdk_tensors(azurite.connection_string, CONTAINER, BLOB, 8,
                                                     on_bytes=bar.update), file_size)
         rows.append(_row("blob direct (azure-storage-blob)", direct, file_size, direct.digest))
@@ -64,7 +58,7 @@ def run_quickstart(size: int, block_size: str, workdir: str | None, keep: bool, 
         # fresh memory) entering at another node, every block served by its owner.
         for name, entry in (("cache cold", 0), ("cache warm", 1 % n_nodes)):
             before = origin_bytes()
-            with _bar(name, file_size) as bar:
+            with byte_bar(name, file_size) as bar:
                 res = timed(lambda: cache_tensors(url, [cluster.urls[entry]], token, on_bytes=bar.update),
                             file_size)
             rows.append(_row(name, res, origin_bytes() - before, direct.digest))

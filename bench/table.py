@@ -1,8 +1,16 @@
-"""A plain aligned text table for benchmark results."""
+"""Terminal output for benchmarks: an aligned text table and a byte progress bar."""
 
 from __future__ import annotations
 
 from typing import Callable
+
+from tqdm import tqdm
+
+
+def byte_bar(desc: str, total: int) -> tqdm:
+    """A transient progress bar counting bytes."""
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                leave=False, dynamic_ncols=True)
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, str, str | Callable]]) -> None:

@@ -74,11 +74,12 @@ async def warm_objects(objects: list[tuple[SourceRef, ObjectInfo]], block_size: 
                     progress(nbytes)
 
     jobs = []
+    span = batch * max(1, len(by_id))  # about `batch` blocks per member per round
     for ref, info in objects:
         # Batches of consecutive indices per object; send() regroups them by owner.
         n = block_count(info.size, block_size)
-        for start in range(0, n, batch * max(1, len(by_id))):
-            jobs.append(send(ref, info, list(range(start, min(n, start + batch * max(1, len(by_id)))))))
+        for start in range(0, n, span):
+            jobs.append(send(ref, info, list(range(start, min(n, start + span)))))
     await asyncio.gather(*jobs)
     summary.seconds = time.perf_counter() - t0
     return summary

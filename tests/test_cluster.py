@@ -8,7 +8,6 @@ import threading
 import time
 from collections import Counter
 
-import pytest
 
 import cachenode
 from cachenode.blocks import block_count, block_key

@@ -34,22 +34,11 @@ class UcxContext:
         _ucx_loop = loop
         self.ucxx = ucxx = w.init_ucx()
         self.address = ucxx.get_worker_address().tobytes()
-        self._eps: dict[bytes, object] = {}
+        self.endpoints = w.Endpoints(ucxx)
         self._ids = itertools.count(1)
 
     def next_id(self) -> int:
         return next(self._ids)
-
-    async def endpoint(self, address: bytes):
-        ep = self._eps.get(address)
-        if ep is None:
-            addr = self.ucxx.get_ucx_address_from_buffer(address)
-            ep = await self.ucxx.create_endpoint_from_worker_address(addr, endpoint_error_handling=False)
-            self._eps[address] = ep
-        return ep
-
-    def forget(self, address: bytes) -> None:
-        self._eps.pop(address, None)
 
     def cancel_inflight(self) -> None:
         """After a timeout: a receive posted into a caller's buffer must never complete later
@@ -81,7 +70,7 @@ class UcxNodeClient:
             rid = self._ctx.next_id()
             header = bytearray(w.HEADER_SIZE)
             try:
-                ep = await self._ctx.endpoint(self._address)
+                ep = await self._ctx.endpoints.get(self._address)
                 got_header = asyncio.ensure_future(ucxx.recv(header, tag=w.header_tag(rid)))
                 await asyncio.wait_for(ep.send(w.pack_request(rid, self._ctx.address, fields),
                                                tag=w.REQUEST_TAG, force_tag=True), self._timeout)
@@ -98,10 +87,10 @@ class UcxNodeClient:
                 raise
             except (asyncio.TimeoutError, TimeoutError) as exc:
                 self._ctx.cancel_inflight()
-                self._ctx.forget(self._address)
+                self._ctx.endpoints.forget(self._address)
                 raise PeerUnavailable(f"cache node {self.base_url} (ucx) stalled on block {req.index}") from exc
             except Exception as exc:  # noqa: BLE001 - UCX errors become ours at the edge
-                self._ctx.forget(self._address)
+                self._ctx.endpoints.forget(self._address)
                 raise PeerUnavailable(f"cache node {self.base_url} (ucx) failed: {exc!r}") from exc
         if digest(dest) != info["digest"]:
             raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} (ucx) failed its digest check")

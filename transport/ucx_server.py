@@ -27,12 +27,11 @@ class UcxServer:
         self.token = token or ""
         self._receivers = receivers
         self._tasks: list[asyncio.Task] = []
-        self._eps: dict[bytes, object] = {}
-        self._ep_lock = asyncio.Lock()
         self.address = b""
 
     async def start(self) -> bytes:
         ucxx = self._ucxx = w.init_ucx()
+        self._eps = w.Endpoints(ucxx)
         self.address = ucxx.get_worker_address().tobytes()
         self._tasks = [asyncio.ensure_future(self._serve()) for _ in range(self._receivers)]
         return self.address
@@ -57,21 +56,8 @@ class UcxServer:
             except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the receiver
                 log.warning("UCX reply %d failed: %s", req_id, exc)
 
-    async def _endpoint(self, address: bytes):
-        ep = self._eps.get(address)
-        if ep is None:
-            async with self._ep_lock:
-                ep = self._eps.get(address)
-                if ep is None:
-                    addr = self._ucxx.get_ucx_address_from_buffer(address)
-                    # Error handling off: UCX then uses shared memory/CMA lanes (measured ~3x
-                    # faster here); it must match the client's setting.
-                    ep = await self._ucxx.create_endpoint_from_worker_address(addr, endpoint_error_handling=False)
-                    self._eps[address] = ep
-        return ep
-
     async def _answer(self, req_id: int, reply_to: bytes, fields: dict) -> None:
-        ep = await self._endpoint(reply_to)
+        ep = await self._eps.get(reply_to)
         node = self.router.node
         node.metrics.ucx_requests.inc()
         try:
