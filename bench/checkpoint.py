@@ -66,7 +66,8 @@ def upload(conn_str: str, container: str, blob: str, path: str | Path,
         done = [0]
 
         def hook(current, total):
-            if progress and current is not None:
+            # parallel chunks report out of order: count only what moves the high-water mark
+            if progress and current is not None and current > done[0]:
                 progress(current - done[0])
                 done[0] = current
 

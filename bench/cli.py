@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 
 import click
 
@@ -16,6 +18,8 @@ def main() -> None:
 
     Everything runs on this machine: Azurite, node processes and a generated checkpoint.
     """
+    # SIGTERM unwinds like Ctrl-C, so every process and namespace a run created is removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 @main.command()
@@ -104,6 +108,43 @@ def transports(size, block_size, workdir, json_path) -> None:
                f"[{'met' if r['tcp_over_raw_tcp'] >= 0.7 else 'NOT met'}]; "
                f"UCX (shm) >= 1.5x HTTP: {r['ucx_over_tcp']:.2f} [{'met' if r['ucx_over_tcp'] >= 1.5 else 'NOT met'}]")
     _write(result, json_path, None, "")
+
+
+@main.command()
+@click.option("--size", default="1GiB", show_default=True, type=Size(), help="Checkpoint size.")
+@click.option("--origin-gbit", default=1.0, show_default=True, type=click.FloatRange(0.01, 100),
+              help="Emulated link between blob storage and the cluster, Gbit/s.")
+@click.option("--peer-gbit", default=8.0, show_default=True, type=click.FloatRange(0.01, 100),
+              help="Emulated link between the loader and its peers, Gbit/s.")
+@click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16))
+@click.option("--block-size", default="8MiB", show_default=True)
+@click.option("--concurrency", "concurrencies", default="8,16", show_default=True,
+              help="Connection counts tried for blob_direct_sdk (the best is reported).")
+@click.option("--workdir", type=click.Path(file_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG bar chart.")
+def links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, workdir, json_path, plot_path) -> None:
+    """Blob storage behind a slow link, peers behind a fast one: cold vs warm vs direct (root).
+
+    Network namespaces + veth + tc tbf emulate the two links on this machine; the loaders run
+    in fresh processes in the root namespace and every load is verified.
+    """
+    from .links import run_links
+
+    if os.geteuid() != 0:
+        raise click.ClickException("cachebench links creates network namespaces and needs root")
+    conc = tuple(int(c) for c in concurrencies.split(","))
+    r = run_links(size, origin_gbit, peer_gbit, n_nodes, block_size, conc, workdir)
+    q = r["ratios"]
+    ok = q["warm_speedup_over_cold"] >= 0.8 * q["link_ratio"]
+    click.echo(f"\nwarm speedup over cold {q['warm_speedup_over_cold']:.2f}x; link ratio {q['link_ratio']:.2f}x; "
+               f"target >= {0.8 * q['link_ratio']:.2f}x [{'met' if ok else 'NOT met'}]")
+    click.echo(f"cache warm vs blob direct {q['warm_over_blob_direct']:.2f}x, "
+               f"cache cold vs blob direct {q['cold_over_blob_direct']:.2f}x")
+    _write(r, json_path, plot_path, f"cachebench links: origin {origin_gbit:g} Gbit/s, peers {peer_gbit:g} Gbit/s, "
+           f"{r['model_bytes'] / 2**30:.2f} GiB ({os.cpu_count()} CPUs)")
+    if not all(v["verified"] for v in r["scenarios"].values()):
+        raise click.ClickException("a load returned bytes that differ from the checkpoint")
 
 
 @main.command()

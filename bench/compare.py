@@ -66,13 +66,8 @@ def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_siz
         scenarios: dict[str, dict] = {}
 
         def record(name: str, results: list[dict], wall: float, origin: int, **extra) -> None:
-            seconds = wall if len(results) > 1 else results[0]["seconds"]
-            scenarios[name] = {
-                "seconds": seconds, "gb_per_s": model_bytes * len(results) / seconds / 1e9,
-                "origin_bytes": origin, "peak_rss_bytes": max(r["peak_rss_bytes"] for r in results),
-                "baseline_rss_bytes": max(r["baseline_rss_bytes"] for r in results),
-                "verified": all(r["digest"] == reference for r in results), **extra}
-            click.echo(f"  {name:<24} {seconds:7.2f} s  {scenarios[name]['gb_per_s']:.2f} GB/s")
+            scenarios[name] = scenario(results, wall, model_bytes, reference, origin, **extra)
+            click.echo(f"  {name:<24} {scenarios[name]['seconds']:7.2f} s  {scenarios[name]['gb_per_s']:.2f} GB/s")
 
         click.echo(f"checkpoint {model_bytes / 2**30:.2f} GiB, {n_nodes} nodes, transport {transport}")
         ckpt.read_bytes()  # into the page cache: local_safetensors is the single-machine ceiling
@@ -104,6 +99,17 @@ def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_siz
     return {"model_bytes": model_bytes, "nodes": n_nodes, "readers": readers, "transport": transport,
             "block_size": block_size, "machine": machine(), "scenarios": scenarios,
             "ratios": ratios(scenarios, model_bytes)}
+
+
+def scenario(results: list[dict], wall: float, model_bytes: int, reference: str, origin: int,
+             **extra) -> dict:
+    """One scenario's JSON from its contenders' results: with several readers, the wall time
+    until the last one finished and the bytes all of them loaded."""
+    seconds = wall if len(results) > 1 else results[0]["seconds"]
+    return {"seconds": seconds, "gb_per_s": model_bytes * len(results) / seconds / 1e9,
+            "origin_bytes": origin, "peak_rss_bytes": max(r["peak_rss_bytes"] for r in results),
+            "baseline_rss_bytes": max(r["baseline_rss_bytes"] for r in results),
+            "verified": all(r["digest"] == reference for r in results), **extra}
 
 
 def runai_streamer_skipped() -> dict:

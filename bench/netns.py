@@ -11,6 +11,11 @@ def _ip(*args: str, ns: str | None = None, check: bool = True) -> None:
     subprocess.run(cmd, check=check, capture_output=True, timeout=30)
 
 
+def _tc(*args: str, ns: str | None = None) -> None:
+    cmd = ["tc", *args] if ns is None else ["ip", "netns", "exec", ns, "tc", *args]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+
+
 class VethHost:
     """A namespace `name` reachable at `ns_ip`; the root side of the link has `root_ip`.
 
@@ -48,10 +53,14 @@ class VethHost:
     def exec_prefix(self) -> tuple[str, ...]:
         return ("ip", "netns", "exec", self.ns)
 
-    def shape(self, rate: str) -> None:
-        """Rate-limit traffic from the root namespace into this host (tc tbf), e.g. "100mbit"."""
-        subprocess.run(["tc", "qdisc", "replace", "dev", self.root_if, "root", "tbf", "rate", rate,
-                        "burst", "64kb", "latency", "50ms"], check=True, capture_output=True, timeout=30)
+    def shape(self, rate: str, burst_bytes: int = 64 << 10, both_ways: bool = False) -> None:
+        """Rate-limit the link with tc tbf, e.g. "100mbit": traffic into this host, and with
+        `both_ways` also traffic out of it. Fast links need a burst of ~10 ms of traffic, or the
+        kernel's timer granularity, not the rate, sets the speed."""
+        tbf = ("tbf", "rate", rate, "burst", str(burst_bytes), "latency", "50ms")
+        _tc("qdisc", "replace", "dev", self.root_if, "root", *tbf)
+        if both_ways:
+            _tc("qdisc", "replace", "dev", self.ns_if, "root", *tbf, ns=self.ns)
 
     def cut(self) -> None:
         """Pull the cable at the far end: packets to the namespace are dropped, not refused."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from cachenode.metrics import scrape
 
 from .netns import VethHost
+from .relay import Relay
 from .services import Azurite, NodeProcess, connection_string, free_port
 
 ROOT_IP, NS_IP = "169.254.214.1", "169.254.214.2"
@@ -69,7 +70,8 @@ def run_qos(workdir: str | Path, link: str = "100mbit", link_bytes_per_s: float 
         azurite = stack.enter_context(Azurite(base / "azurite"))
         host = stack.enter_context(VethHost("qos", ROOT_IP, NS_IP))
         host.shape(link)
-        proxy_port = _forwarder(stack, ROOT_IP, azurite.port)
+        # a relay on the link's root address to Azurite on 127.0.0.1 (which stays private)
+        proxy_port = stack.enter_context(Relay(ROOT_IP, "127.0.0.1", azurite.port)).port
         token = secrets.token_urlsafe(16)
         node = stack.enter_context(NodeProcess(
             base / "node", token=token, conn_str=connection_string(proxy_port, host=ROOT_IP),
@@ -105,47 +107,6 @@ def run_qos(workdir: str | Path, link: str = "100mbit", link_bytes_per_s: float 
             "cache_idle_link_share": idle_rate / link_bytes_per_s,
             "warm_seconds": (warm_done[0] - t_warm) if warm_done else None,
             "throttled_seconds": m.get("cachenode_qos_throttled_seconds", 0.0)}
-
-
-def _forwarder(stack: ExitStack, host: str, upstream_port: int) -> int:
-    """A TCP relay on the link's root address to Azurite on 127.0.0.1 (which stays private)."""
-    import asyncio
-
-    port = free_port()
-    loop = asyncio.new_event_loop()
-
-    async def pipe(r, w):
-        try:
-            while data := await r.read(1 << 16):
-                w.write(data)
-                await w.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            w.close()
-
-    async def handle(r, w):
-        try:
-            ur, uw = await asyncio.open_connection("127.0.0.1", upstream_port)
-        except OSError:
-            w.close()
-            return
-        await asyncio.gather(pipe(r, uw), pipe(ur, w))
-
-    async def start():
-        return await asyncio.start_server(handle, host, port)
-
-    server = loop.run_until_complete(start())
-    t = threading.Thread(target=loop.run_forever, daemon=True)
-    t.start()
-
-    def stop():
-        loop.call_soon_threadsafe(server.close)
-        loop.call_soon_threadsafe(loop.stop)
-        t.join(5)
-
-    stack.callback(stop)
-    return port
 
 
 if __name__ == "__main__":

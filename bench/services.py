@@ -46,17 +46,18 @@ def find_azurite() -> str:
         "or set CACHENODE_AZURITE_BIN")
 
 
-def wait_for_port(port: int, proc: subprocess.Popen | None, what: str, timeout: float = 30.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen | None, what: str, timeout: float = 30.0,
+                  host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what} exited with code {proc.returncode} before listening")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
-    raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+    raise TimeoutError(f"{what} did not listen on {host}:{port} within {timeout:.0f}s")
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -70,32 +71,38 @@ def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 class Azurite:
-    """Azurite's blob service on a free 127.0.0.1 port, data in `workdir`."""
+    """Azurite's blob service on a free port of `host` (127.0.0.1), data in `workdir`.
 
-    def __init__(self, workdir: str | Path, port: int | None = None) -> None:
+    `wrap` prefixes the command, e.g. ("ip", "netns", "exec", NAME) to put it behind a link.
+    """
+
+    def __init__(self, workdir: str | Path, port: int | None = None, host: str = "127.0.0.1",
+                 wrap: tuple[str, ...] = ()) -> None:
         self.workdir = Path(workdir)
         self.port = port or free_port()
+        self.host = host
+        self.wrap = wrap
         self.proc: subprocess.Popen | None = None
 
     @property
     def connection_string(self) -> str:
-        return connection_string(self.port)
+        return connection_string(self.port, self.host)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+        return f"http://{self.host}:{self.port}/{AZURITE_ACCOUNT}"
 
     def start(self) -> "Azurite":
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "azurite.log", "ab")
         self.proc = subprocess.Popen(
-            [find_azurite(), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+            [*self.wrap, find_azurite(), "--blobHost", self.host, "--blobPort", str(self.port),
              "--location", str(self.workdir), "--silent", "--disableTelemetry", "--loose",
              "--skipApiVersionCheck"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         try:
-            wait_for_port(self.port, self.proc, "Azurite")
+            wait_for_port(self.port, self.proc, "Azurite", host=self.host)
         except BaseException:
             self.stop()
             raise
@@ -201,11 +208,16 @@ def members_of(url: str, token: str | None) -> list[dict]:
 
 
 class LocalCluster:
-    """n node processes on loopback sharing a peers file (re-read by the nodes when it changes)."""
+    """n node processes sharing a peers file (re-read by the nodes when it changes).
+
+    On loopback by default; `host` + `wrap` put them on another address, e.g. in a namespace.
+    """
 
     def __init__(self, workdir: str | Path, n: int, *, token: str | None, conn_str: str | None,
-                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 host: str = "127.0.0.1", wrap: tuple[str, ...] = ()) -> None:
         self.env = env
+        self.host, self.wrap = host, wrap
         self.workdir = Path(workdir)
         self.n = n
         self.token = token
@@ -224,7 +236,7 @@ class LocalCluster:
     def start(self) -> "LocalCluster":
         self.workdir.mkdir(parents=True, exist_ok=True)
         ports = [free_port() for _ in range(self.n)]
-        self.peers_file.write_text("".join(f"http://127.0.0.1:{p}\n" for p in ports))
+        self.peers_file.write_text("".join(f"http://{self.host}:{p}\n" for p in ports))
         try:
             for p in ports:
                 self._start_one(p)
@@ -236,8 +248,8 @@ class LocalCluster:
 
     def _start_one(self, port: int) -> NodeProcess:
         proc = NodeProcess(self.workdir / f"node{len(self.procs)}", token=self.token,
-                           conn_str=self.conn_str, port=port, env=self.env,
-                           args=("--peers-file", str(self.peers_file), *self.args))
+                           conn_str=self.conn_str, port=port, env=self.env, wrap=self.wrap,
+                           args=("--host", self.host, "--peers-file", str(self.peers_file), *self.args))
         self.procs.append(proc)
         return proc.start()
 

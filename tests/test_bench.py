@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def _bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -38,3 +44,69 @@ def test_transports_small(tmp_path):
     assert res["transports"]["tcp"]["channel"] == "HttpNodeClient"
     assert res["transports"]["ucx"]["channel"] == "UcxNodeClient"
     assert all(t["gb_per_s"] > 0 for t in res["transports"].values())
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("tc"),
+                                reason="network namespaces and tc need root and iproute2 (CI has both)")
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args:
+            found.append(args)
+    return found
+
+
+@needs_root
+def test_links_small(tmp_path):
+    before = _namespaces()
+    out, png = tmp_path / "l.json", tmp_path / "l.png"
+    r = _bench("links", "--size", "48MiB", "--origin-gbit", "0.2", "--peer-gbit", "1.6", "--nodes", "2",
+               "--block-size", "1MiB", "--concurrency", "8", "--json", str(out), "--plot", str(png))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert {"origin_gbit", "peer_gbit", "model_bytes", "scenarios"} <= res.keys()
+    s = res["scenarios"]
+    for name in ("blob_direct_sdk", "cache_cold", "cache_warm"):
+        assert {"seconds", "gb_per_s", "origin_bytes", "verified"} <= s[name].keys(), name
+        assert s[name]["verified"], name
+    assert s["cache_cold"]["origin_bytes"] == res["model_bytes"]
+    assert s["cache_warm"]["origin_bytes"] == 0
+    # the shaped origin link is what a cold load waits for: no faster than 0.2 Gbit/s allows
+    assert s["blob_direct_sdk"]["seconds"] >= res["model_bytes"] * 8 / 0.2e9 * 0.9
+    assert s["cache_cold"]["seconds"] >= res["model_bytes"] * 8 / 0.2e9 * 0.9
+    assert png.stat().st_size > 1000
+    assert _namespaces() == before
+
+
+@needs_root
+def test_links_ctrl_c_removes_every_process_and_namespace(tmp_path):
+    before = _namespaces()
+    work = tmp_path / "w"
+    p = subprocess.Popen([sys.executable, "-m", "cachenode.bench.cli", "links", "--size", "256MiB",
+                          "--origin-gbit", "0.1", "--nodes", "2", "--workdir", str(work)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in p.stdout:  # the links are up and the nodes running once this line is out
+            if line.startswith("checkpoint "):
+                break
+        assert len(_namespaces() - before) == 2
+        assert _processes_mentioning(str(work))
+        p.send_signal(signal.SIGINT)
+        p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert _namespaces() == before
+    assert _processes_mentioning(str(work)) == []

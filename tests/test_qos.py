@@ -84,8 +84,17 @@ def test_idle_mode_names_a_missing_interface():
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("tc"),
                     reason="network namespaces and tc need root and iproute2 (CI has both)")
 def test_warm_yields_to_a_bulk_flow_on_a_shaped_link(tmp_path):
-    from cachenode.bench.qos import run_qos
+    """Through `cachebench qos`, so the command's smoke test is this measurement."""
+    import json
+    import subprocess
+    import sys
 
-    r = run_qos(tmp_path)
+    out = tmp_path / "q.json"
+    p = subprocess.run([sys.executable, "-m", "cachenode.bench.cli", "qos", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert {"link_gbit", "foreground_alone_gb_per_s", "foreground_with_cache_gb_per_s",
+            "cache_idle_gb_per_s"} <= r.keys()
     assert r["foreground_kept"] >= 0.9, r       # the other flow keeps >= 90% of its rate alone
     assert r["cache_idle_link_share"] >= 0.8, r  # and the warm takes >= 80% of the link after

@@ -1,0 +1,100 @@
+"""`cachebench links`: the origin behind a slow link, the cache behind a fast one (namespaces + tc).
+
+The scaled-down public demo: blob storage reaches the cluster over `origin_gbit`, the loader
+reaches its peers over `peer_gbit`. Two network namespaces hang off the root namespace by veth
+pairs shaped with tc tbf both ways: "origin" runs Azurite, "peers" runs the cache nodes. Loaders
+run in the root namespace. The nodes reach Azurite through a relay on the root side, so their
+origin traffic crosses the slow link like everyone else's, without IP forwarding on the machine.
+Needs root (CI and these VMs have it).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+import click
+
+from cachenode.metrics import scrape
+
+from .checkpoint import make_safetensors, upload
+from .compare import CONTAINER, machine, reference_digest, scenario
+from .netns import VethHost
+from .relay import Relay
+from .runner import run_together
+from .services import Azurite, LocalCluster, connection_string
+from .table import byte_bar
+
+ORIGIN_LINK = ("org", "169.254.215.1", "169.254.215.2")
+PEER_LINK = ("per", "169.254.216.1", "169.254.216.2")
+
+
+def _tbf(gbit: float) -> tuple[str, int]:
+    """tc rate and a burst of 10 ms of traffic (at least 64 KiB, one GSO packet)."""
+    return f"{round(gbit * 1000)}mbit", max(64 << 10, int(gbit * 1e9 / 8 / 100))
+
+
+def run_links(size: int, origin_gbit: float, peer_gbit: float, n_nodes: int, block_size: str,
+              concurrencies: tuple[int, ...], workdir: str | None) -> dict:
+    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cachebench-links-"))
+    with ExitStack() as stack:
+        if not workdir:
+            stack.callback(shutil.rmtree, base, ignore_errors=True)
+        origin = stack.enter_context(VethHost(*ORIGIN_LINK))
+        peers = stack.enter_context(VethHost(*PEER_LINK))
+        azurite = stack.enter_context(Azurite(base / "azurite", host=origin.ns_ip, wrap=origin.exec_prefix()))
+        ckpt = base / "model.safetensors"
+        with byte_bar("generate checkpoint", size) as bar:
+            model_bytes = make_safetensors(ckpt, size, progress=bar.update)
+        # uploaded before the links are shaped: setting up is not what is measured
+        with byte_bar("upload", model_bytes) as bar:
+            upload(azurite.connection_string, CONTAINER, "m/model.safetensors", ckpt, progress=bar.update)
+        reference = reference_digest(ckpt)
+        origin.shape(*_tbf(origin_gbit), both_ways=True)
+        peers.shape(*_tbf(peer_gbit), both_ways=True)
+        relay = stack.enter_context(Relay(peers.root_ip, origin.ns_ip, azurite.port))
+        token = secrets.token_urlsafe(24)
+        cluster = stack.enter_context(LocalCluster(
+            base / "cluster", n_nodes, token=token, conn_str=connection_string(relay.port, host=peers.root_ip),
+            host=peers.ns_ip, wrap=peers.exec_prefix(),
+            args=("--block-size", block_size, "--memory", "8GiB")))
+        url = f"{azurite.endpoint}/{CONTAINER}/m/model.safetensors"
+
+        def origin_bytes() -> int:
+            return int(sum(scrape(u, token).get("cachenode_origin_bytes_total", 0) for u in cluster.urls))
+
+        scenarios: dict[str, dict] = {}
+
+        def record(name: str, results: list[dict], wall: float, origin_read: int, **extra) -> None:
+            scenarios[name] = scenario(results, wall, model_bytes, reference, origin_read, **extra)
+            click.echo(f"  {name:<18} {scenarios[name]['seconds']:7.2f} s  {scenarios[name]['gb_per_s']:.3f} GB/s")
+
+        click.echo(f"checkpoint {model_bytes / 2**30:.2f} GiB; origin link {origin_gbit:g} Gbit/s, "
+                   f"peer link {peer_gbit:g} Gbit/s, {n_nodes} nodes")
+        best = None
+        for c in concurrencies:
+            res, wall = run_together([{"kind": "blob_sdk", "conn_str": azurite.connection_string,
+                                       "container": CONTAINER, "blob": "m/model.safetensors",
+                                       "concurrency": c}])
+            if best is None or res[0]["seconds"] < best[0][0]["seconds"]:
+                best = (res, wall, c)
+        record("blob_direct_sdk", best[0], best[1], model_bytes, concurrency=best[2])
+        cache = {"kind": "cache", "token": token, "transport": "tcp", "url": url}
+        before = origin_bytes()
+        res, wall = run_together([{**cache, "nodes": [cluster.urls[0]]}])
+        record("cache_cold", res, wall, origin_bytes() - before)
+        before = origin_bytes()
+        res, wall = run_together([{**cache, "nodes": [cluster.urls[1 % n_nodes]]}])
+        record("cache_warm", res, wall, origin_bytes() - before)
+
+    cold, warm = scenarios["cache_cold"]["seconds"], scenarios["cache_warm"]["seconds"]
+    link_ratio = peer_gbit / origin_gbit
+    return {"origin_gbit": origin_gbit, "peer_gbit": peer_gbit, "model_bytes": model_bytes,
+            "nodes": n_nodes, "block_size": block_size, "machine": machine(), "scenarios": scenarios,
+            "ratios": {"link_ratio": link_ratio, "warm_speedup_over_cold": cold / warm,
+                       "warm_speedup_over_link_ratio": cold / warm / link_ratio,
+                       "warm_over_blob_direct": scenarios["blob_direct_sdk"]["seconds"] / warm,
+                       "cold_over_blob_direct": scenarios["blob_direct_sdk"]["seconds"] / cold}}

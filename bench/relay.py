@@ -1,0 +1,68 @@
+"""A TCP relay in the root namespace: lets a namespace reach a service on another link without
+turning on IP forwarding for the whole machine."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from .services import free_port
+
+
+class Relay:
+    """Accepts on `listen_host` (a free port) and pipes each connection to `upstream`.
+
+    Runs its own event loop on a thread, so several relays can live in one process.
+    """
+
+    def __init__(self, listen_host: str, upstream_host: str, upstream_port: int,
+                 chunk: int = 1 << 18) -> None:
+        self.listen_host, self.port = listen_host, free_port()
+        self.upstream = (upstream_host, upstream_port)
+        self.chunk = chunk
+        self._loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(self.chunk):
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            w.close()
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            ur, uw = await asyncio.open_connection(*self.upstream, limit=self.chunk)
+        except OSError:
+            w.close()
+            return
+        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
+
+    def start(self) -> "Relay":
+        async def start():
+            return await asyncio.start_server(self._handle, self.listen_host, self.port, limit=self.chunk)
+
+        self._server = self._loop.run_until_complete(start())
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="relay")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._thread = None
+        if not self._loop.is_running():
+            self._loop.close()
+
+    def __enter__(self) -> "Relay":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
