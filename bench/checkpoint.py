@@ -53,12 +53,15 @@ def make_safetensors(path: str | Path, size: int, seed: int = 0,
 
 
 def upload(conn_str: str, container: str, blob: str, path: str | Path,
-           progress: Callable[[int], None] | None = None) -> str:
-    """Upload a local file as a block blob (creating the container); returns its ETag."""
+           progress: Callable[[int], None] | None = None, ca_file: str | None = None) -> str:
+    """Upload a local file as a block blob (creating the container); returns its ETag.
+
+    `ca_file`: the certificate to trust for an HTTPS endpoint (a test Azurite's own)."""
     from azure.core.exceptions import ResourceExistsError
     from azure.storage.blob import BlobServiceClient
 
-    with BlobServiceClient.from_connection_string(conn_str) as svc:
+    kwargs = {"connection_verify": ca_file} if ca_file else {}
+    with BlobServiceClient.from_connection_string(conn_str, **kwargs) as svc:
         try:
             svc.create_container(container)
         except ResourceExistsError:

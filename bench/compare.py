@@ -14,6 +14,7 @@ import click
 
 from cachenode.metrics import scrape
 
+from . import runai
 from .checkpoint import make_safetensors, upload
 from .runner import run_together
 from .services import Azurite, LocalCluster
@@ -82,7 +83,16 @@ def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_siz
             if best is None or res[0]["seconds"] < best[0][0]["seconds"]:
                 best = (res, wall, c)
         record("blob_direct_sdk", best[0], best[1], model_bytes, concurrency=best[2])
-        scenarios["runai_streamer"] = runai_streamer_skipped()
+        reason = runai.unavailable()
+        if reason:
+            scenarios["runai_streamer"] = {"skipped": reason}
+        else:
+            with runai.HttpsAzurite(base / "azurite-https") as https:
+                with byte_bar("upload (HTTPS Azurite for Run:ai)", model_bytes) as bar:
+                    upload(https.connection_string, CONTAINER, "a/model.safetensors", ckpt,
+                           progress=bar.update, ca_file=str(https.cert))
+                res, wall = run_together([https.contender(CONTAINER, "a/model.safetensors")])
+                record("runai_streamer", res, wall, model_bytes, over="https")
 
         cache = {"kind": "cache", "token": token, "transport": transport}
         before = origin_bytes()
@@ -112,16 +122,6 @@ def scenario(results: list[dict], wall: float, model_bytes: int, reference: str,
             "verified": all(r["digest"] == reference for r in results), **extra}
 
 
-def runai_streamer_skipped() -> dict:
-    try:
-        import runai_model_streamer  # noqa: F401
-    except ImportError:
-        return {"skipped": "runai-model-streamer is not installed (pip install runai-model-streamer "
-                           "runai-model-streamer-azure); it also needs Azurite behind HTTPS (DESIGN.md)"}
-    return {"skipped": "Run:ai Model Streamer against Azurite needs an HTTPS Azurite with a "
-                       "*.blob.localhost certificate; not wired into cachebench yet"}
-
-
 def ratios(s: dict, model_bytes: int) -> dict:
     def speed(name):
         return s.get(name, {}).get("gb_per_s")
@@ -129,6 +129,8 @@ def ratios(s: dict, model_bytes: int) -> dict:
     out = {}
     if speed("cache_warm") and speed("blob_direct_sdk"):
         out["warm_over_blob_direct"] = speed("cache_warm") / speed("blob_direct_sdk")
+    if speed("cache_warm") and speed("runai_streamer"):
+        out["warm_over_runai_streamer"] = speed("cache_warm") / speed("runai_streamer")
     if speed("cache_warm") and speed("local_safetensors"):
         out["warm_over_local_safetensors"] = speed("cache_warm") / speed("local_safetensors")
     if speed("cache_cold") and speed("blob_direct_sdk"):
@@ -148,6 +150,7 @@ def machine() -> dict:
 
 TARGETS = [
     ("warm_over_blob_direct", ">=", 4.0, "cache_warm >= 4x blob_direct_sdk"),
+    ("warm_over_runai_streamer", ">=", 4.0, "cache_warm >= 4x runai_streamer"),
     ("cold_over_blob_direct", ">=", 1.0, "cache_cold no slower than blob_direct_sdk"),
     ("cold_concurrent_origin_over_model", "==", 1.0, "cache_cold_concurrent origin bytes == model bytes"),
     ("warm_over_local_safetensors", ">=", 0.8, "cache_warm >= 0.8x local_safetensors"),

@@ -47,6 +47,14 @@ def main(spec: dict) -> dict:
 
         def load():
             return blob_sdk_tensors(spec["conn_str"], spec["container"], spec["blob"], spec["concurrency"])
+    elif kind == "runai":
+        from runai_model_streamer import SafetensorsStreamer
+
+        def load():
+            # owned tensors (the default): each stays valid after the streamer closes
+            with SafetensorsStreamer() as streamer:
+                streamer.stream_file(spec["url"])
+                return dict(streamer.get_tensors())
     else:
         raise SystemExit(f"unknown contender kind {kind!r}")
 

@@ -17,14 +17,25 @@ def _line(p: subprocess.Popen, prefix: str) -> str | None:
     return None
 
 
+def _env(spec: dict) -> dict[str, str]:
+    env = {**os.environ, "UCX_WARN_UNUSED_ENV_VARS": "n"}
+    for k, v in spec.get("env", {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
 def run_together(specs: list[dict], timeout: float = 1800) -> tuple[list[dict], float]:
     """Start one process per spec, wait until each has imported torch, release them at once.
 
-    Returns their results and the wall time from release until the last one finished.
+    Returns their results and the wall time from release until the last one finished. A spec's
+    "wrap" prefixes its command; its "env" sets (or, with null, removes) environment variables.
     """
-    env = {**os.environ, "UCX_WARN_UNUSED_ENV_VARS": "n"}
-    procs = [subprocess.Popen([sys.executable, "-m", "cachenode.bench.contender", json.dumps(s)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    procs = [subprocess.Popen([*s.get("wrap", ()), sys.executable, "-m", "cachenode.bench.contender",
+                               json.dumps(s)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(s))
              for s in specs]
     try:
         for p in procs:

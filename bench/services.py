@@ -27,9 +27,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def connection_string(port: int, host: str = "127.0.0.1") -> str:
-    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint=http://{host}:{port}/{AZURITE_ACCOUNT};")
+def connection_string(port: int, host: str = "127.0.0.1", scheme: str = "http") -> str:
+    return (f"DefaultEndpointsProtocol={scheme};AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={scheme}://{host}:{port}/{AZURITE_ACCOUNT};")
 
 
 def find_azurite() -> str:
@@ -73,24 +73,27 @@ def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 class Azurite:
     """Azurite's blob service on a free port of `host` (127.0.0.1), data in `workdir`.
 
-    `wrap` prefixes the command, e.g. ("ip", "netns", "exec", NAME) to put it behind a link.
+    `wrap` prefixes the command, e.g. ("ip", "netns", "exec", NAME) to put it behind a link;
+    `tls` = (cert file, key file) serves HTTPS instead of HTTP.
     """
 
     def __init__(self, workdir: str | Path, port: int | None = None, host: str = "127.0.0.1",
-                 wrap: tuple[str, ...] = ()) -> None:
+                 wrap: tuple[str, ...] = (), tls: tuple[Path, Path] | None = None) -> None:
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.host = host
         self.wrap = wrap
+        self.tls = tls
+        self.scheme = "https" if tls else "http"
         self.proc: subprocess.Popen | None = None
 
     @property
     def connection_string(self) -> str:
-        return connection_string(self.port, self.host)
+        return connection_string(self.port, self.host, self.scheme)
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}/{AZURITE_ACCOUNT}"
+        return f"{self.scheme}://{self.host}:{self.port}/{AZURITE_ACCOUNT}"
 
     def start(self) -> "Azurite":
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +101,8 @@ class Azurite:
         self.proc = subprocess.Popen(
             [*self.wrap, find_azurite(), "--blobHost", self.host, "--blobPort", str(self.port),
              "--location", str(self.workdir), "--silent", "--disableTelemetry", "--loose",
-             "--skipApiVersionCheck"],
+             "--skipApiVersionCheck",
+             *(("--cert", str(self.tls[0]), "--key", str(self.tls[1])) if self.tls else ())],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         try:
