@@ -10,10 +10,8 @@ from __future__ import annotations
 import ctypes
 import threading
 
-MADV_HUGEPAGE = 14
 MADV_POPULATE_WRITE = 23
 PAGE = 4096
-HUGE = 2 * 1024 * 1024
 CHUNK = 32 * 1024 * 1024
 
 _libc = None
@@ -39,11 +37,9 @@ def prefault(address: int, nbytes: int) -> threading.Thread | None:
     if end - start < 2 * CHUNK:
         return None
     madvise = _madvise()
-    # Transparent huge pages (where the kernel allows them on request): one fault per 2 MiB
-    # instead of per 4 KiB; measured 3x faster fills of a fresh 1 GiB buffer here.
-    hstart, hend = (address + HUGE - 1) // HUGE * HUGE, (address + nbytes) // HUGE * HUGE
-    if hend > hstart:
-        madvise(hstart, hend - hstart, MADV_HUGEPAGE)
+    # No MADV_HUGEPAGE: with THP defrag=madvise (the common default) it makes every fault wait
+    # for direct compaction once the page cache has fragmented memory: measured 1.6-3.0 s to fill
+    # a fresh 1 GiB here against 0.22 s with plain 4 KiB pages (and 0.27 s populating them).
 
     def run() -> None:
         for off in range(start, end, CHUNK):

@@ -14,6 +14,8 @@ from cachenode.router import Router
 from cachenode.source import SourceRef
 from cachenode.warming import select_objects, warm_objects
 
+from .http_sendall import send_block_body
+
 from .wire import (
     AVOID_HEADER, DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, error_status, parse_block_request,
 )
@@ -175,7 +177,10 @@ async def get_block(request: web.Request) -> web.StreamResponse:
     node.metrics.served_bytes.inc(block.length)
     node.metrics.served_blocks.labels(block.tier).inc()
     if block.data is not None:
-        return web.Response(body=block.data, headers=headers, content_type="application/octet-stream")
+        resp = web.StreamResponse(headers=headers)
+        resp.content_type = "application/octet-stream"
+        await send_block_body(request, resp, block.data)
+        return resp
     if block.path is None:
         raise BadRequest("block has neither data nor file")  # unreachable by construction
     # A verified disk block goes out with sendfile; the client checks the digest end to end.

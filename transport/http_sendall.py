@@ -1,0 +1,47 @@
+"""Send an in-memory block body from its own buffer to the socket, with no user-space copy.
+
+aiohttp on Python < 3.12.9 joins headers and body into one new bytes object, and asyncio's
+transport then copies whatever the socket does not take at once into its buffer: two copies of
+every block before the kernel's own. Here the headers go through aiohttp and the body goes
+straight from the block's memory through a duplicate of the connection's descriptor (asyncio
+refuses to watch a descriptor its transport owns; a dup is a separate descriptor for the same
+socket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+from aiohttp import web
+
+# Below this a copy is cheaper than the extra system calls.
+MIN_ZERO_COPY = 64 * 1024
+
+
+async def send_block_body(request: web.Request, resp: web.StreamResponse, data: bytes | bytearray) -> None:
+    """Prepare `resp` (content length set here) and send `data` as its body."""
+    resp.content_length = len(data)
+    writer = await resp.prepare(request)
+    transport = request.transport
+    send_headers = getattr(writer, "send_headers", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if len(data) < MIN_ZERO_COPY or send_headers is None or sock is None:
+        await resp.write(data)
+        await resp.write_eof()
+        return
+    send_headers()
+    if transport.get_write_buffer_size():
+        # the headers are still queued in the transport: the body must not overtake them
+        await resp.write(data)
+        await resp.write_eof()
+        return
+    loop = asyncio.get_running_loop()
+    with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+        try:
+            await loop.sock_sendall(dup, memoryview(data))
+        except OSError:
+            transport.abort()  # the peer went away mid-body: the connection is unusable
+            raise
+    await resp.write_eof()  # nothing left to write: it only marks the response finished
