@@ -8,7 +8,7 @@ from typing import Iterable
 
 import aiohttp
 
-from cachenode.blocks import digest
+from cachenode.blocks import digest_off_loop
 from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
 from cachenode.node import BlockRequest
 from cachenode.origin import ObjectInfo
@@ -92,7 +92,7 @@ class HttpNodeClient:
             raise BlockCorrupt(f"{self.base_url} sent {len(body)} bytes for the {len(dest)}-byte "
                                f"block {req.index} of {req.ref}")
         expected = headers.get(DIGEST_HEADER.lower(), "")
-        if digest(dest) != expected:
+        if await digest_off_loop(dest) != expected:
             raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} failed its digest check")
         return headers.get(TIER_HEADER.lower(), ""), expected
 

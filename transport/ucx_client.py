@@ -8,7 +8,7 @@ import itertools
 import logging
 from typing import Iterable
 
-from cachenode.blocks import digest
+from cachenode.blocks import digest_off_loop
 from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
 from cachenode.node import BlockRequest
 
@@ -92,6 +92,6 @@ class UcxNodeClient:
             except Exception as exc:  # noqa: BLE001 - UCX errors become ours at the edge
                 self._ctx.endpoints.forget(self._address)
                 raise PeerUnavailable(f"cache node {self.base_url} (ucx) failed: {exc!r}") from exc
-        if digest(dest) != info["digest"]:
+        if await digest_off_loop(dest) != info["digest"]:
             raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} (ucx) failed its digest check")
         return info.get("tier", ""), info["digest"]
