@@ -119,7 +119,8 @@ def scenario(results: list[dict], wall: float, model_bytes: int, reference: str,
     return {"seconds": seconds, "gb_per_s": model_bytes * len(results) / seconds / 1e9,
             "origin_bytes": origin, "peak_rss_bytes": max(r["peak_rss_bytes"] for r in results),
             "baseline_rss_bytes": max(r["baseline_rss_bytes"] for r in results),
-            "verified": all(r["digest"] == reference for r in results), **extra}
+            "verified": all(r["digest"] == reference for r in results),
+            **({"reader_seconds": [r["seconds"] for r in results]} if len(results) > 1 else {}), **extra}
 
 
 def ratios(s: dict, model_bytes: int) -> dict:
