@@ -53,7 +53,9 @@ def run_transports(size: int, block_size: str, workdir: str | None) -> dict:
         click.echo(f"{nbytes / 2**30:.2f} GiB warm on the node(s); reading every block, best of 3")
         common = {"token": token, "url": url}
         result = {
+            # sender and receiver in separate processes, as node and loader are (like iperf3)
             "raw_tcp_gb_per_s": _probe({"raw": True, "bytes": nbytes})["gb_per_s"],
+            "raw_tcp_same_process_gb_per_s": _probe({"raw": True, "same_process": True, "bytes": nbytes})["gb_per_s"],
             "transports": {
                 "tcp": _probe({**common, "node": shm.urls[0], "transport": "tcp"}),
                 "ucx": _probe({**common, "node": shm.urls[0], "transport": "ucx"}),
@@ -64,6 +66,7 @@ def run_transports(size: int, block_size: str, workdir: str | None) -> dict:
         }
     t = result["transports"]
     result["ratios"] = {"tcp_over_raw_tcp": t["tcp"]["gb_per_s"] / result["raw_tcp_gb_per_s"],
+                        "tcp_over_raw_tcp_same_process": t["tcp"]["gb_per_s"] / result["raw_tcp_same_process_gb_per_s"],
                         "ucx_over_tcp": t["ucx"]["gb_per_s"] / t["tcp"]["gb_per_s"],
                         "ucx_tcp_over_tcp": t["ucx_tcp"]["gb_per_s"] / t["tcp"]["gb_per_s"]}
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -52,42 +53,59 @@ def probe_transport(spec: dict) -> dict:
     return asyncio.run(run())
 
 
+def _send_raw(port: int, size: int, repeat: int, chunk: int = 1 << 20) -> None:
+    payload = memoryview(bytes(chunk))
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        for _ in range(repeat):
+            left = size
+            while left:
+                left -= s.send(payload[:min(chunk, left)])
+
+
 def probe_raw_tcp(spec: dict) -> dict:
-    """A plain socket sender/receiver on loopback, 1 MiB writes: the ceiling for any TCP wire."""
-    size, chunk = spec["bytes"], 1 << 20
+    """A plain socket sender and receiver on loopback, 1 MiB writes: the ceiling for a TCP wire.
+
+    By default the sender is a separate process, as a node is to its loader (and iperf3's client
+    to its server); with "same_process" it is a thread of the receiver, which this VM runs
+    about 1.7x faster (no context switch between the two ends).
+    """
+    size, repeat = spec["bytes"], spec.get("repeat", 3)
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
     port = srv.getsockname()[1]
-    payload = bytes(chunk)
-
-    def send() -> None:
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            for _ in range(spec.get("repeat", 3)):
-                left = size
-                while left:
-                    left -= s.send(memoryview(payload)[:min(chunk, left)])
-
-    threading.Thread(target=send, daemon=True).start()
-    conn, _ = srv.accept()
-    buf = bytearray(size)
-    view = memoryview(buf)
-    best = None
-    for _ in range(spec.get("repeat", 3)):
-        got, t0 = 0, time.perf_counter()
-        while got < size:
-            n = conn.recv_into(view[got:], min(chunk, size - got))
-            if not n:
-                raise ConnectionError("raw TCP sender stopped early")
-            got += n
-        dt = time.perf_counter() - t0
-        best = dt if best is None else min(best, dt)
-    conn.close()
-    srv.close()
+    sender = None
+    if spec.get("same_process"):
+        threading.Thread(target=_send_raw, args=(port, size, repeat), daemon=True).start()
+    else:
+        sender = subprocess.Popen([sys.executable, "-m", "cachenode.bench.wire_probe",
+                                   json.dumps({"raw_sender": port, "bytes": size, "repeat": repeat})])
+    try:
+        conn, _ = srv.accept()
+        buf = bytearray(size)  # zero-filled: every page touched before timing
+        view = memoryview(buf)
+        best = None
+        for _ in range(repeat):
+            got, t0 = 0, time.perf_counter()
+            while got < size:
+                n = conn.recv_into(view[got:], min(1 << 20, size - got))
+                if not n:
+                    raise ConnectionError("raw TCP sender stopped early")
+                got += n
+            dt = time.perf_counter() - t0
+            best = dt if best is None else min(best, dt)
+        conn.close()
+    finally:
+        srv.close()
+        if sender is not None:
+            sender.wait(60)
     return {"gb_per_s": size / best / 1e9, "seconds": best, "bytes": size}
 
 
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
-    result = probe_raw_tcp(spec) if spec.get("raw") else probe_transport(spec)
-    print("RESULT " + json.dumps(result), flush=True)
+    if "raw_sender" in spec:
+        _send_raw(spec["raw_sender"], spec["bytes"], spec["repeat"])
+    else:
+        result = probe_raw_tcp(spec) if spec.get("raw") else probe_transport(spec)
+        print("RESULT " + json.dumps(result), flush=True)

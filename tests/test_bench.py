@@ -45,7 +45,7 @@ def test_transports_small(tmp_path):
     r = _bench("transports", "--size", "32MiB", "--block-size", "1MiB", "--json", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert res["raw_tcp_gb_per_s"] > 0
+    assert res["raw_tcp_gb_per_s"] > 0 and res["raw_tcp_same_process_gb_per_s"] > 0
     assert res["transports"]["tcp"]["channel"] == "HttpNodeClient"
     assert res["transports"]["ucx"]["channel"] == "UcxNodeClient"
     assert all(t["gb_per_s"] > 0 for t in res["transports"].values())
