@@ -12,6 +12,36 @@ import click
 from cachenode.cli import Size
 
 
+class Counts(click.ParamType):
+    """Comma-separated positive whole numbers, e.g. "4,8,16"."""
+
+    name = "N,N,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(int(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of whole numbers", param, ctx)
+        if min(out) < 1:
+            self.fail(f"{value!r}: every count must be at least 1", param, ctx)
+        return out
+
+
+class BlockSize(Size):
+    """A node block size: a human size within the node's limits, passed on as bytes."""
+
+    def convert(self, value, param, ctx):
+        from cachenode.blocks import check_block_size
+
+        n = super().convert(value, param, ctx)
+        try:
+            return str(check_block_size(n))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Measure how long a checkpoint takes to land in memory, cache vs blob storage.
@@ -24,7 +54,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--size", default="1GiB", show_default=True, type=Size(), help="Checkpoint size.")
-@click.option("--block-size", default="8MiB", show_default=True, help="Node block size.")
+@click.option("--block-size", default="8MiB", show_default=True, type=BlockSize(), help="Node block size.")
 @click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16),
               help="Cache nodes in the local cluster.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Keep files here instead of a temp dir.")
@@ -51,8 +81,8 @@ def quickstart(size, block_size, n_nodes, workdir, keep, json_path) -> None:
               help="Concurrent readers in cache_cold_concurrent.")
 @click.option("--transport", default="tcp", show_default=True, type=click.Choice(["tcp", "ucx"]),
               help="Wire between loaders and nodes (ucx: shared memory here, RDMA on a real cluster).")
-@click.option("--block-size", default="8MiB", show_default=True)
-@click.option("--concurrency", "concurrencies", default="4,8,16", show_default=True,
+@click.option("--block-size", default="8MiB", show_default=True, type=BlockSize(), help="Node block size.")
+@click.option("--concurrency", "concurrencies", default="4,8,16", show_default=True, type=Counts(),
               help="Connection counts tried for blob_direct_sdk (the best is reported).")
 @click.option("--workdir", type=click.Path(file_okay=False))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
@@ -67,8 +97,7 @@ def compare(size, n_nodes, readers, transport, block_size, concurrencies, workdi
     from .table import print_table
     from cachenode.units import format_size
 
-    conc = tuple(int(c) for c in concurrencies.split(","))
-    result = run_compare(size, n_nodes, readers, transport, block_size, conc, workdir)
+    result = run_compare(size, n_nodes, readers, transport, block_size, concurrencies, workdir)
     click.echo()
     rows = [{"scenario": k, **v} for k, v in result["scenarios"].items() if "seconds" in v]
     print_table(rows, [("scenario", "scenario", "{}"), ("seconds", "seconds", "{:.2f}"),
@@ -88,7 +117,7 @@ def compare(size, n_nodes, readers, transport, block_size, concurrencies, workdi
 
 @main.command()
 @click.option("--size", default="1GiB", show_default=True, type=Size(), help="Bytes read per pass.")
-@click.option("--block-size", default="8MiB", show_default=True)
+@click.option("--block-size", default="8MiB", show_default=True, type=BlockSize(), help="Node block size.")
 @click.option("--workdir", type=click.Path(file_okay=False))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
 def transports(size, block_size, workdir, json_path) -> None:
@@ -122,8 +151,8 @@ def transports(size, block_size, workdir, json_path) -> None:
 @click.option("--peer-gbit", default=8.0, show_default=True, type=click.FloatRange(0.01, 100),
               help="Emulated link between the loader and its peers, Gbit/s.")
 @click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16))
-@click.option("--block-size", default="8MiB", show_default=True)
-@click.option("--concurrency", "concurrencies", default="8,16", show_default=True,
+@click.option("--block-size", default="8MiB", show_default=True, type=BlockSize(), help="Node block size.")
+@click.option("--concurrency", "concurrencies", default="8,16", show_default=True, type=Counts(),
               help="Connection counts tried for blob_direct_sdk (the best is reported).")
 @click.option("--workdir", type=click.Path(file_okay=False))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
@@ -138,8 +167,7 @@ def links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, work
 
     if os.geteuid() != 0:
         raise click.ClickException("cachebench links creates network namespaces and needs root")
-    conc = tuple(int(c) for c in concurrencies.split(","))
-    r = run_links(size, origin_gbit, peer_gbit, n_nodes, block_size, conc, workdir)
+    r = run_links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, workdir)
     q = r["ratios"]
     ok = q["warm_speedup_over_cold"] >= 0.8 * q["link_ratio"]
     click.echo(f"\nwarm speedup over cold {q['warm_speedup_over_cold']:.2f}x; link ratio {q['link_ratio']:.2f}x; "

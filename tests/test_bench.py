@@ -115,3 +115,16 @@ def test_links_ctrl_c_removes_every_process_and_namespace(tmp_path):
             p.wait()
     assert _namespaces() == before
     assert _processes_mentioning(str(work)) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (("compare", "--concurrency", "4,x"), "'4,x' is not a comma-separated list of whole numbers"),
+    (("links", "--concurrency", "0"), "every count must be at least 1"),
+    (("compare", "--block-size", "1"), "block size 1 out of range"),
+    (("transports", "--block-size", "8XB"), "cannot parse size '8XB'"),
+    (("links", "--origin-gbit", "0"), "'--origin-gbit'"),
+])
+def test_bad_arguments_are_named_before_anything_starts(args, message):
+    r = _bench(*args, timeout=60)
+    assert r.returncode == 2
+    assert message in r.stderr
