@@ -18,6 +18,10 @@ from aiohttp import web
 
 # Below this a copy is cheaper than the extra system calls.
 MIN_ZERO_COPY = 64 * 1024
+# Sent 1 MiB at a time: one request at a time on a connection ran at 2.0-2.2 GB/s this way vs
+# 1.9 GB/s with whole 8 MiB blocks (no difference with 8 in flight); a bare asyncio sender
+# measured 4.4 vs 3.2 GB/s.
+SEND_SLICE = 1 << 20
 
 
 async def send_block_body(request: web.Request, resp: web.StreamResponse, data: bytes | bytearray) -> None:
@@ -40,7 +44,9 @@ async def send_block_body(request: web.Request, resp: web.StreamResponse, data: 
     loop = asyncio.get_running_loop()
     with socket.socket(fileno=os.dup(sock.fileno())) as dup:
         try:
-            await loop.sock_sendall(dup, memoryview(data))
+            view = memoryview(data)
+            for off in range(0, len(view), SEND_SLICE):
+                await loop.sock_sendall(dup, view[off:off + SEND_SLICE])
         except OSError:
             transport.abort()  # the peer went away mid-body: the connection is unusable
             raise
