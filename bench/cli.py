@@ -42,6 +42,24 @@ class BlockSize(Size):
             self.fail(str(exc), param, ctx)
 
 
+def _load_options(concurrency: str):
+    """The options `compare` and `links` share: block size, blob SDK concurrencies, outputs."""
+    options = [
+        click.option("--block-size", default="8MiB", show_default=True, type=BlockSize(), help="Node block size."),
+        click.option("--concurrency", "concurrencies", default=concurrency, show_default=True, type=Counts(),
+                     help="Connection counts tried for blob_direct_sdk (the best is reported)."),
+        click.option("--workdir", type=click.Path(file_okay=False), help="Keep files here instead of a temp dir."),
+        click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON."),
+        click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG bar chart."),
+    ]
+
+    def apply(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return apply
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Measure how long a checkpoint takes to land in memory, cache vs blob storage.
@@ -76,17 +94,13 @@ def quickstart(size, block_size, n_nodes, workdir, keep, json_path) -> None:
 
 @main.command()
 @click.option("--size", default="1GiB", show_default=True, type=Size(), help="Checkpoint size.")
-@click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16))
+@click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16),
+              help="Cache nodes in the cluster.")
 @click.option("--readers", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Concurrent readers in cache_cold_concurrent.")
 @click.option("--transport", default="tcp", show_default=True, type=click.Choice(["tcp", "ucx"]),
               help="Wire between loaders and nodes (ucx: shared memory here, RDMA on a real cluster).")
-@click.option("--block-size", default="8MiB", show_default=True, type=BlockSize(), help="Node block size.")
-@click.option("--concurrency", "concurrencies", default="4,8,16", show_default=True, type=Counts(),
-              help="Connection counts tried for blob_direct_sdk (the best is reported).")
-@click.option("--workdir", type=click.Path(file_okay=False))
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG bar chart.")
+@_load_options(concurrency="4,8,16")
 def compare(size, n_nodes, readers, transport, block_size, concurrencies, workdir, json_path, plot_path) -> None:
     """Cold, warm and concurrent cache loads vs the blob SDK and a local file, in one run.
 
@@ -150,13 +164,9 @@ def transports(size, block_size, workdir, json_path) -> None:
               help="Emulated link between blob storage and the cluster, Gbit/s.")
 @click.option("--peer-gbit", default=8.0, show_default=True, type=click.FloatRange(0.01, 100),
               help="Emulated link between the loader and its peers, Gbit/s.")
-@click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16))
-@click.option("--block-size", default="8MiB", show_default=True, type=BlockSize(), help="Node block size.")
-@click.option("--concurrency", "concurrencies", default="8,16", show_default=True, type=Counts(),
-              help="Connection counts tried for blob_direct_sdk (the best is reported).")
-@click.option("--workdir", type=click.Path(file_okay=False))
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG bar chart.")
+@click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16),
+              help="Cache nodes in the cluster.")
+@_load_options(concurrency="8,16")
 def links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, workdir, json_path, plot_path) -> None:
     """Blob storage behind a slow link, peers behind a fast one: cold vs warm vs direct (root).
 

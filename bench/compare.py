@@ -12,11 +12,9 @@ from pathlib import Path
 
 import click
 
-from cachenode.metrics import scrape
-
 from . import runai
 from .checkpoint import make_safetensors, upload
-from .runner import run_together
+from .scenarios import Recorder
 from .services import Azurite, LocalCluster
 from .table import byte_bar
 
@@ -61,66 +59,31 @@ def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_siz
         url_a = f"{azurite.endpoint}/{CONTAINER}/a/model.safetensors"
         url_b = f"{azurite.endpoint}/{CONTAINER}/b/model.safetensors"
 
-        def origin_bytes() -> int:
-            return int(sum(scrape(u, token).get("cachenode_origin_bytes_total", 0) for u in cluster.urls))
-
-        scenarios: dict[str, dict] = {}
-
-        def record(name: str, results: list[dict], wall: float, origin: int, **extra) -> None:
-            scenarios[name] = scenario(results, wall, model_bytes, reference, origin, **extra)
-            click.echo(f"  {name:<24} {scenarios[name]['seconds']:7.2f} s  {scenarios[name]['gb_per_s']:.2f} GB/s")
-
+        rec = Recorder(model_bytes, reference, cluster.urls, token)
         click.echo(f"checkpoint {model_bytes / 2**30:.2f} GiB, {n_nodes} nodes, transport {transport}")
         ckpt.read_bytes()  # into the page cache: local_safetensors is the single-machine ceiling
-        res, wall = run_together([{"kind": "local", "path": str(ckpt)}])
-        record("local_safetensors", res, wall, 0)
-
-        best = None
-        for c in concurrencies:
-            res, wall = run_together([{"kind": "blob_sdk", "conn_str": azurite.connection_string,
-                                       "container": CONTAINER, "blob": "a/model.safetensors",
-                                       "concurrency": c}])
-            if best is None or res[0]["seconds"] < best[0][0]["seconds"]:
-                best = (res, wall, c)
-        record("blob_direct_sdk", best[0], best[1], model_bytes, concurrency=best[2])
+        rec.run("local_safetensors", [{"kind": "local", "path": str(ckpt)}], origin=0)
+        rec.blob_direct(azurite.connection_string, CONTAINER, "a/model.safetensors", concurrencies)
         reason = runai.unavailable()
         if reason:
-            scenarios["runai_streamer"] = {"skipped": reason}
+            rec.scenarios["runai_streamer"] = {"skipped": reason}
         else:
             with runai.HttpsAzurite(base / "azurite-https") as https:
                 with byte_bar("upload (HTTPS Azurite for Run:ai)", model_bytes) as bar:
                     upload(https.connection_string, CONTAINER, "a/model.safetensors", ckpt,
                            progress=bar.update, ca_file=str(https.cert))
-                res, wall = run_together([https.contender(CONTAINER, "a/model.safetensors")])
-                record("runai_streamer", res, wall, model_bytes, over="https")
-
+                rec.run("runai_streamer", [https.contender(CONTAINER, "a/model.safetensors")],
+                        origin=model_bytes, over="https")
         cache = {"kind": "cache", "token": token, "transport": transport}
-        before = origin_bytes()
-        res, wall = run_together([{**cache, "url": url_a, "nodes": [cluster.urls[0]]}])
-        record("cache_cold", res, wall, origin_bytes() - before)
-        before = origin_bytes()
-        res, wall = run_together([{**cache, "url": url_a, "nodes": [cluster.urls[1 % n_nodes]]}])
-        record("cache_warm", res, wall, origin_bytes() - before)
-        before = origin_bytes()
-        res, wall = run_together([{**cache, "url": url_b, "nodes": [cluster.urls[i % n_nodes]]}
-                                  for i in range(readers)])
-        record("cache_cold_concurrent", res, wall, origin_bytes() - before)
+        rec.run("cache_cold", [{**cache, "url": url_a, "nodes": [cluster.urls[0]]}])
+        rec.run("cache_warm", [{**cache, "url": url_a, "nodes": [cluster.urls[1 % n_nodes]]}])
+        rec.run("cache_cold_concurrent", [{**cache, "url": url_b, "nodes": [cluster.urls[i % n_nodes]]}
+                                          for i in range(readers)])
+        scenarios = rec.scenarios
 
     return {"model_bytes": model_bytes, "nodes": n_nodes, "readers": readers, "transport": transport,
             "block_size": block_size, "machine": machine(), "scenarios": scenarios,
             "ratios": ratios(scenarios, model_bytes)}
-
-
-def scenario(results: list[dict], wall: float, model_bytes: int, reference: str, origin: int,
-             **extra) -> dict:
-    """One scenario's JSON from its contenders' results: with several readers, the wall time
-    until the last one finished and the bytes all of them loaded."""
-    seconds = wall if len(results) > 1 else results[0]["seconds"]
-    return {"seconds": seconds, "gb_per_s": model_bytes * len(results) / seconds / 1e9,
-            "origin_bytes": origin, "peak_rss_bytes": max(r["peak_rss_bytes"] for r in results),
-            "baseline_rss_bytes": max(r["baseline_rss_bytes"] for r in results),
-            "verified": all(r["digest"] == reference for r in results),
-            **({"reader_seconds": [r["seconds"] for r in results]} if len(results) > 1 else {}), **extra}
 
 
 def ratios(s: dict, model_bytes: int) -> dict:

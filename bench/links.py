@@ -18,13 +18,11 @@ from pathlib import Path
 
 import click
 
-from cachenode.metrics import scrape
-
 from .checkpoint import make_safetensors, upload
-from .compare import CONTAINER, machine, reference_digest, scenario
+from .compare import CONTAINER, machine, reference_digest
 from .netns import VethHost
 from .relay import Relay
-from .runner import run_together
+from .scenarios import Recorder
 from .services import Azurite, LocalCluster, connection_string
 from .table import byte_bar
 
@@ -63,32 +61,14 @@ def run_links(size: int, origin_gbit: float, peer_gbit: float, n_nodes: int, blo
             args=("--block-size", block_size, "--memory", "8GiB")))
         url = f"{azurite.endpoint}/{CONTAINER}/m/model.safetensors"
 
-        def origin_bytes() -> int:
-            return int(sum(scrape(u, token).get("cachenode_origin_bytes_total", 0) for u in cluster.urls))
-
-        scenarios: dict[str, dict] = {}
-
-        def record(name: str, results: list[dict], wall: float, origin_read: int, **extra) -> None:
-            scenarios[name] = scenario(results, wall, model_bytes, reference, origin_read, **extra)
-            click.echo(f"  {name:<18} {scenarios[name]['seconds']:7.2f} s  {scenarios[name]['gb_per_s']:.3f} GB/s")
-
+        rec = Recorder(model_bytes, reference, cluster.urls, token)
         click.echo(f"checkpoint {model_bytes / 2**30:.2f} GiB; origin link {origin_gbit:g} Gbit/s, "
                    f"peer link {peer_gbit:g} Gbit/s, {n_nodes} nodes")
-        best = None
-        for c in concurrencies:
-            res, wall = run_together([{"kind": "blob_sdk", "conn_str": azurite.connection_string,
-                                       "container": CONTAINER, "blob": "m/model.safetensors",
-                                       "concurrency": c}])
-            if best is None or res[0]["seconds"] < best[0][0]["seconds"]:
-                best = (res, wall, c)
-        record("blob_direct_sdk", best[0], best[1], model_bytes, concurrency=best[2])
+        rec.blob_direct(azurite.connection_string, CONTAINER, "m/model.safetensors", concurrencies)
         cache = {"kind": "cache", "token": token, "transport": "tcp", "url": url}
-        before = origin_bytes()
-        res, wall = run_together([{**cache, "nodes": [cluster.urls[0]]}])
-        record("cache_cold", res, wall, origin_bytes() - before)
-        before = origin_bytes()
-        res, wall = run_together([{**cache, "nodes": [cluster.urls[1 % n_nodes]]}])
-        record("cache_warm", res, wall, origin_bytes() - before)
+        rec.run("cache_cold", [{**cache, "nodes": [cluster.urls[0]]}])
+        rec.run("cache_warm", [{**cache, "nodes": [cluster.urls[1 % n_nodes]]}])
+        scenarios = rec.scenarios
 
     cold, warm = scenarios["cache_cold"]["seconds"], scenarios["cache_warm"]["seconds"]
     link_ratio = peer_gbit / origin_gbit

@@ -1,0 +1,54 @@
+"""Run contenders and record scenarios: what `compare` and `links` share."""
+
+from __future__ import annotations
+
+import click
+
+from cachenode.metrics import scrape
+
+from .runner import run_together
+
+
+def scenario(results: list[dict], wall: float, model_bytes: int, reference: str, origin: int,
+             **extra) -> dict:
+    """One scenario's JSON from its contenders' results: with several readers, the wall time
+    until the last one finished and the bytes all of them loaded."""
+    seconds = wall if len(results) > 1 else results[0]["seconds"]
+    return {"seconds": seconds, "gb_per_s": model_bytes * len(results) / seconds / 1e9,
+            "origin_bytes": origin, "peak_rss_bytes": max(r["peak_rss_bytes"] for r in results),
+            "baseline_rss_bytes": max(r["baseline_rss_bytes"] for r in results),
+            "verified": all(r["digest"] == reference for r in results),
+            **({"reader_seconds": [r["seconds"] for r in results]} if len(results) > 1 else {}), **extra}
+
+
+class Recorder:
+    """Runs contender processes, records each scenario and prints a line per scenario."""
+
+    def __init__(self, model_bytes: int, reference: str, node_urls: list[str], token: str) -> None:
+        self.model_bytes, self.reference = model_bytes, reference
+        self.node_urls, self.token = node_urls, token
+        self.scenarios: dict[str, dict] = {}
+
+    def origin_bytes(self) -> int:
+        """Bytes the cluster's nodes have read from the origin so far."""
+        return int(sum(scrape(u, self.token).get("cachenode_origin_bytes_total", 0) for u in self.node_urls))
+
+    def record(self, name: str, results: list[dict], wall: float, origin: int, **extra) -> None:
+        s = self.scenarios[name] = scenario(results, wall, self.model_bytes, self.reference, origin, **extra)
+        click.echo(f"  {name:<24} {s['seconds']:7.2f} s  {s['gb_per_s']:.3f} GB/s")
+
+    def run(self, name: str, specs: list[dict], origin: int | None = None, **extra) -> None:
+        """Run `specs` together; origin bytes = `origin`, or what the cluster read meanwhile."""
+        before = self.origin_bytes() if origin is None else 0
+        results, wall = run_together(specs)
+        self.record(name, results, wall, self.origin_bytes() - before if origin is None else origin, **extra)
+
+    def blob_direct(self, conn_str: str, container: str, blob: str, concurrencies: tuple[int, ...]) -> None:
+        """blob_direct_sdk: the SDK at each concurrency, the best one recorded (as a user would tune it)."""
+        best = None
+        for c in concurrencies:
+            results, wall = run_together([{"kind": "blob_sdk", "conn_str": conn_str, "container": container,
+                                           "blob": blob, "concurrency": c}])
+            if best is None or results[0]["seconds"] < best[0][0]["seconds"]:
+                best = (results, wall, c)
+        self.record("blob_direct_sdk", best[0], best[1], self.model_bytes, concurrency=best[2])
