@@ -94,27 +94,40 @@ def test_links_small(tmp_path):
     assert _namespaces() == before
 
 
-@needs_root
-def test_links_ctrl_c_removes_every_process_and_namespace(tmp_path):
-    before = _namespaces()
-    work = tmp_path / "w"
-    p = subprocess.Popen([sys.executable, "-m", "cachenode.bench.cli", "links", "--size", "256MiB",
-                          "--origin-gbit", "0.1", "--nodes", "2", "--workdir", str(work)],
+def _interrupt_after_setup(args: list[str], work: Path, during=lambda: None) -> None:
+    """Start a cachebench run, Ctrl-C it once its services are up, and wait for it to end."""
+    p = subprocess.Popen([sys.executable, "-m", "cachenode.bench.cli", *args, "--workdir", str(work)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        for line in p.stdout:  # the links are up and the nodes running once this line is out
+        for line in p.stdout:  # Azurite and the nodes are running once this line is out
             if line.startswith("checkpoint "):
                 break
-        assert len(_namespaces() - before) == 2
         assert _processes_mentioning(str(work))
+        during()
         p.send_signal(signal.SIGINT)
         p.wait(60)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_compare_ctrl_c_stops_every_process(tmp_path):
+    _interrupt_after_setup(["compare", "--size", "256MiB", "--nodes", "2"], tmp_path / "w")
+    assert _processes_mentioning(str(tmp_path / "w")) == []
+
+
+@needs_root
+def test_links_ctrl_c_removes_every_process_and_namespace(tmp_path):
+    before = _namespaces()
+
+    def two_namespaces_up():
+        assert len(_namespaces() - before) == 2
+
+    _interrupt_after_setup(["links", "--size", "256MiB", "--origin-gbit", "0.1", "--nodes", "2"], tmp_path / "w",
+                           during=two_namespaces_up)
     assert _namespaces() == before
-    assert _processes_mentioning(str(work)) == []
+    assert _processes_mentioning(str(tmp_path / "w")) == []
 
 
 @pytest.mark.parametrize("args, message", [
