@@ -8,7 +8,6 @@ from typing import Iterable
 
 import aiohttp
 
-from cachenode.blocks import digest_off_loop
 from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
 from cachenode.node import BlockRequest
 from cachenode.origin import ObjectInfo
@@ -77,8 +76,8 @@ class HttpNodeClient:
         if self._fast is None:
             self._fast = FastBlockGetter(self.base_url, self._headers)
         try:
-            status, headers, body = await self._fast.get("/v1/block", request_params(req, verify), dest,
-                                                         extra, self._read_timeout)
+            status, headers, body, got_digest = await self._fast.get(
+                "/v1/block", request_params(req, verify), dest, extra, self._read_timeout)
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
             raise PeerUnavailable(f"cache node {self.base_url} failed mid-transfer: {exc!r}") from exc
         if status != 200:
@@ -92,7 +91,7 @@ class HttpNodeClient:
             raise BlockCorrupt(f"{self.base_url} sent {len(body)} bytes for the {len(dest)}-byte "
                                f"block {req.index} of {req.ref}")
         expected = headers.get(DIGEST_HEADER.lower(), "")
-        if await digest_off_loop(dest) != expected:
+        if got_digest != expected:
             raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} failed its digest check")
         return headers.get(TIER_HEADER.lower(), ""), expected
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import urlencode, urlsplit
 
+import xxhash
+
 _HEADER_MAX = 64 * 1024
 
 
@@ -21,7 +23,15 @@ class _Response:
         self.body: memoryview | None = None  # where the body goes: dest, or a bytearray for errors
         self.length = -1
         self.got = 0
+        # The body's digest, computed as each piece lands while it is still in the CPU cache
+        # (a separate pass after the block re-reads 8 MiB from memory: 12% of this VM's CPU).
+        self.hasher = None
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    @property
+    def digest(self) -> str | None:
+        """xxh3-128 of the body if it went into dest, else None."""
+        return self.hasher.hexdigest() if self.hasher is not None else None
 
 
 class _BlockProtocol(asyncio.BufferedProtocol):
@@ -58,6 +68,8 @@ class _BlockProtocol(asyncio.BufferedProtocol):
             self.transport.abort()
             return
         if r.body is not None:
+            if r.hasher is not None:
+                r.hasher.update(r.body[r.got:r.got + nbytes])
             r.got += nbytes
         else:
             self._head_len += nbytes
@@ -73,6 +85,8 @@ class _BlockProtocol(asyncio.BufferedProtocol):
                 self._fail(ValueError("more bytes than Content-Length"))
                 return
             r.body[:extra] = self._head[end + 4:self._head_len]
+            if r.hasher is not None:
+                r.hasher.update(r.body[:extra])
             r.got = extra
         if r.got >= r.length and not r.done.done():
             self.resp = None
@@ -95,6 +109,7 @@ class _BlockProtocol(asyncio.BufferedProtocol):
         r.length = int(r.headers["content-length"])
         if r.status == 200 and r.length == len(r.dest):
             r.body = r.dest  # the kernel now writes the body straight into the caller's buffer
+            r.hasher = xxhash.xxh3_128()
         else:
             r.body = memoryview(bytearray(r.length))  # an error body, or a wrong size: not into dest
         return True
@@ -117,8 +132,9 @@ class FastBlockGetter:
         self._idle: list[_BlockProtocol] = []
 
     async def get(self, path: str, params: dict, dest: memoryview, extra_headers: dict, timeout: float
-                  ) -> tuple[int, dict[str, str], memoryview]:
-        """(status, headers, body): body is `dest` itself on a 200 of the right size."""
+                  ) -> tuple[int, dict[str, str], memoryview, str | None]:
+        """(status, headers, body, digest): body is `dest` itself on a 200 of the right size, and
+        digest then the xxh3-128 of what landed in it."""
         proto = None
         while self._idle:
             cand = self._idle.pop()
@@ -145,7 +161,7 @@ class FastBlockGetter:
             self._idle.append(proto)
         else:
             proto.transport.close()
-        return resp.status, resp.headers, resp.body
+        return resp.status, resp.headers, resp.body, resp.digest
 
     def close(self) -> None:
         for p in self._idle:
