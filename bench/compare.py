@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import secrets
-import shutil
-import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import click
 from . import runai
 from .checkpoint import make_safetensors, upload
 from .scenarios import Recorder
-from .services import Azurite, LocalCluster
+from .services import Azurite, LocalCluster, scratch_dir
 from .table import byte_bar
 
 CONTAINER = "models"
@@ -40,10 +38,8 @@ def _copy_blob(conn_str: str, src: str, dst: str) -> None:
 
 def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_size: str,
                 concurrencies: tuple[int, ...], workdir: str | None) -> dict:
-    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cachebench-"))
     with ExitStack() as stack:
-        if not workdir:
-            stack.callback(shutil.rmtree, base, ignore_errors=True)
+        base = scratch_dir(stack, workdir, "cachebench-")
         azurite = stack.enter_context(Azurite(base / "azurite"))
         ckpt = base / "model.safetensors"
         with byte_bar("generate checkpoint", size) as bar:

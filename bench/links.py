@@ -11,10 +11,7 @@ Needs root (CI and these VMs have it).
 from __future__ import annotations
 
 import secrets
-import shutil
-import tempfile
 from contextlib import ExitStack
-from pathlib import Path
 
 import click
 
@@ -23,7 +20,7 @@ from .compare import CONTAINER, machine, reference_digest
 from .netns import VethHost
 from .relay import Relay
 from .scenarios import Recorder
-from .services import Azurite, LocalCluster, connection_string
+from .services import Azurite, LocalCluster, connection_string, scratch_dir
 from .table import byte_bar
 
 ORIGIN_LINK = ("org", "169.254.215.1", "169.254.215.2")
@@ -37,10 +34,8 @@ def _tbf(gbit: float) -> tuple[str, int]:
 
 def run_links(size: int, origin_gbit: float, peer_gbit: float, n_nodes: int, block_size: str,
               concurrencies: tuple[int, ...], workdir: str | None) -> dict:
-    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cachebench-links-"))
     with ExitStack() as stack:
-        if not workdir:
-            stack.callback(shutil.rmtree, base, ignore_errors=True)
+        base = scratch_dir(stack, workdir, "cachebench-links-")
         origin = stack.enter_context(VethHost(*ORIGIN_LINK))
         peers = stack.enter_context(VethHost(*PEER_LINK))
         azurite = stack.enter_context(Azurite(base / "azurite", host=origin.ns_ip, wrap=origin.exec_prefix()))

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import secrets
-import shutil
-import tempfile
 from contextlib import ExitStack
-from pathlib import Path
 
 import click
 
@@ -15,7 +12,7 @@ from cachenode.units import format_size
 
 from .checkpoint import make_safetensors, upload
 from .loads import LoadResult, blob_sdk_tensors, cache_tensors, timed
-from .services import Azurite, LocalCluster
+from .services import Azurite, LocalCluster, scratch_dir
 from .table import byte_bar, print_table
 
 CONTAINER = "models"
@@ -23,11 +20,9 @@ BLOB = "demo/model.safetensors"
 
 
 def run_quickstart(size: int, block_size: str, workdir: str | None, keep: bool, n_nodes: int = 3) -> list[dict]:
-    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cachenode-quickstart-"))
     rows: list[dict] = []
     with ExitStack() as stack:
-        if not keep and not workdir:
-            stack.callback(shutil.rmtree, base, ignore_errors=True)
+        base = scratch_dir(stack, workdir, "cachenode-quickstart-", keep=keep)
         click.echo(f"workdir {base}")
         azurite = stack.enter_context(Azurite(base / "azurite"))
         click.echo(f"Azurite (Azure Blob emulator) on {azurite.endpoint}")

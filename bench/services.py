@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,16 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 
 def project_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+def scratch_dir(stack, workdir: str | None, prefix: str, keep: bool = False) -> Path:
+    """`workdir` as given (kept), or a new temp dir that `stack` removes when it unwinds."""
+    if workdir:
+        return Path(workdir)
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    if not keep:
+        stack.callback(shutil.rmtree, base, ignore_errors=True)
+    return base
 
 
 def free_port() -> int:

@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 from contextlib import ExitStack
-from pathlib import Path
 
 import click
 
 from .checkpoint import make_safetensors, upload
-from .services import Azurite, LocalCluster
+from .services import Azurite, LocalCluster, scratch_dir
 
 SHM_TLS = "sm,cma,tcp"
 
@@ -33,10 +30,8 @@ def _probe(spec: dict, env: dict | None = None) -> dict:
 def run_transports(size: int, block_size: str, workdir: str | None) -> dict:
     import cachenode
 
-    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cachebench-tr-"))
     with ExitStack() as stack:
-        if not workdir:
-            stack.callback(shutil.rmtree, base, ignore_errors=True)
+        base = scratch_dir(stack, workdir, "cachebench-tr-")
         azurite = stack.enter_context(Azurite(base / "azurite"))
         make_safetensors(base / "m.safetensors", size)
         upload(azurite.connection_string, "models", "t/m.safetensors", base / "m.safetensors")
