@@ -15,7 +15,6 @@ from cachenode.source import SourceRef
 from cachenode.warming import select_objects, warm_objects
 
 from .http_sendall import send_block_body
-
 from .wire import (
     AVOID_HEADER, DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, error_status, parse_block_request,
 )
