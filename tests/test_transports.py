@@ -105,13 +105,17 @@ def test_auth_refused(blobs, transport, io_loop):
         io_loop.run(ch.read_block(req, memoryview(bytearray(BS))))
 
 
-def test_many_concurrent_requests(blobs, transport, io_loop):
-    name, node, client, channel = transport
-    data = os.urandom(64 * BS)
-    url = blobs.put("many.bin", data)
+def _blocks(blobs, transport, io_loop, name: str, n: int):
+    """A blob of n random blocks: (its bytes, the loader's channel, a request per block, a buffer)."""
+    _, _, client, channel = transport
+    data = os.urandom(n * BS)
+    url = blobs.put(name, data)
     ch = io_loop.run(channel())
-    reqs = [_req(url, client, io_loop, i) for i in range(64)]
-    out = bytearray(len(data))
+    return data, ch, [_req(url, client, io_loop, i) for i in range(n)], bytearray(len(data))
+
+
+def test_many_concurrent_requests(blobs, transport, io_loop):
+    data, ch, reqs, out = _blocks(blobs, transport, io_loop, "many.bin", 64)
 
     async def all_at_once():
         await asyncio.gather(*(ch.read_block(r, memoryview(out)[r.index * BS:(r.index + 1) * BS])
@@ -122,12 +126,8 @@ def test_many_concurrent_requests(blobs, transport, io_loop):
 
 
 def test_peer_dies_mid_transfer(blobs, transport, io_loop):
-    name, node, client, channel = transport
-    data = os.urandom(32 * BS)
-    url = blobs.put("die.bin", data)
-    ch = io_loop.run(channel())
-    reqs = [_req(url, client, io_loop, i) for i in range(32)]
-    out = bytearray(len(data))
+    node = transport[1]
+    data, ch, reqs, out = _blocks(blobs, transport, io_loop, "die.bin", 32)
     done = []
 
     async def read_until_dead():
