@@ -6,14 +6,18 @@ import os
 import subprocess
 
 
+def _run(*cmd: str, ns: str | None = None, check: bool = True) -> None:
+    """Run an iproute2 command here, or inside namespace `ns`."""
+    prefix = () if ns is None else ("ip", "netns", "exec", ns)
+    subprocess.run([*prefix, *cmd], check=check, capture_output=True, timeout=30)
+
+
 def _ip(*args: str, ns: str | None = None, check: bool = True) -> None:
-    cmd = ["ip", *args] if ns is None else ["ip", "netns", "exec", ns, "ip", *args]
-    subprocess.run(cmd, check=check, capture_output=True, timeout=30)
+    _run("ip", *args, ns=ns, check=check)
 
 
 def _tc(*args: str, ns: str | None = None) -> None:
-    cmd = ["tc", *args] if ns is None else ["ip", "netns", "exec", ns, "tc", *args]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+    _run("tc", *args, ns=ns)
 
 
 class VethHost:
