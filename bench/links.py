@@ -23,10 +23,6 @@ from .scenarios import Recorder
 from .services import Azurite, LocalCluster, connection_string, scratch_dir
 from .table import byte_bar
 
-ORIGIN_LINK = ("org", "169.254.215.1", "169.254.215.2")
-PEER_LINK = ("per", "169.254.216.1", "169.254.216.2")
-
-
 def _tbf(gbit: float) -> tuple[str, int]:
     """tc rate and a burst of 10 ms of traffic (at least 64 KiB, one GSO packet)."""
     return f"{round(gbit * 1000)}mbit", max(64 << 10, int(gbit * 1e9 / 8 / 100))
@@ -36,8 +32,8 @@ def run_links(size: int, origin_gbit: float, peer_gbit: float, n_nodes: int, blo
               concurrencies: tuple[int, ...], workdir: str | None) -> dict:
     with ExitStack() as stack:
         base = scratch_dir(stack, workdir, "cachebench-links-")
-        origin = stack.enter_context(VethHost(*ORIGIN_LINK))
-        peers = stack.enter_context(VethHost(*PEER_LINK))
+        origin = stack.enter_context(VethHost("org"))
+        peers = stack.enter_context(VethHost("per"))
         azurite = stack.enter_context(Azurite(base / "azurite", host=origin.ns_ip, wrap=origin.exec_prefix()))
         ckpt = base / "model.safetensors"
         with byte_bar("generate checkpoint", size) as bar:
