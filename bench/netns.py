@@ -32,7 +32,7 @@ class VethHost:
     """
 
     def __init__(self, tag: str) -> None:
-        suffix = f"{os.getpid() % 100000}"
+        suffix = str(os.getpid())  # whose it is: tests tell a leak from a concurrent run by it
         self.ns = f"cn{tag}{suffix}"
         self.root_if = f"cr{tag}{suffix}"[:15]
         self.ns_if = f"cn{tag}{suffix}"[:15]
