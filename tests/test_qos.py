@@ -217,6 +217,6 @@ def test_warm_yields_to_a_bulk_flow_on_a_shaped_link(tmp_path):
     r = json.loads(out.read_text())
     assert {"link_gbit", "foreground_alone_gb_per_s", "foreground_with_cache_gb_per_s",
             "cache_idle_gb_per_s", "runs", "ranges"} <= r.keys()
-    assert r["foreground_alone_gb_per_s"] >= 0.9 * 12.5e6 / 1e9, r  # iperf3 fills the link alone
+    assert r["foreground_alone_gb_per_s"] >= 0.7 * 12.5e6 / 1e9, r  # iperf3 alone: 10.3-12.0 MB/s seen
     assert r["foreground_kept"] >= 0.7, r
     assert r["cache_idle_link_share"] >= 0.55, r
