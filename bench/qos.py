@@ -127,7 +127,7 @@ def run_qos(workdir: str | Path, link: str = "100mbit", link_bytes_per_s: float 
         values = [r[k] for r in runs if r[k] is not None]
         out[k] = statistics.median(values) if values else None
     out["ranges"] = {k: [min(r[k] for r in runs), max(r[k] for r in runs)]
-                     for k in ("foreground_kept", "cache_idle_link_share")}
+                     for k in ("foreground_alone_gb_per_s", "foreground_kept", "cache_idle_link_share")}
     out["runs"] = runs
     return out
 
