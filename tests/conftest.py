@@ -76,7 +76,7 @@ class Nodes:
               conn_str: str | None = None, port: int = 0, wrap: tuple[str, ...] = ()) -> NodeProcess:
         cache_dir = cache_dir or self.tmp_path / f"node{next(self._n)}"
         node = NodeProcess(cache_dir, token=token, wrap=wrap, port=port, args=args,
-                           conn_str=conn_str or connection_string(self.proxy.port))
+                           conn_str=connection_string(self.proxy.port) if conn_str is None else conn_str)
         self.procs.append(node)
         return node.start()
 

@@ -9,7 +9,7 @@ import pytest
 
 from cachenode.blocks import block_count, block_key, block_span
 from cachenode.config import NodeConfig
-from cachenode.errors import BadRequest
+from cachenode.errors import BadRequest, InvalidSource
 from cachenode.singleflight import SingleFlight
 from cachenode.source import AZURE, FILE, parse_source
 from cachenode.store_disk import DiskTier
@@ -24,8 +24,10 @@ def test_parse_source_forms():
     assert r.endpoint == "http://127.0.0.1:10000/devstoreaccount1"
     r = parse_source("az://models/x/y.pt", default_account="acct01")
     assert (r.account, r.container, r.path) == ("acct01", "models", "x/y.pt")
-    r = parse_source("file:///data/../data/m.bin")
+    r = parse_source("file:///data/m.bin")
     assert (r.kind, r.path) == (FILE, "/data/m.bin")
+    with pytest.raises(InvalidSource, match="'..' segment"):  # refused, not normalised (one door)
+        parse_source("file:///data/../data/m.bin")
 
 
 def test_block_geometry():
