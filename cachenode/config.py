@@ -44,15 +44,16 @@ class NodeConfig:
     ucx: bool = False  # also serve blocks over UCX (needs the `ucx` extra)
     qos: QosConfig = field(default_factory=QosConfig)
 
+    def file_roots(self) -> tuple[str, ...]:
+        """The local directories `file://` allow entries name (the file origin's roots)."""
+        return tuple(os.path.normpath(a[len("file://"):]) for a in self.allow if a.startswith("file://"))
+
     def allows(self, ref: SourceRef) -> bool:
         """True if this node may read `ref` from its origin on a client's behalf."""
         if ref.kind == FILE:
-            for entry in self.allow:
-                if entry.startswith("file://"):
-                    root = os.path.normpath(entry[len("file://"):])
-                    if ref.path == root or ref.path.startswith(root.rstrip("/") + "/"):
-                        return True
-            return False
+            # Lexical here (the path is canonical); the file origin checks links where it opens.
+            return any(ref.path == root or ref.path.startswith(root.rstrip("/") + "/")
+                       for root in self.file_roots())
         if ref.kind != AZURE:
             return False
         azure_entries = [a for a in self.allow if not a.startswith("file://")]

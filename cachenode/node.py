@@ -56,7 +56,7 @@ class Node:
         self.disk = DiskTier(os.path.join(config.cache_dir, "blocks"), config.disk_bytes)
         self.azure = azure or AzureOrigin(config.azure, retries=config.origin_retries,
                                           backoff=config.origin_backoff, timeout=config.origin_timeout)
-        self.file = file or FileOrigin()
+        self.file = file or FileOrigin(config.file_roots())
         self._flights: SingleFlight[Block] = SingleFlight()
         self._writes: set[asyncio.Task] = set()
         self.governor = Governor(config.qos)
