@@ -63,6 +63,26 @@ class AzureCredentials:
         return f"https://{self.account_name}.blob.core.windows.net"
 
 
+# Storage endpoints Azure itself runs (public, China, US Government clouds).
+AZURE_SUFFIXES = ("core.windows.net", "core.chinacloudapi.cn", "core.usgovcloudapi.net")
+
+
+def bypass_credentials(own: AzureCredentials, ref: SourceRef) -> AzureCredentials:
+    """What a loader may send, and where, to read `ref` itself (no node answered).
+
+    Credentials only ever go to the endpoint they belong to: the configured one for their own
+    account, whatever host the URL named. For another account, an identity token goes only to
+    that account's endpoint in an Azure cloud (https://<account>.blob.core.windows.net and the
+    sovereign suffixes); any other host the URL names is read anonymously (public containers).
+    """
+    if own.configured and own.account == ref.account:
+        return own
+    official = [f"https://{ref.account}.blob.{suffix}" for suffix in AZURE_SUFFIXES]
+    if ref.endpoint is None or ref.endpoint in official:
+        return AzureCredentials(account_name=ref.account, endpoint=ref.endpoint or official[0])
+    return AzureCredentials(account_name=ref.account, endpoint=ref.endpoint, use_default_credential=False)
+
+
 def _conn_fields(conn: str) -> dict[str, str]:
     out = {}
     for part in conn.split(";"):

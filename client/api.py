@@ -14,7 +14,7 @@ from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
 from cachenode.membership import Member
 from cachenode.node import BlockRequest
 from cachenode.origin import ObjectInfo, Origin
-from cachenode.origin_azure import AzureCredentials, AzureOrigin
+from cachenode.origin_azure import AzureCredentials, AzureOrigin, bypass_credentials
 from cachenode.origin_file import FileOrigin
 from cachenode.placement import rank
 from cachenode.source import FILE, SourceRef, parse_source
@@ -132,10 +132,8 @@ class AsyncClient:
             key: tuple = ("file",)
             make: Callable[[], Origin] = FileOrigin
         else:
-            creds = self.azure
-            if creds.account != ref.account:
-                creds = AzureCredentials(account_name=ref.account, endpoint=ref.endpoint)
-            key = ("azure", ref.account)
+            creds = bypass_credentials(self.azure, ref)
+            key = ("azure", ref.account, creds.service_url(), creds.use_default_credential)
             make = lambda: AzureOrigin(creds)  # noqa: E731
         if key not in self._origins:
             self._origins[key] = make()
