@@ -73,6 +73,8 @@ def main(log_level: str) -> None:
 @click.option("--token", help="Cluster token clients must send [env CACHENODE_TOKEN].")
 @click.option("--token-file", type=click.Path(dir_okay=False),
               help="Read the cluster token from a file [env CACHENODE_TOKEN_FILE].")
+@click.option("--node-token", help="Secret for node-to-node (forwarded) requests; give it to nodes only "
+              "[env CACHENODE_NODE_TOKEN; default: derived from the cluster token].")
 @click.option("--no-auth", is_flag=True, help="Serve without a token (loopback addresses only).")
 @click.option("--connection-string", help="Azure Storage connection string [env AZURE_STORAGE_CONNECTION_STRING].")
 @click.option("--account-name", help="Storage account [env AZURE_STORAGE_ACCOUNT_NAME].")
@@ -105,7 +107,7 @@ def main(log_level: str) -> None:
 @click.option("--peer-timeout", default=10.0, show_default=True, type=float,
               help="Seconds without progress before a peer transfer is abandoned for the next candidate.")
 def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, token, token_file,
-          no_auth, connection_string, account_name, account_key, sas_token, blob_endpoint,
+          node_token, no_auth, connection_string, account_name, account_key, sas_token, blob_endpoint,
           origin_retries, peers, peers_file, peers_dns, member_id, advertise_url, ucx, max_egress,
           link_speed, idle_iface, idle_headroom, idle_direction, peer_timeout) -> None:
     """Run a cache node until SIGTERM or Ctrl-C.
@@ -140,7 +142,7 @@ def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, to
         host=host, port=port,
         cache_dir=os.path.abspath(os.path.expanduser(cache_dir or env.cache_dir or NodeConfig.cache_dir)),
         memory_bytes=memory_bytes, disk_bytes=disk_bytes, block_size=block_size, allow=tuple(allow),
-        token=token, azure=azure, origin_retries=origin_retries,
+        token=token, node_token=node_token or env.node_token, azure=azure, origin_retries=origin_retries,
         peers=_split_peers(peers), peers_file=peers_file, peers_dns=peers_dns, member_id=member_id,
         advertise_url=advertise_url, peer_timeout=peer_timeout, ucx=ucx,
         qos=_qos(max_egress, link_speed, idle_iface, idle_headroom, idle_direction),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from dataclasses import dataclass, field
 
@@ -27,6 +29,9 @@ class NodeConfig:
     # configured account (the only account a node holds credentials for) and no local files.
     allow: tuple[str, ...] = ()
     token: str | None = None
+    # Secret of node-to-node (forwarded) requests; derived from the cluster token if not given.
+    # Give it only to nodes (not loaders) to keep loaders from claiming node traffic at all.
+    node_token: str | None = None
     azure: AzureCredentials = field(default_factory=AzureCredentials)
     origin_retries: int = 4
     origin_backoff: float = 0.25
@@ -43,6 +48,18 @@ class NodeConfig:
     warm_concurrency: int = 4
     ucx: bool = False  # also serve blocks over UCX (needs the `ucx` extra)
     qos: QosConfig = field(default_factory=QosConfig)
+
+    def forward_secret(self) -> str:
+        """What a node sends to mark a request as forwarded by a node ("" without auth).
+
+        An HMAC of the cluster token under its own label, so the value a loader sends as its
+        bearer token never doubles as the node marker.
+        """
+        if self.node_token:
+            return self.node_token
+        if not self.token:
+            return ""
+        return hmac.new(self.token.encode(), b"cachenode node-to-node v1", hashlib.sha256).hexdigest()
 
     def file_roots(self) -> tuple[str, ...]:
         """The local directories `file://` allow entries name (the file origin's roots)."""

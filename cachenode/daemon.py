@@ -28,7 +28,8 @@ class NodeServer:
         self.membership = Membership(
             peers=config.peers, peers_file=config.peers_file, peers_dns=config.peers_dns,
             health_interval=config.health_interval, health_timeout=min(2.0, config.peer_timeout))
-        self.router = Router(self.node, self.membership, config.token, config.peer_timeout)
+        self.router = Router(self.node, self.membership, config.token, config.peer_timeout,
+                             config.forward_secret())
         self._runner = web.AppRunner(create_app(self.node, config.token, self.router),
                                      handle_signals=False, access_log=None)
         self.url = ""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 
 import aiohttp
 
 from .blocks import block_key, block_span
-from .errors import BlockCorrupt, PeerUnavailable
+from .errors import BlockCorrupt, Forbidden, PeerUnavailable
 from .membership import Membership
 from .node import Block, BlockRequest, Node
 from .placement import rank
@@ -23,8 +24,9 @@ class Router:
     """
 
     def __init__(self, node: Node, membership: Membership, token: str | None,
-                 peer_timeout: float = 10.0) -> None:
+                 peer_timeout: float = 10.0, forward_secret: str = "") -> None:
         self.node = node
+        self._forward_secret = forward_secret
         self.membership = membership
         self._token = token
         self._peer_timeout = peer_timeout
@@ -54,10 +56,19 @@ class Router:
                                                          read_timeout=self._peer_timeout)
         return client
 
-    async def get_block(self, req: BlockRequest, *, verify: bool = False, forwarded: bool = False,
+    def from_node(self, marker: str | None) -> bool:
+        """True if `marker` (the forwarded field of a request) proves a node sent it; a made-up
+        one is refused, so a loader cannot make a non-owner fill (and fill twice per cluster)."""
+        if marker is None:
+            return False
+        if not hmac.compare_digest(marker.encode(), self._forward_secret.encode()) and self._forward_secret:
+            raise Forbidden("the forwarded marker is for node-to-node requests: wrong node credential")
+        return True
+
+    async def get_block(self, req: BlockRequest, *, verify: bool = False, forwarded: str | None = None,
                         avoid: frozenset[str] = frozenset()) -> Block:
         self.node.origin_for(req.ref)  # allow-list first: never forward what we would refuse
-        if forwarded:
+        if self.from_node(forwarded):
             return await self.node.get_block(req, verify=verify)
         offset, length = block_span(req.size, req.block_size, req.index)
         key = block_key(req.ref, req.etag, req.size, req.block_size, req.index)
@@ -70,9 +81,9 @@ class Router:
             buf = bytearray(length)
             try:
                 try:
-                    _, dg = await self.peer(member.url).read_block(req, memoryview(buf), forwarded=True)
+                    _, dg = await self.peer(member.url).read_block(req, memoryview(buf), forwarded=self._forward_secret or "1")
                 except BlockCorrupt:
-                    _, dg = await self.peer(member.url).read_block(req, memoryview(buf), forwarded=True,
+                    _, dg = await self.peer(member.url).read_block(req, memoryview(buf), forwarded=self._forward_secret or "1",
                                                                    verify=True)
             except (PeerUnavailable, BlockCorrupt) as exc:
                 log.warning("owner %s failed for block %d of %s: %s", member_id, req.index, req.ref, exc)

@@ -62,15 +62,15 @@ class HttpNodeClient:
         return ObjectInfo(int(body["size"]), body["etag"]), int(body["block_size"])
 
     async def read_block(self, req: BlockRequest, dest: memoryview, *, verify: bool = False,
-                         forwarded: bool = False, avoid: Iterable[str] = ()) -> tuple[str, str]:
+                         forwarded: str | None = None, avoid: Iterable[str] = ()) -> tuple[str, str]:
         """Fill `dest` (exactly the block's length); returns (tier that served it, digest).
 
         The body is received by the kernel straight into `dest` (see http_fastpath); after any
         failure the caller must treat `dest` as garbage.
         """
         extra = {}
-        if forwarded:
-            extra[FORWARDED_HEADER] = "1"
+        if forwarded is not None:
+            extra[FORWARDED_HEADER] = forwarded
         if avoid:
             extra[AVOID_HEADER] = ",".join(avoid)
         if self._fast is None:

@@ -167,7 +167,7 @@ async def get_block(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     req = parse_block_request(request.query)
     verify = request.query.get("verify") == "1"
-    forwarded = request.headers.get(FORWARDED_HEADER) == "1"
+    forwarded = request.headers.get(FORWARDED_HEADER)
     avoid = frozenset(a for a in request.headers.get(AVOID_HEADER, "").split(",") if a)
     block = await request.app[ROUTER_KEY].get_block(req, verify=verify, forwarded=forwarded, avoid=avoid)
     headers = {DIGEST_HEADER: block.digest, TIER_HEADER: block.tier}

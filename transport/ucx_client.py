@@ -62,7 +62,7 @@ class UcxNodeClient:
         return f"UcxNodeClient({self.base_url})"
 
     async def read_block(self, req: BlockRequest, dest: memoryview, *, verify: bool = False,
-                         forwarded: bool = False, avoid: Iterable[str] = ()) -> tuple[str, str]:
+                         forwarded: str | None = None, avoid: Iterable[str] = ()) -> tuple[str, str]:
         fields = request_params(req, verify)
         fields.update(token=self._token or "", avoid=list(avoid))
         ucxx = self._ctx.ucxx

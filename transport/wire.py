@@ -14,7 +14,8 @@ from cachenode.source import SourceRef
 
 DIGEST_HEADER = "X-Cachenode-Digest"
 TIER_HEADER = "X-Cachenode-Tier"
-# Set on node-to-node requests: the receiver serves the block itself (one hop, never a loop).
+# Set on node-to-node requests, to the node secret: the receiver serves the block itself (one
+# hop, never a loop); a wrong value is refused.
 FORWARDED_HEADER = "X-Cachenode-Forwarded"
 # Member ids the sender already found dead: the receiver leaves them out of its ranking, so a
 # fallback request is not forwarded straight back into the same stall.
