@@ -7,7 +7,7 @@ from contextlib import ExitStack
 
 import click
 
-from cachenode.metrics import scrape
+from cachenode.node.metrics import scrape
 from cachenode.units import format_size
 
 from .checkpoint import make_safetensors, upload

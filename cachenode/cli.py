@@ -12,10 +12,10 @@ import sys
 import click
 
 from .blocks import DEFAULT_BLOCK_SIZE, check_block_size
-from .config import NodeConfig
+from .node.config import NodeConfig
 from .errors import CacheError
 from .env import read_env, resolve_token
-from .origin_azure import AzureCredentials
+from .credentials import AzureCredentials
 from .units import format_size, parse_size
 
 
@@ -152,7 +152,7 @@ def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, to
 
         if not available("ucx"):
             raise click.UsageError("--ucx needs the ucxx package: pip install 'cachenode[ucx]'")
-    from .daemon import serve_forever
+    from .node.daemon import serve_forever
 
     click.echo(f"cachenode: memory {format_size(memory_bytes)}, disk {format_size(disk_bytes)}, "
                f"block {format_size(block_size)}, account {azure.account or '-'}", err=True)
@@ -213,13 +213,13 @@ def status(nodes, token, as_json) -> None:
 
     with Client(nodes=nodes or None, token=token) as c:
         members = c.members()
-        token = c._async.token
+        token = c.config.token
     rows = collect(members, token)
     click.echo(json.dumps(rows, indent=2) if as_json else render(rows))
 
 
 def _qos(max_egress, link_speed, iface, headroom, direction):
-    from .qos import QosConfig, read_counters
+    from .node.qos import QosConfig, read_counters
     from .units import parse_rate
 
     try:
@@ -234,7 +234,7 @@ def _qos(max_egress, link_speed, iface, headroom, direction):
 
 
 def _split_peers(values: tuple[str, ...]) -> tuple[str, ...]:
-    from .membership import parse_member
+    from .node.membership import parse_member
 
     out = tuple(p.strip() for v in values for p in v.split(",") if p.strip())
     for p in out:

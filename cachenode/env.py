@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .origin_azure import AzureCredentials
+from .credentials import AzureCredentials
 
 
 @dataclass(frozen=True)

@@ -100,4 +100,4 @@ def load_checkpoint(url: str, device="cpu", *, client: Client | None = None, on_
     concurrently, each into its own buffer.
     """
     return _with_client(client, client_kwargs,
-                        lambda c: c._loop.run(aload_checkpoint(c._async, url, device, on_bytes)))
+                        lambda c: c.run(aload_checkpoint(c.aclient, url, device, on_bytes)))

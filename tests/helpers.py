@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cachenode.bench.services import NodeProcess
-from cachenode.metrics import scrape
+from cachenode.node.metrics import scrape
 
 TOKEN = "test-cluster-token"
 KiB, MiB = 1024, 1024 * 1024

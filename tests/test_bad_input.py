@@ -12,7 +12,7 @@ import pytest
 import cachenode
 from cachenode.bench.services import connection_string, free_port
 from cachenode.client.api import BypassWarning
-from cachenode.origin_azure import AzureCredentials
+from cachenode.credentials import AzureCredentials
 from helpers import BS, TOKEN, metric
 
 

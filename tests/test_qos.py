@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from cachenode.config import NodeConfig
+from cachenode.node.config import NodeConfig
 from cachenode.node import BlockRequest, Node
-from cachenode.qos import Governor, QosConfig, TokenBucket
+from cachenode.node.qos import Governor, QosConfig, TokenBucket
 from cachenode.source import parse_source
 from cachenode.units import parse_rate
 

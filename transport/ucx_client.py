@@ -8,12 +8,11 @@ import itertools
 import logging
 from typing import Iterable
 
-from cachenode.blocks import digest_off_loop
+from cachenode.blocks import BlockRequest, digest_off_loop
 from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
-from cachenode.node import BlockRequest
 
 from . import ucx_wire as w
-from .wire import error_from_wire, request_params
+from .wire import UCX_AVOID, UCX_TOKEN, error_from_wire, request_params
 
 log = logging.getLogger("cachenode.ucx")
 
@@ -64,7 +63,7 @@ class UcxNodeClient:
     async def read_block(self, req: BlockRequest, dest: memoryview, *, verify: bool = False,
                          forwarded: str | None = None, avoid: Iterable[str] = ()) -> tuple[str, str]:
         fields = request_params(req, verify)
-        fields.update(token=self._token or "", avoid=list(avoid))
+        fields.update({UCX_TOKEN: self._token or "", UCX_AVOID: list(avoid)})
         ucxx = self._ctx.ucxx
         async with self._sem:
             rid = self._ctx.next_id()

@@ -7,10 +7,10 @@ import hmac
 import os
 from dataclasses import dataclass, field
 
-from .blocks import DEFAULT_BLOCK_SIZE
-from .origin_azure import AzureCredentials
+from ..blocks import DEFAULT_BLOCK_SIZE
+from ..credentials import AzureCredentials
+from ..source import AZURE, FILE, SourceRef
 from .qos import QosConfig
-from .source import AZURE, FILE, SourceRef
 
 GiB = 1024**3
 

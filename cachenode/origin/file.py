@@ -7,9 +7,10 @@ import os
 import stat as stat_mod
 from typing import Iterable
 
-from .errors import Forbidden, SourceChanged, SourceNotFound
-from .origin import ObjectInfo, Origin
-from .source import FILE, SourceRef
+from ..blocks import ObjectInfo
+from ..errors import Forbidden, SourceChanged, SourceNotFound
+from ..source import FILE, SourceRef
+from .base import Origin
 
 
 def file_etag(st: os.stat_result) -> str:

@@ -59,7 +59,9 @@ def scrape(node_url: str, token: str | None, timeout: float = 10.0) -> dict[str,
     """Fetch and parse a node's /metrics (sync; for tools, tests and status output)."""
     import urllib.request
 
-    req = urllib.request.Request(f"{node_url.rstrip('/')}/metrics")
+    from ..transport.wire import METRICS_PATH
+
+    req = urllib.request.Request(f"{node_url.rstrip('/')}{METRICS_PATH}")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(req, timeout=timeout) as r:
