@@ -32,6 +32,22 @@ class SourceRef:
     path: str
     endpoint: str | None = None
 
+    def __post_init__(self) -> None:
+        # Canonical by construction: however a SourceRef is made (URL, wire fields, a listing,
+        # code), it cannot name a path that something further down would read differently.
+        if self.kind == FILE:
+            if not self.path.startswith("/"):
+                raise InvalidSource(f"{self.path!r}: file sources need an absolute path")
+            if self.path != "/":
+                check_segments(self.path[1:], self.path, prefix=True)
+        elif self.kind == AZURE:
+            if not _ACCOUNT_RE.match(self.account) or not _CONTAINER_RE.match(self.container):
+                raise InvalidSource(f"{self.account!r}/{self.container!r} is not a valid account/container")
+            if self.path:
+                check_segments(self.path, self.path, prefix=True)
+        else:
+            raise InvalidSource(f"unknown source kind {self.kind!r} (expected 'azure' or 'file')")
+
     def __str__(self) -> str:
         if self.kind == FILE:
             return f"file://{self.path}"

@@ -100,7 +100,16 @@ def members_of(url: str) -> list[dict]:
 
 @pytest.fixture
 def nodes(tmp_path, proxy):
+    """Nodes (and clusters, `nodes.cluster(n)`) of one test, stopped after it."""
     n = Nodes(tmp_path, proxy)
+    yield n
+    n.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_nodes(tmp_path_factory, proxy):
+    """The same, shared by a module's tests (a cluster started once for many read-only tests)."""
+    n = Nodes(tmp_path_factory.mktemp("nodes"), proxy)
     yield n
     n.stop_all()
 

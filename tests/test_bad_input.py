@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -14,26 +11,12 @@ from cachenode.bench.services import connection_string, free_port
 from cachenode.client.api import BypassWarning
 from cachenode.credentials import AzureCredentials
 from helpers import BS, TOKEN, metric
+from helpers import http_get as _get
 
 
 @pytest.fixture
 def node(nodes):
     return nodes.start("--block-size", f"{BS}")
-
-
-def _get(url: str, token: str | None = TOKEN) -> tuple[int, dict | str]:
-    req = urllib.request.Request(url)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read().decode(errors="replace")
-    except urllib.error.HTTPError as e:
-        body = e.read().decode()
-        try:
-            return e.code, json.loads(body)
-        except ValueError:
-            return e.code, body
 
 
 @pytest.mark.parametrize("url, match", [

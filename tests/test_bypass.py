@@ -98,7 +98,7 @@ def _authorizations(listener: Listener) -> list[str]:
 def test_bypass_never_sends_a_token_to_a_host_named_by_the_url(managed_identity, canary):
     """The loader (a fresh process: TLS trust is read at import) has a managed identity and no
     node; the URL names a listener on loopback, which must not see the token."""
-    (mi_env, mi), (tls_env, lure) = managed_identity, canary
+    (mi_env, _), (tls_env, lure) = managed_identity, canary
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CACHENODE_", "AZURE_"))}
     for name in (f"https://127.0.0.1:{lure.port}/someaccount/models/m.bin",
                  f"https://127.0.0.1:{lure.port}/devstoreaccount1/models/m.bin"):

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import urllib.error
-import urllib.request
 from urllib.parse import urlencode
 
 import pytest
 
 import cachenode
-from helpers import BS, TOKEN
-
-
-def _get(url: str, timeout: float = 10) -> tuple[int, dict]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read()) if "json" in r.headers.get("Content-Type", "") else {}
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+from helpers import BS, TOKEN, http_get
 
 
 @pytest.fixture
@@ -66,7 +54,7 @@ def test_a_fifo_gets_a_4xx_at_once_and_the_node_keeps_serving(tree):
     # a block request made up by hand never reaches an open() that would wait for a writer
     q = {"kind": "file", "path": f"{root}/pipe", "etag": '"1-2-3"', "size": "10", "bs": str(BS), "index": "0"}
     for _ in range(3):  # more than one: each would have blocked a worker thread
-        status, body = _get(f"{node.url}/v1/block?{urlencode(q)}", timeout=5)
+        status, body = http_get(f"{node.url}/v1/block?{urlencode(q)}", timeout=5)
         assert 400 <= status < 500, body
     assert time.monotonic() - t0 < 5
     with cachenode.open(f"file://{root}/m.bin", nodes=[node.url], token=TOKEN) as f:
@@ -76,7 +64,7 @@ def test_a_fifo_gets_a_4xx_at_once_and_the_node_keeps_serving(tree):
 @pytest.mark.parametrize("suffix", ["", "/"])
 def test_listing_stays_inside_the_root(tree, suffix):
     node, root, _ = tree
-    status, body = _get(f"{node.url}/v1/list?{urlencode({'kind': 'file', 'path': f'{root}{suffix}'})}")
+    status, body = http_get(f"{node.url}/v1/list?{urlencode({'kind': 'file', 'path': f'{root}{suffix}'})}")
     assert status == 200, body
     paths = sorted(o["path"] for o in body["objects"])
     assert paths == [f"{root}/alias.bin", f"{root}/m.bin", f"{root}/sub/n.bin"]
@@ -84,5 +72,5 @@ def test_listing_stays_inside_the_root(tree, suffix):
 
 def test_listing_a_name_prefix_in_the_parent_of_the_root_is_refused(tree):
     node, root, _ = tree
-    status, body = _get(f"{node.url}/v1/list?{urlencode({'kind': 'file', 'path': str(root)[:-1]})}")
+    status, body = http_get(f"{node.url}/v1/list?{urlencode({'kind': 'file', 'path': str(root)[:-1]})}")
     assert status == 403, body

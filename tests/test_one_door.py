@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.error
-import urllib.request
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlencode
 
@@ -14,22 +10,9 @@ from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_ac
 
 import cachenode
 from cachenode.bench.services import AZURITE_ACCOUNT, AZURITE_KEY
+from cachenode.source import AZURE, FILE, SourceRef
 from helpers import BS, TOKEN
-
-
-def _get(url: str, token: str | None = TOKEN, headers: dict | None = None) -> tuple[int, dict | bytes]:
-    req = urllib.request.Request(url, headers=headers or {})
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        body = e.read()
-        try:
-            return e.code, json.loads(body)
-        except ValueError:
-            return e.code, body
+from helpers import http_get as _get
 
 
 def _sas() -> str:
@@ -93,4 +76,12 @@ def test_blob_names_are_encoded_exactly_once(guarded, blobs):
     for name, data in (("%41.bin", b"percent"), ("A.bin", b"letter"), ("sp ace#?.bin", b"odd")):
         src = {"kind": "azure", "account": AZURITE_ACCOUNT, "container": container, "path": name}
         status, body = _get(f"{node.url}/v1/stat?{urlencode(src)}")
-        assert status == 200 and json.loads(body)["size"] == len(data), (name, body)
+        assert status == 200 and body["size"] == len(data), (name, body)
+
+
+@pytest.mark.parametrize("kind, path", [(AZURE, "a/../b"), (AZURE, "a/%2e%2e/b"), (AZURE, "a//b"),
+                                        (AZURE, "a\tb"), (FILE, "/r/../etc/passwd"), (FILE, "r/x"),
+                                        (FILE, "/r/./x")])
+def test_a_source_cannot_even_be_constructed_non_canonical(kind, path):
+    with pytest.raises(cachenode.InvalidSource):
+        SourceRef(kind, AZURITE_ACCOUNT if kind == AZURE else "", "models" if kind == AZURE else "", path)

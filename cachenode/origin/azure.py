@@ -17,7 +17,7 @@ from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 
 from ..blocks import ObjectInfo
 from ..credentials import AzureCredentials
-from ..errors import BadRequest, Forbidden, OriginUnavailable, SourceChanged, SourceNotFound
+from ..errors import BadRequest, Forbidden, InvalidSource, OriginUnavailable, SourceChanged, SourceNotFound
 from ..source import AZURE, SourceRef
 from .base import Origin
 
@@ -141,8 +141,11 @@ class AzureOrigin(Origin):
         out = []
         try:
             async for b in cc.list_blobs(name_starts_with=prefix):
-                out.append((SourceRef(AZURE, ref.account, ref.container, b.name),
-                            ObjectInfo(b.size or 0, _quoted(b.etag))))
+                try:
+                    item = SourceRef(AZURE, ref.account, ref.container, b.name)
+                except InvalidSource:
+                    continue  # a name with dot or empty segments: not readable through the cache
+                out.append((item, ObjectInfo(b.size or 0, _quoted(b.etag))))
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, ref) from exc
         return out

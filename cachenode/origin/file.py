@@ -8,7 +8,7 @@ import stat as stat_mod
 from typing import Iterable
 
 from ..blocks import ObjectInfo
-from ..errors import Forbidden, SourceChanged, SourceNotFound
+from ..errors import Forbidden, InvalidSource, SourceChanged, SourceNotFound
 from ..source import FILE, SourceRef
 from .base import Origin
 
@@ -123,6 +123,6 @@ class FileOrigin(Origin):
                 full = os.path.join(top, name)
                 try:
                     out.append((SourceRef(FILE, "", "", full), self._stat(full)))
-                except (Forbidden, SourceNotFound):
-                    continue  # a link out of the root, a FIFO, a file gone meanwhile
+                except (Forbidden, SourceNotFound, InvalidSource):
+                    continue  # a link out of the root, a FIFO, a file gone meanwhile, a control character
         return out
