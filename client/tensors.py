@@ -152,7 +152,7 @@ def load_safetensors(url: str, device: str | torch.device = "cpu", *, client: Cl
     `device="cuda"` reads into page-locked memory and copies each tensor with non_blocking=True
     as soon as its blocks are in. `.metadata` holds the file's `__metadata__`.
     """
-    return _with_client(client, client_kwargs,
+    return with_client(client, client_kwargs,
                         lambda c: c.run(aload_safetensors(c.aclient, url, device, on_bytes)))
 
 
@@ -178,7 +178,8 @@ def iter_safetensors(url: str, device: str | torch.device = "cpu", *, client: Cl
             client.close()
 
 
-def _with_client(client: Client | None, kwargs: dict, fn):
+def with_client(client: Client | None, kwargs: dict, fn):
+    """fn(client), with a private Client made from `kwargs` (and closed) if none is given."""
     own = client is None
     client = client or Client(**kwargs)
     try:
