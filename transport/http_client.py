@@ -15,7 +15,7 @@ from cachenode.source import SourceRef
 
 from . import wire
 from .http_fastpath import FastBlockGetter
-from .wire import AVOID_HEADER, DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, error_from_wire, request_params
+from .wire import AVOID_HEADER, DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, request_params
 
 
 class HttpNodeClient:
@@ -91,10 +91,9 @@ class HttpNodeClient:
         if status != 200:
             try:
                 err = json.loads(bytes(body))
-                name, message = err.get("error", ""), err.get("message", "")
-            except (ValueError, AttributeError):
+            except ValueError:
                 raise CacheError(f"cache node {self.base_url} answered {status}") from None
-            raise error_from_wire(name, f"{message} (node {self.base_url})")
+            raise wire.error_from_body(err, f"node {self.base_url}")
         if body is not dest:
             raise BlockCorrupt(f"{self.base_url} sent {len(body)} bytes for the {len(dest)}-byte "
                                f"block {req.index} of {req.ref}")
@@ -110,7 +109,7 @@ class HttpNodeClient:
     async def _error(self, r: aiohttp.ClientResponse) -> CacheError:
         try:
             body = await r.json(content_type=None)
-            return error_from_wire(body.get("error", ""), f"{body.get('message', '')} (node {self.base_url})")
+            return wire.error_from_body(body, f"node {self.base_url}")
         except (ValueError, aiohttp.ContentTypeError, AttributeError):
             text = (await r.text())[:200]
             return CacheError(f"cache node {self.base_url} answered {r.status}: {text}")

@@ -12,7 +12,9 @@ from cachenode.blocks import BlockRequest, digest_off_loop
 from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
 
 from . import ucx_wire as w
-from .wire import UCX_AVOID, UCX_TOKEN, error_from_wire, request_params
+from .wire import (
+    BLOCK_DIGEST, BLOCK_LENGTH, BLOCK_TIER, UCX_AVOID, UCX_TOKEN, error_from_body, request_params,
+)
 
 log = logging.getLogger("cachenode.ucx")
 
@@ -76,8 +78,8 @@ class UcxNodeClient:
                 await asyncio.wait_for(got_header, self._timeout)
                 status, info = w.unpack_header(header)
                 if status != 200:
-                    raise error_from_wire(info.get("error", ""), f"{info.get('message', '')} (node {self.base_url}, ucx)")
-                if info["length"] != len(dest):
+                    raise error_from_body(info, f"node {self.base_url}, ucx")
+                if info[BLOCK_LENGTH] != len(dest):
                     raise BlockCorrupt(f"{self.base_url} announced {info['length']} bytes for a "
                                        f"{len(dest)}-byte block {req.index} of {req.ref}")
                 if len(dest):
@@ -91,6 +93,6 @@ class UcxNodeClient:
             except Exception as exc:  # noqa: BLE001 - UCX errors become ours at the edge
                 self._ctx.endpoints.forget(self._address)
                 raise PeerUnavailable(f"cache node {self.base_url} (ucx) failed: {exc!r}") from exc
-        if await digest_off_loop(dest) != info["digest"]:
+        if await digest_off_loop(dest) != info[BLOCK_DIGEST]:
             raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} (ucx) failed its digest check")
-        return info.get("tier", ""), info["digest"]
+        return info.get(BLOCK_TIER, ""), info[BLOCK_DIGEST]

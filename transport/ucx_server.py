@@ -66,7 +66,8 @@ class UcxServer:
             status, body = self.service.failed(exc)
             await ep.send(w.pack_header(status, body), tag=w.header_tag(req_id), force_tag=True)
             return
-        await ep.send(w.pack_header(200, {"length": len(data), "digest": block.digest, "tier": block.tier}),
+        await ep.send(w.pack_header(200, {wire.BLOCK_LENGTH: len(data), wire.BLOCK_DIGEST: block.digest,
+                                          wire.BLOCK_TIER: block.tier}),
                       tag=w.header_tag(req_id), force_tag=True)
         if len(data):
             await ep.send(data, tag=w.body_tag(req_id), force_tag=True)

@@ -63,6 +63,17 @@ def error_body(exc: Exception) -> tuple[int, dict]:
     return status, {"error": name, "message": str(exc)}
 
 
+def error_from_body(body, where: str) -> CacheError:
+    """Our error for an error body a node sent (`where` names the node and transport)."""
+    if not isinstance(body, dict):
+        return CacheError(f"{where} answered with a malformed error")
+    return error_from_wire(str(body.get("error", "")), f"{body.get('message', '')} ({where})")
+
+
+# UCX reply header fields of a served block (HTTP sends them as headers)
+BLOCK_LENGTH, BLOCK_DIGEST, BLOCK_TIER = "length", "digest", "tier"
+
+
 def error_from_wire(name: str, message: str) -> CacheError:
     for cls, _, wire_name in ERRORS:
         if wire_name == name:

@@ -59,10 +59,8 @@ def scrape(node_url: str, token: str | None, timeout: float = 10.0) -> dict[str,
     """Fetch and parse a node's /metrics (sync; for tools, tests and status output)."""
     import urllib.request
 
-    from ..transport.wire import METRICS_PATH
+    from ..transport.wire import METRICS_PATH, bearer
 
-    req = urllib.request.Request(f"{node_url.rstrip('/')}{METRICS_PATH}")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
+    req = urllib.request.Request(f"{node_url.rstrip('/')}{METRICS_PATH}", headers=bearer(token))
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return parse_metrics(r.read().decode())
