@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from urllib.parse import urlencode
 
@@ -29,6 +30,7 @@ def tree(tmp_path, nodes):
     (root / "dir").symlink_to(outside)
     (root / "sub" / "up.bin").symlink_to("../../outside/secret.bin")
     os.mkfifo(root / "pipe")
+    os.mknod(root / "zero", stat.S_IFCHR | 0o600, os.makedev(1, 5))  # like /dev/zero: endless
     node = nodes.start("--block-size", str(BS), "--allow", f"file://{root}")
     return node, root, data
 
@@ -46,13 +48,14 @@ def test_links_inside_the_root_still_work(tree):
         assert f.read() == data
 
 
-def test_a_fifo_gets_a_4xx_at_once_and_the_node_keeps_serving(tree):
+@pytest.mark.parametrize("special", ["pipe", "zero"])
+def test_a_fifo_or_device_gets_a_4xx_at_once_and_the_node_keeps_serving(tree, special):
     node, root, data = tree
     t0 = time.monotonic()
     with pytest.raises(cachenode.SourceNotFound, match="not a regular file"):
-        cachenode.open(f"file://{root}/pipe", nodes=[node.url], token=TOKEN)
+        cachenode.open(f"file://{root}/{special}", nodes=[node.url], token=TOKEN)
     # a block request made up by hand never reaches an open() that would wait for a writer
-    q = {"kind": "file", "path": f"{root}/pipe", "etag": '"1-2-3"', "size": "10", "bs": str(BS), "index": "0"}
+    q = {"kind": "file", "path": f"{root}/{special}", "etag": '"1-2-3"', "size": "10", "bs": str(BS), "index": "0"}
     for _ in range(3):  # more than one: each would have blocked a worker thread
         status, body = http_get(f"{node.url}/v1/block?{urlencode(q)}", timeout=5)
         assert 400 <= status < 500, body
