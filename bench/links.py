@@ -21,10 +21,6 @@ from .scenarios import Recorder
 from .services import connection_string
 from .testbed import CONTAINER, testbed
 
-ORIGIN_LINK = ("org", "169.254.215.1", "169.254.215.2")
-PEER_LINK = ("per", "169.254.216.1", "169.254.216.2")
-
-
 def _tbf(gbit: float) -> tuple[str, int]:
     """tc rate and a burst of 10 ms of traffic (at least 64 KiB, one GSO packet)."""
     return f"{round(gbit * 1000)}mbit", max(64 << 10, int(gbit * 1e9 / 8 / 100))
@@ -33,8 +29,8 @@ def _tbf(gbit: float) -> tuple[str, int]:
 def run_links(size: int, origin_gbit: float, peer_gbit: float, n_nodes: int, block_size: str,
               concurrencies: tuple[int, ...], workdir: str | None) -> dict:
     with ExitStack() as links:
-        origin = links.enter_context(VethHost(*ORIGIN_LINK))
-        peers = links.enter_context(VethHost(*PEER_LINK))
+        origin = links.enter_context(VethHost("org"))
+        peers = links.enter_context(VethHost("per"))
         bed = links.enter_context(testbed(workdir, "cachebench-links-", azurite_host=origin.ns_ip,
                                           azurite_wrap=origin.exec_prefix()))
         azurite, token = bed.azurite, bed.token

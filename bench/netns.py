@@ -21,26 +21,41 @@ def _tc(*args: str, ns: str | None = None) -> None:
 
 
 class VethHost:
-    """A namespace `name` reachable at `ns_ip`; the root side of the link has `root_ip`.
+    """A namespace reachable at `ns_ip`; the root side of the link has `root_ip`.
 
-    Link-local addresses (169.254/16) on our own veth pair only. A blackhole route for the pair's
-    /30 is installed first and removed last, so that while the link is down (or being torn
-    down) packets for these addresses are dropped here instead of following the default route
-    off the machine.
+    Link-local addresses (169.254/16) on our own veth pair only, a /30 per link chosen when the
+    link is created, so that two runs on one machine (two benchmarks, a test suite and a
+    benchmark) never share one. A blackhole route for the /30 is installed first, doubling as
+    the claim on it, and removed last, so that while the link is down (or being torn down)
+    packets for these addresses are dropped here instead of following the default route off
+    the machine.
     """
 
-    def __init__(self, tag: str, root_ip: str, ns_ip: str) -> None:
-        suffix = f"{os.getpid() % 100000}"
+    def __init__(self, tag: str) -> None:
+        suffix = str(os.getpid())  # whose it is: tests tell a leak from a concurrent run by it
         self.ns = f"cn{tag}{suffix}"
         self.root_if = f"cr{tag}{suffix}"[:15]
         self.ns_if = f"cn{tag}{suffix}"[:15]
-        self.root_ip, self.ns_ip = root_ip, ns_ip
+        self.root_ip = self.ns_ip = ""
+        self._guard: tuple[str, ...] | None = None
+
+    def _claim_net(self) -> None:
+        """Claim a free 169.254.x.y/30: the blackhole route add fails if another run holds it."""
+        start = (os.getpid() * 7919 + sum(map(ord, self.ns))) % (250 * 64)
+        for k in range(250 * 64):
+            n = (start + k) % (250 * 64)
+            third, fourth = 2 + n // 64, 4 * (n % 64)
+            net = f"169.254.{third}.{fourth}/30"
+            guard = ("route", "add", "blackhole", net, "metric", "4000")
+            if subprocess.run(["ip", *guard], capture_output=True, timeout=30).returncode == 0:
+                self._guard = guard
+                self.root_ip, self.ns_ip = f"169.254.{third}.{fourth + 1}", f"169.254.{third}.{fourth + 2}"
+                return
+        raise RuntimeError("no free 169.254.0.0/16 /30 left for a test link")
 
     def create(self) -> "VethHost":
-        net = self.root_ip.rsplit(".", 1)[0] + ".0/30"
-        self._guard = ("route", "add", "blackhole", net, "metric", "4000")
         try:
-            _ip(*self._guard)
+            self._claim_net()
             _ip("netns", "add", self.ns)
             _ip("link", "add", self.root_if, "type", "veth", "peer", "name", self.ns_if)
             _ip("link", "set", self.ns_if, "netns", self.ns)
@@ -73,8 +88,9 @@ class VethHost:
     def delete(self) -> None:
         _ip("link", "del", self.root_if, check=False)  # also removes the peer end
         _ip("netns", "del", self.ns, check=False)
-        if getattr(self, "_guard", None):
+        if self._guard:
             _ip("route", "del", *self._guard[2:], check=False)
+            self._guard = None
 
     def __enter__(self) -> "VethHost":
         return self.create()

@@ -2,14 +2,14 @@
 
 A node in its own network namespace sits behind a veth link shaped with tc tbf; its origin
 (Azurite behind a proxy) is on the far side of that link, so warming pulls across it. A bulk
-TCP flow across the same link plays the GPU job's traffic. Needs root (CI and these VMs have it).
+TCP flow across the same link (iperf3) plays the GPU job's traffic. Needs root and iperf3.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-import socket
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,89 +24,112 @@ from .netns import VethHost
 from .relay import Relay
 from .services import Azurite, NodeProcess, connection_string, free_port
 
-ROOT_IP, NS_IP = "169.254.214.1", "169.254.214.2"
 
-_RECEIVER = r"""
-import socket, sys, time
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); print("listening", flush=True)
-c, _ = s.accept(); buf = bytearray(1 << 20); n = 0; t0 = None
-while True:
-    k = c.recv_into(buf)
-    if not k: break
-    if t0 is None: t0 = time.monotonic()
-    n += k
-print(n, time.monotonic() - t0, flush=True)
-"""
-
-
-def bulk_flow(host: VethHost, seconds: float) -> float:
-    """A TCP sender in the root namespace to a receiver in the node's; returns bytes/s received."""
+def bulk_flow(host: VethHost, seconds: float) -> tuple[float, list[float]]:
+    """An iperf3 TCP flow from the root namespace to the node's; returns (bytes/s received,
+    per-second rates). iperf3 is C in its own processes, so the flow's rate is the link's
+    share, not what a Python loop could get of 2 busy cores."""
     port = free_port()
-    rx = subprocess.Popen([*host.exec_prefix(), sys.executable, "-c", _RECEIVER, host.ns_ip, str(port)],
-                          stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen([*host.exec_prefix(), "iperf3", "-s", "-1", "--forceflush",
+                               "-B", host.ns_ip, "-p", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert rx.stdout.readline().startswith("listening")
-        payload = bytes(1 << 16)
-        with socket.create_connection((host.ns_ip, port), timeout=10) as s:
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                s.sendall(payload)
-        nbytes, elapsed = rx.stdout.readline().split()
-        rx.wait(30)
-        return int(nbytes) / float(elapsed)
+        for line in server.stdout:  # ready once it says so (a probe connection would end it)
+            if "listening" in line:
+                break
+        else:
+            raise RuntimeError(f"iperf3 server did not start (exit {server.wait()})")
+        p = subprocess.run(["iperf3", "-c", host.ns_ip, "-p", str(port), "-t", str(seconds), "-J"],
+                           capture_output=True, text=True, timeout=seconds + 30)
+        r = json.loads(p.stdout)
+        if "error" in r:
+            raise RuntimeError(f"iperf3: {r['error']}")
+        per_second = [iv["sum"]["bits_per_second"] / 8 for iv in r["intervals"]]
+        return r["end"]["sum_received"]["bits_per_second"] / 8, per_second
     finally:
-        if rx.poll() is None:
-            rx.kill()
-            rx.wait()
+        if server.poll() is None:
+            server.kill()
+        server.wait()
 
 
-def run_qos(workdir: str | Path, link: str = "100mbit", link_bytes_per_s: float = 12.5e6,
-            blob_mib: int = 128, headroom: float = 0.05, flow_seconds: float = 8.0) -> dict:
+def _round(host: VethHost, node, token: str, url: str, link_bytes_per_s: float,
+           flow_seconds: float) -> dict:
+    """One measurement: the flow alone, the flow while a warm of a new blob runs, then the
+    warm alone once the flow stops."""
     import cachenode
 
-    base = Path(workdir)
-    with ExitStack() as stack:
-        azurite = stack.enter_context(Azurite(base / "azurite"))
-        host = stack.enter_context(VethHost("qos", ROOT_IP, NS_IP))
-        host.shape(link)
-        # a relay on the link's root address to Azurite on 127.0.0.1 (which stays private)
-        proxy_port = stack.enter_context(Relay(ROOT_IP, "127.0.0.1", azurite.port)).port
-        token = secrets.token_urlsafe(16)
-        node = stack.enter_context(NodeProcess(
-            base / "node", token=token, conn_str=connection_string(proxy_port, host=ROOT_IP),
-            wrap=host.exec_prefix(), port=free_port(),
-            args=("--host", NS_IP, "--block-size", "1MiB", "--link-speed", link.replace("mbit", "Mbit"),
-                  "--idle-iface", host.ns_if, "--idle-headroom", str(headroom))))
-        from azure.storage.blob import BlobServiceClient
-
-        with BlobServiceClient.from_connection_string(azurite.connection_string) as svc:
-            svc.create_container("qos")
-            svc.get_blob_client("qos", "w.bin").upload_blob(bytes(blob_mib << 20))
-        url = f"{azurite.endpoint}/qos/w.bin"
-
-        alone = bulk_flow(host, flow_seconds)
-        warm_done: list[float] = []
-        t_warm = time.monotonic()
-        warm = threading.Thread(target=lambda: (cachenode.warm(url, nodes=[node.url], token=token),
-                                                warm_done.append(time.monotonic())))
-        warm.start()
-        time.sleep(1.0)  # the warm has the link to itself first
-        shared = bulk_flow(host, flow_seconds)
-        t1 = time.monotonic()
-        b1 = scrape(node.url, token)["cachenode_origin_bytes_total"]
-        warm.join(600)
-        b2 = scrape(node.url, token)["cachenode_origin_bytes_total"]
-        idle_rate = (b2 - b1) / (warm_done[0] - t1) if warm_done and warm_done[0] > t1 else 0.0
-        m = scrape(node.url, token)
-    return {"link_gbit": link_bytes_per_s * 8 / 1e9,
-            "foreground_alone_gb_per_s": alone / 1e9,
+    alone, alone_ps = bulk_flow(host, flow_seconds)
+    warm_done: list[float] = []
+    t_warm = time.monotonic()
+    warm = threading.Thread(target=lambda: (cachenode.warm(url, nodes=[node.url], token=token),
+                                            warm_done.append(time.monotonic())))
+    warm.start()
+    time.sleep(1.0)  # the warm has the link to itself first
+    shared, shared_ps = bulk_flow(host, flow_seconds)
+    t1 = time.monotonic()
+    b1 = scrape(node.url, token)["cachenode_origin_bytes_total"]
+    warm.join(600)
+    b2 = scrape(node.url, token)["cachenode_origin_bytes_total"]
+    idle_rate = (b2 - b1) / (warm_done[0] - t1) if warm_done and warm_done[0] > t1 else 0.0
+    return {"foreground_alone_gb_per_s": alone / 1e9,
             "foreground_with_cache_gb_per_s": shared / 1e9,
             "cache_idle_gb_per_s": idle_rate / 1e9,
             "foreground_kept": shared / alone,
             "cache_idle_link_share": idle_rate / link_bytes_per_s,
             "warm_seconds": (warm_done[0] - t_warm) if warm_done else None,
-            "throttled_seconds": m.get("cachenode_qos_throttled_seconds", 0.0)}
+            # per-second rates of the bulk flow (iperf3 intervals): the measurement's own spread
+            "foreground_alone_per_s_mb": [round(x / 1e6, 2) for x in alone_ps],
+            "foreground_with_cache_per_s_mb": [round(x / 1e6, 2) for x in shared_ps]}
+
+
+SUMMARY_KEYS = ("foreground_alone_gb_per_s", "foreground_with_cache_gb_per_s", "cache_idle_gb_per_s",
+                "foreground_kept", "cache_idle_link_share", "warm_seconds")
+
+
+def run_qos(workdir: str | Path, link: str = "100mbit", link_bytes_per_s: float = 12.5e6,
+            blob_mib: int = 128, headroom: float = 0.05, flow_seconds: float = 8.0,
+            repeat: int = 3, progress=None) -> dict:
+    """`repeat` rounds on one link and node, each warming a blob of its own; the top-level
+    figures are the medians, `ranges` their min and max, `runs` every round."""
+    import statistics
+
+    if shutil.which("iperf3") is None:
+        raise RuntimeError("cachebench qos needs iperf3 for the competing flow (apt-get install iperf3)")
+    base = Path(workdir)
+    runs = []
+    with ExitStack() as stack:
+        azurite = stack.enter_context(Azurite(base / "azurite"))
+        host = stack.enter_context(VethHost("qos"))
+        host.shape(link)
+        # a relay on the link's root address to Azurite on 127.0.0.1 (which stays private)
+        proxy_port = stack.enter_context(Relay(host.root_ip, "127.0.0.1", azurite.port)).port
+        token = secrets.token_urlsafe(16)
+        node = stack.enter_context(NodeProcess(
+            base / "node", token=token, conn_str=connection_string(proxy_port, host=host.root_ip),
+            wrap=host.exec_prefix(), port=free_port(),
+            args=("--host", host.ns_ip, "--block-size", "1MiB", "--link-speed", link.replace("mbit", "Mbit"),
+                  "--idle-iface", host.ns_if, "--idle-headroom", str(headroom))))
+        from azure.storage.blob import BlobServiceClient
+
+        with BlobServiceClient.from_connection_string(azurite.connection_string) as svc:
+            svc.create_container("qos")
+            for i in range(repeat):  # uploaded before any round: not through the shaped link
+                svc.get_blob_client("qos", f"w{i}.bin").upload_blob(bytes(blob_mib << 20))
+        for i in range(repeat):
+            runs.append(_round(host, node, token, f"{azurite.endpoint}/qos/w{i}.bin", link_bytes_per_s,
+                               flow_seconds))
+            if progress:
+                progress(i, runs[-1])
+        m = scrape(node.url, token)
+    out = {"link_gbit": link_bytes_per_s * 8 / 1e9, "repeat": repeat,
+           "throttled_seconds": m.get("cachenode_qos_throttled_seconds", 0.0)}
+    for k in SUMMARY_KEYS:
+        values = [r[k] for r in runs if r[k] is not None]
+        out[k] = statistics.median(values) if values else None
+    out["ranges"] = {k: [min(r[k] for r in runs), max(r[k] for r in runs)]
+                     for k in ("foreground_kept", "cache_idle_link_share")}
+    out["runs"] = runs
+    return out
 
 
 if __name__ == "__main__":

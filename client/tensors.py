@@ -10,14 +10,20 @@ import torch
 from .api import AsyncClient, Client
 from .files import AsyncCacheFile
 from .prefault import prefault
-from .safetensors_header import Header, TensorEntry, header_length, parse_header
+from .safetensors_header import Header, SafetensorsError, TensorEntry, header_length, parse_header
 
 TORCH_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "C64": torch.complex64,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F8_E4M3FNUZ": torch.float8_e4m3fnuz, "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
     "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
 }
+# Newer torch only, as in the reference's safe_open (F6_* has no torch dtype there either).
+TORCH_DTYPES.update({k: getattr(torch, v) for k, v in
+                     {"F8_E8M0": "float8_e8m0fnu", "F4": "float4_e2m1fn_x2"}.items() if hasattr(torch, v)})
+INT64_MAX = 2**63 - 1
 
 
 class StateDict(dict):
@@ -29,7 +35,32 @@ class StateDict(dict):
 async def aread_header(f: AsyncCacheFile) -> Header:
     f.seek(0)
     n = header_length(await f.read(8), f.size, f.name)
-    return parse_header(await f.read(n), f.size, f.name)
+    return check_torch(parse_header(await f.read(n), f.size, f.name), f.name)
+
+
+def check_torch(header: Header, name: str) -> Header:
+    """Refuse, before any data is read, what a valid header may hold but torch cannot: the same
+    tensors the reference's safe_open refuses (no torch dtype, odd F4 rows, dims past int64)."""
+    for e in header.tensors:
+        where = f"{name}: tensor {e.name!r}"
+        if e.dtype not in TORCH_DTYPES:
+            raise SafetensorsError(f"{where}: dtype {e.dtype} has no torch equivalent in torch {torch.__version__}")
+        if e.dtype == "F4" and (not e.shape or e.shape[-1] % 2):
+            raise SafetensorsError(f"{where}: F4 packs two values per byte in torch; the last dim of"
+                                   f" {list(e.shape)} must be even")
+        if any(d > INT64_MAX for d in torch_shape(e)):
+            raise SafetensorsError(f"{where}: shape {list(e.shape)} has a dim torch cannot hold (int64)")
+        if e.end == e.begin:
+            try:  # costs nothing without data; a shape torch still refuses is named here
+                tensor_view(e, None)
+            except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
+                raise SafetensorsError(f"{where}: torch refuses shape {list(e.shape)} ({exc})") from None
+    return header
+
+
+def torch_shape(e: TensorEntry) -> tuple[int, ...]:
+    """The shape torch gives `e`: float4_e2m1fn_x2 holds two F4 values per element."""
+    return (*e.shape[:-1], e.shape[-1] // 2) if e.dtype == "F4" else e.shape
 
 
 def alloc(nbytes: int, device: str | torch.device) -> torch.Tensor:
@@ -43,11 +74,13 @@ def tensor_view(e: TensorEntry, data) -> torch.Tensor:
     """Tensor `e` as a view of `data` (the data section as a writable buffer); no copy."""
     dtype = TORCH_DTYPES[e.dtype]
     if e.end == e.begin:
-        return torch.empty(e.shape, dtype=dtype)
+        # Reshaped from an empty tensor like safe_open does: torch.empty(shape) refuses some
+        # zero-size shapes safe_open gives ((0, 2**62, 2**62) overflows its stride computation).
+        return torch.empty(0, dtype=dtype).reshape(torch_shape(e))
     # frombuffer, not slicing a uint8 tensor: safetensors offsets need not be aligned to the
     # element size, and view(dtype) on a slice refuses unaligned storage offsets.
     raw = torch.frombuffer(data, dtype=torch.uint8, count=e.end - e.begin, offset=e.begin)
-    return raw.view(dtype).view(e.shape)
+    return raw.view(dtype).view(torch_shape(e))
 
 
 def views(header: Header, data) -> dict[str, torch.Tensor]:

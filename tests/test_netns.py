@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
 
 
 def test_link_cut_mid_load_completes(blobs, nodes, azurite, tmp_path):
-    with VethHost("cut", "169.254.213.1", "169.254.213.2") as host:
+    with VethHost("cut") as host:
         origin = BlobProxy(f"http://127.0.0.1:{azurite.port}", host=host.root_ip).start()
         try:
             conn = connection_string(origin.port, host=host.root_ip)

@@ -11,7 +11,7 @@ import pytest
 
 from cachenode.node.config import NodeConfig
 from cachenode.node import BlockRequest, Node
-from cachenode.node.qos import Governor, QosConfig, TokenBucket
+from cachenode.node.qos import Governor, LinkMeter, QosConfig, TokenBucket, decide
 from cachenode.source import parse_source
 from cachenode.units import parse_rate
 
@@ -73,6 +73,109 @@ def test_loader_is_never_queued_behind_a_paced_background_fill(tmp_path):
     waited, length = asyncio.run(main())
     assert length == 1 << 19
     assert waited < 1.0
+
+
+LINK = 12.5e6  # 100 Mbit/s
+CFG = QosConfig(link_speed=LINK, headroom=0.05)
+USABLE, FLOOR = LINK * 0.95, LINK * 0.01
+
+
+def replay(cfg: QosConfig, ticks, limit: float = USABLE):
+    """Run counter samples through the meter and the control law, as the governor does.
+
+    `ticks` yields (wire bytes this tick, own payload bytes landed this tick); returns the
+    limit decided after each tick."""
+    meter, counter, own, t, out = LinkMeter(cfg), 0, 0, 0.0, []
+    for wire, landed in ticks:
+        t += cfg.interval
+        counter += int(wire)
+        own += int(landed)
+        rates = meter.sample(t, counter, own)
+        if rates is not None:
+            limit = decide(cfg, limit, *rates)
+        out.append(limit)
+    return out
+
+
+def test_own_framing_and_pieces_landing_whole_are_not_other_traffic():
+    """Alone at full speed: headers (~4.6%) and pieces in flight (4 fills x 125 KB, landing
+    together) that are on the counter before they count as ours must not look like someone
+    else, or idle mode throttles itself."""
+    piece, dt = 4 * 125_000, CFG.interval
+
+    def ticks():
+        pending = 0.0
+        for _ in range(200):
+            pending += USABLE * dt
+            landed = 0
+            while pending >= piece:  # a piece is counted as ours only when all of it is in
+                pending -= piece
+                landed += piece
+            yield USABLE * dt * 1.046, landed
+
+    limits = replay(CFG, ticks())[20:]
+    assert min(limits) >= 0.9 * USABLE, min(limits)  # never cut, at most trimmed by the noise
+    assert sum(limits) / len(limits) >= 0.97 * USABLE
+
+
+def test_a_competing_flow_pushes_background_to_the_floor_within_a_quarter_second():
+    dt = CFG.interval
+    alone = [(USABLE * dt * 1.05, USABLE * dt)] * 20
+    # another flow ramps up and takes what the link has; we still land what was in flight
+    shared = [(LINK * 0.96 * dt, LINK * 0.96 * dt * max(0.0, 0.5 - 0.1 * k)) for k in range(40)]
+    limits = replay(CFG, alone + shared)
+    assert limits[19] == USABLE
+    first_low = next(i for i, v in enumerate(limits) if i >= 20 and v <= FLOOR * 1.01)
+    assert (first_low - 20) * dt <= 0.25, limits[20:30]
+    assert max(limits[first_low:]) <= FLOOR * 1.01  # and stays there while the flow lasts
+
+
+def test_background_takes_the_link_back_once_the_other_flow_stops():
+    dt = CFG.interval
+    shared = [(LINK * 0.96 * dt, 0)] * 30
+    after = [(FLOOR * dt * 1.05, FLOOR * dt)] * 30
+    limits = replay(CFG, shared + after, limit=FLOOR)
+    assert limits[29] == FLOOR
+    back = next(i for i, v in enumerate(limits) if i >= 30 and v >= 0.9 * USABLE)
+    assert (back - 30) * dt <= CFG.window + dt  # once the window no longer holds the flow
+
+
+def test_a_steady_non_tcp_flow_keeps_its_share_and_background_keeps_progressing():
+    """30% of the link used by something that does not back off: background never plans past
+    what is left and never stops completely."""
+    dt, other = CFG.interval, 0.3 * LINK
+    limits, limit = [], USABLE
+    own = limit
+    for _ in range(200):  # closed loop: background gets what its limit allows of what is left
+        own = min(limit, LINK * 0.96 - other)
+        limit = replay(CFG, [((own * 1.05 + other) * dt, own * dt)] * 12, limit)[-1]
+        limits.append(limit)
+    assert max(limits) <= USABLE - other + 1
+    assert min(limits) >= FLOOR
+    assert sum(limits) / len(limits) >= 0.3 * LINK  # it does use what is left, on average
+
+
+def test_background_fill_is_read_in_paced_pieces(tmp_path):
+    """What is on the wire when the limit drops is at most one piece per fill: the governor
+    asks the origin for piece-sized ranges, each after its tokens."""
+    cfg = QosConfig(max_rate=1e6, piece=64 << 10)
+    reads = []
+
+    async def main():
+        g = Governor(cfg)
+        buf = bytearray(256 << 10)
+
+        async def read(pos, view):
+            reads.append((pos, len(view)))
+            view[:] = b"x" * len(view)
+
+        await g.fill(memoryview(buf), read, asyncio.Event(), background=True)
+        await g.fill(memoryview(bytearray(256 << 10)), read)  # foreground: one read
+        return g.bytes
+
+    counted = asyncio.run(main())
+    assert reads == [(0, 65536), (65536, 65536), (131072, 65536), (196608, 65536), (0, 262144)]
+    assert counted["background"] == 256 << 10
 
 
 def test_idle_mode_names_a_missing_interface():

@@ -129,15 +129,17 @@ class Node:
         block = await self._lookup(key, False)
         if block is not None:
             return block
-        if background:
-            boost = self._boost.setdefault(key, asyncio.Event())
-            try:
-                await self.governor.background(length, boost)
-            finally:
-                self._boost.pop(key, None)
         buf = bytearray(length)
-        await origin.read_into(req.ref, req.etag, offset, memoryview(buf))
-        self.governor.own(length, "rx")
+
+        async def read(pos: int, view: memoryview) -> None:
+            await origin.read_into(req.ref, req.etag, offset + pos, view)
+
+        boost = self._boost.setdefault(key, asyncio.Event()) if background else None
+        try:
+            await self.governor.fill(memoryview(buf), read, boost, background=background)
+        finally:
+            if background:
+                self._boost.pop(key, None)
         self.metrics.fills.inc()
         self.metrics.origin_bytes.inc(length)
         dg = digest(buf)

@@ -1,9 +1,11 @@
 """Idle-bandwidth QoS: foreground (a loader waits) vs background (warming) cache traffic.
 
 Background fills are paced by a token bucket whose rate follows what the link has left: the
-NIC's byte counters (/proc/net/dev) minus the cache's own bytes are "other traffic" (the GPU
-jobs'), and background gets link speed x (1 - headroom) minus that, re-read several times a
-second. Foreground traffic only ever meets the optional overall cap.
+NIC's byte counters (/proc/net/dev) minus the cache's own bytes (plus their framing) are "other
+traffic" (the GPU jobs'), and background gets link speed x (1 - headroom) minus that, re-read
+twenty times a second. Background fills are read from the origin in small paced pieces, so a
+lower limit takes effect within a piece, not after a whole block. Foreground traffic only ever
+meets the optional overall cap.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 log = logging.getLogger("cachenode.qos")
 
@@ -24,9 +27,51 @@ class QosConfig:
     iface: str | None = None          # NIC to watch (--idle-iface); default: busiest non-loopback
     headroom: float = 0.1             # fraction of the link never used by background traffic
     direction: str = "rx"             # which counter carries background traffic: rx (fills) or tx
-    interval: float = 0.1             # seconds between counter samples
+    interval: float = 0.05            # seconds between counter samples
     window: float = 0.5               # seconds over which rates are measured
     min_share: float = 0.01           # background never stops completely (progress guarantee)
+    # Other traffic below this share of the link is not acted on: too little to matter, and
+    # measurement noise (sample timing, other processes' small flows).
+    noise: float = 0.1
+    # Background origin reads go out in pieces of `piece_time` of the link (64 KiB to 4 MiB),
+    # each waiting for its tokens, at most `pieces_in_flight` at once per node. What is already
+    # on the wire when the limit drops is then ~40 ms of the link, and so is what the counters
+    # see of our pieces before they land and count as ours (below `noise` at a 0.5 s window).
+    piece: int | None = None
+    piece_time: float = 0.01
+    pieces_in_flight: int = 4
+    # Bytes on the wire per payload byte beyond the payload (TCP/IP/Ethernet headers at MTU 1500
+    # are ~4.6%): without it the cache's own headers look like someone else's traffic.
+    framing: float = 0.05
+    increase: float = 0.05            # additive increase per sample (share of the link) while others are on it
+
+    @property
+    def piece_bytes(self) -> int:
+        rate = self.link_speed or self.max_rate or 0
+        return self.piece or int(min(4 << 20, max(64 << 10, rate * self.piece_time)))
+
+
+def decide(cfg: QosConfig, current: float, own: float, other: float) -> float:
+    """The background limit (bytes/s) for the next interval, from the measured rates.
+
+    Pure, so its decisions can be replayed on recorded samples. `own` is the cache's payload
+    rate on the watched counter, `other` everything else on it. AIMD, as TCP itself: cut hard
+    when someone else is squeezed, grow gently while they are there, take the link when alone.
+    """
+    usable = cfg.link_speed * (1 - cfg.headroom)
+    floor = cfg.link_speed * cfg.min_share
+    if other <= max(2 * floor, cfg.noise * cfg.link_speed):
+        return max(floor, usable - other)  # nobody else on the link: take what is left at once
+    step = cfg.increase * cfg.link_speed
+    if other + own > usable - step:
+        # The link is full (one more step would not fit) and someone else is on it. A TCP flow
+        # only shows what we leave it, so `usable - other` understates its demand: cut hard (a
+        # quarter per sample reaches the floor from a full link in ~4 samples) instead of
+        # trusting the difference.
+        return max(floor, min(current, own, usable - other) * 0.25)
+    # Others are on the link but it has room: grow gently (additive increase), never past what
+    # they leave, so a flow that slowed for a moment does not find its share taken.
+    return max(floor, min(usable - other, current + step))
 
 
 class TokenBucket:
@@ -43,6 +88,9 @@ class TokenBucket:
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
         self._t = now
+
+    def clip(self) -> None:
+        self._tokens = min(self._tokens, self.burst)
 
     async def take(self, n: int, cancel: asyncio.Event | None = None) -> None:
         """Wait until the bucket holds min(n, burst), then take `n` (a block larger than the
@@ -101,6 +149,7 @@ class Governor:
         self.bytes = {"foreground": 0, "background": 0}
         self.other_rate = 0.0
         self._own = 0
+        self._pieces = asyncio.Semaphore(cfg.pieces_in_flight)
         self._task: asyncio.Task | None = None
 
     @property
@@ -137,6 +186,28 @@ class Governor:
         if self._cap and not (boost and boost.is_set()):
             await self._cap.take(n)
 
+    async def fill(self, dest: memoryview, read: Callable[[int, memoryview], Awaitable[None]],
+                   boost: asyncio.Event | None = None, *, background: bool = False) -> None:
+        """Fill `dest` from the origin with `read(offset, view)`, counting the bytes as ours.
+
+        Background fills go in paced pieces; once `boost` is set (a loader now waits for this
+        block) the rest is read in one go.
+        """
+        pos, n = 0, len(dest)
+        while pos < n:
+            step = n - pos
+            if background and self._bg is not None and not (boost and boost.is_set()):
+                step = min(step, self.cfg.piece_bytes)
+                async with self._pieces:  # a slot first: tokens are spent only when it can go
+                    await self.background(step, boost)
+                    await read(pos, dest[pos:pos + step])
+            else:
+                if background:
+                    await self.background(step, boost)
+                await read(pos, dest[pos:pos + step])
+            self.own(step, "rx")  # counted as it lands, so the next sample sees it
+            pos += step
+
     def own(self, n: int, direction: str) -> None:
         """Bytes the cache itself moved ("rx" or "tx"); those on the watched counter are
         subtracted from it, so only other traffic squeezes the background limit."""
@@ -144,31 +215,45 @@ class Governor:
             self._own += n
 
     async def _follow_link(self) -> None:
-        cfg = self.cfg
-        idx = 0 if cfg.direction == "rx" else 1
-        usable = cfg.link_speed * (1 - cfg.headroom)
-        floor = cfg.link_speed * cfg.min_share
-        # Rates over a sliding window: our own bytes are counted a whole block at a time, so a
-        # single 0.1 s sample would swing between "all ours" and "all someone else's".
-        samples: deque[tuple[float, int, int]] = deque()
+        idx = 0 if self.cfg.direction == "rx" else 1
+        meter = LinkMeter(self.cfg)
         while True:
-            now = time.monotonic()
-            samples.append((now, read_counters(self.iface)[idx], self._own))
-            while len(samples) > 2 and now - samples[1][0] >= cfg.window:
-                samples.popleft()
-            t0, total0, own0 = samples[0]
-            if now - t0 >= cfg.interval:
-                dt = now - t0
-                own = (self._own - own0) / dt
-                other = max(0.0, (samples[-1][1] - total0) / dt - own)
-                self.other_rate = other
-                if other > 2 * floor and other + own > usable:
-                    # The link is full and someone else is on it: a TCP flow only shows what we
-                    # leave it, so back off multiplicatively rather than trust `usable - other`.
-                    limit = max(floor, min(self._bg.rate, max(own, floor)) * 0.5)
-                else:
-                    limit = max(floor, usable - other)
-                if cfg.max_rate:
-                    limit = min(limit, cfg.max_rate)
-                self._bg.rate = limit
-            await asyncio.sleep(cfg.interval)
+            rates = meter.sample(time.monotonic(), read_counters(self.iface)[idx], self._own)
+            if rates is not None:
+                own, self.other_rate = rates
+                self.set_background_limit(decide(self.cfg, self._bg.rate, own, self.other_rate))
+                log.debug("own %.0f other %.0f -> background limit %.0f B/s", own, self.other_rate, self._bg.rate)
+            await asyncio.sleep(self.cfg.interval)
+
+    def set_background_limit(self, limit: float) -> None:
+        if self.cfg.max_rate:
+            limit = min(limit, self.cfg.max_rate)
+        self._bg.rate = limit
+        # The burst follows the rate: a bucket filled at a high rate must not let a burst
+        # through after the limit dropped.
+        self._bg.burst = max(self.cfg.piece_bytes, limit * 2 * self.cfg.interval)
+        self._bg.clip()
+
+
+class LinkMeter:
+    """Own and other traffic rates over a short sliding window of counter samples."""
+
+    def __init__(self, cfg: QosConfig) -> None:
+        self.cfg = cfg
+        # Rates over a window rather than one sample: pieces land whole, so a single 50 ms
+        # sample would swing between "all ours" and "all someone else's".
+        self._samples: deque[tuple[float, int, int]] = deque()
+
+    def sample(self, now: float, counter: int, own_bytes: int) -> tuple[float, float] | None:
+        """Add a sample (time, NIC byte counter, own payload bytes so far); returns (own, other)
+        in bytes/s once the window spans at least one interval."""
+        samples = self._samples
+        samples.append((now, counter, own_bytes))
+        while len(samples) > 2 and now - samples[1][0] >= self.cfg.window:
+            samples.popleft()
+        t0, total0, own0 = samples[0]
+        dt = now - t0
+        if dt < self.cfg.interval:
+            return None
+        own = (own_bytes - own0) / dt
+        return own, max(0.0, (counter - total0) / dt - own * (1 + self.cfg.framing))
