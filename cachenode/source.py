@@ -1,4 +1,4 @@
-"""Source URLs (az://, https blob URLs, Azurite URLs, file://) parsed into one SourceRef."""
+"""Canonical source identity: URLs and wire fields parsed into one immutable, checked SourceRef."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A local-directory origin, the second implementation of the Origin interface."""
+"""A local-directory origin confined to its roots: regular files only, no link leads out."""
 
 from __future__ import annotations
 
