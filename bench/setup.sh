@@ -12,6 +12,17 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "== creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
+# The network-namespace tests and `cachebench links|qos` need root, iproute2 (ip, tc) and iperf3
+# (the QoS test's competing flow): installed from Debian when we are root and they are missing.
+if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+  missing=()
+  command -v ip >/dev/null && command -v tc >/dev/null || missing+=(iproute2)
+  command -v iperf3 >/dev/null || missing+=(iperf3)
+  if (( ${#missing[@]} )); then
+    echo "== apt: ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
 echo "== pip: torch 2.13.0 (CPU wheel), then cachenode and its dependencies"
 .venv/bin/python -m pip install "${quiet[@]}" --upgrade pip
 # Pinned first: an unpinned torch would pull a multi-GB CUDA build.

@@ -51,19 +51,26 @@ class QosConfig:
         return self.piece or int(min(4 << 20, max(64 << 10, rate * self.piece_time)))
 
 
-def decide(cfg: QosConfig, current: float, own: float, other: float) -> float:
+def decide(cfg: QosConfig, current: float, own: float, other: float, recent: float | None = None) -> float:
     """The background limit (bytes/s) for the next interval, from the measured rates.
 
     Pure, so its decisions can be replayed on recorded samples. `own` is the cache's payload
-    rate on the watched counter, `other` everything else on it. AIMD, as TCP itself: cut hard
-    when someone else is squeezed, grow gently while they are there, take the link when alone.
+    rate on the watched counter, `other` everything else on it, both over the window; `recent`
+    is other traffic over the last samples only. AIMD, as TCP itself: cut hard when someone
+    else is squeezed, grow gently while they are there, take the link when alone.
     """
     usable = cfg.link_speed * (1 - cfg.headroom)
     floor = cfg.link_speed * cfg.min_share
-    if other <= max(2 * floor, cfg.noise * cfg.link_speed):
+    quiet = max(2 * floor, cfg.noise * cfg.link_speed)
+    if other <= quiet:
         return max(floor, usable - other)  # nobody else on the link: take what is left at once
+    if recent is not None and recent < min(0.25 * cfg.link_speed, 0.5 * other):
+        # Others' traffic just fell away (stopped or paused): take what they leave now rather
+        # than after their bytes have left the window. Only on a clear fall: a flow we squeeze
+        # to a trickle shows a low but steady rate, and must get the cut below instead.
+        return max(floor, usable - recent)
     step = cfg.increase * cfg.link_speed
-    if other + own > usable - step:
+    if other + own * (1 + cfg.framing) > usable - step:
         # The link is full (one more step would not fit) and someone else is on it. A TCP flow
         # only shows what we leave it, so `usable - other` understates its demand: cut hard (a
         # quarter per sample reaches the floor from a full link in ~4 samples) instead of
@@ -220,8 +227,8 @@ class Governor:
         while True:
             rates = meter.sample(time.monotonic(), read_counters(self.iface)[idx], self._own)
             if rates is not None:
-                own, self.other_rate = rates
-                self.set_background_limit(decide(self.cfg, self._bg.rate, own, self.other_rate))
+                own, self.other_rate, recent = rates
+                self.set_background_limit(decide(self.cfg, self._bg.rate, own, self.other_rate, recent))
                 log.debug("own %.0f other %.0f -> background limit %.0f B/s", own, self.other_rate, self._bg.rate)
             await asyncio.sleep(self.cfg.interval)
 
@@ -244,9 +251,10 @@ class LinkMeter:
         # sample would swing between "all ours" and "all someone else's".
         self._samples: deque[tuple[float, int, int]] = deque()
 
-    def sample(self, now: float, counter: int, own_bytes: int) -> tuple[float, float] | None:
-        """Add a sample (time, NIC byte counter, own payload bytes so far); returns (own, other)
-        in bytes/s once the window spans at least one interval."""
+    def sample(self, now: float, counter: int, own_bytes: int) -> tuple[float, float, float] | None:
+        """Add a sample (time, NIC byte counter, own payload bytes so far); returns (own, other,
+        recent) in bytes/s once the window spans at least one interval, where `recent` is other
+        traffic over the last two intervals only (is anyone else on the link right now)."""
         samples = self._samples
         samples.append((now, counter, own_bytes))
         while len(samples) > 2 and now - samples[1][0] >= self.cfg.window:
@@ -256,4 +264,8 @@ class LinkMeter:
         if dt < self.cfg.interval:
             return None
         own = (own_bytes - own0) / dt
-        return own, max(0.0, (counter - total0) / dt - own * (1 + self.cfg.framing))
+        tr, cr, orr = samples[max(0, len(samples) - 3)]
+        recent = 0.0
+        if now > tr:
+            recent = max(0.0, (counter - cr) - (own_bytes - orr) * (1 + self.cfg.framing)) / (now - tr)
+        return own, max(0.0, (counter - total0) / dt - own * (1 + self.cfg.framing)), recent
