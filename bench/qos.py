@@ -18,7 +18,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from cachenode.metrics import scrape
+from cachenode.node.metrics import scrape
 
 from .netns import VethHost
 from .relay import Relay

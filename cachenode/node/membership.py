@@ -6,23 +6,14 @@ import asyncio
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from ..placement import Member
+from ..transport.wire import HEALTH_PATH
+
 log = logging.getLogger("cachenode.membership")
-
-
-@dataclass
-class Member:
-    id: str
-    url: str
-    healthy: bool = True
-    transports: dict[str, str] = field(default_factory=dict)  # name -> address, besides HTTP
-
-    def to_json(self) -> dict:
-        return {"id": self.id, "url": self.url, "healthy": self.healthy, "transports": self.transports}
 
 
 def member_id_of(url: str) -> str:
@@ -166,7 +157,7 @@ class Membership:
         assert self._session is not None
         try:
             timeout = aiohttp.ClientTimeout(total=self._health_timeout)
-            async with self._session.get(f"{m.url}/healthz", timeout=timeout) as r:
+            async with self._session.get(f"{m.url}{HEALTH_PATH}", timeout=timeout) as r:
                 if r.status != 200:
                     return False
                 body = await r.json(content_type=None)

@@ -59,8 +59,8 @@ def scrape(node_url: str, token: str | None, timeout: float = 10.0) -> dict[str,
     """Fetch and parse a node's /metrics (sync; for tools, tests and status output)."""
     import urllib.request
 
-    req = urllib.request.Request(f"{node_url.rstrip('/')}/metrics")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
+    from ..transport.wire import METRICS_PATH, bearer
+
+    req = urllib.request.Request(f"{node_url.rstrip('/')}{METRICS_PATH}", headers=bearer(token))
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return parse_metrics(r.read().decode())
