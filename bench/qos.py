@@ -11,7 +11,6 @@ import json
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
