@@ -56,3 +56,23 @@ def test_a_separate_node_token_keeps_even_cluster_token_holders_out(blobs, nodes
             assert http_get(f"{node_url}/v1/block?{urlencode({**q, 'index': str(i)})}")[0] == 200
     assert sum(metric(p, "cachenode_forwarded_total") for p in c.procs) == 6
     assert proxy.reads_of(blobs.path("nt.bin")) == 6
+
+
+def test_a_loader_claiming_every_other_node_dead_does_not_make_a_non_owner_fill(blobs, nodes, proxy):
+    """The avoid list is a client's word: a node checks it before routing around a member, so
+    "everyone but you is dead" still sends each block to its live owner."""
+    c = nodes.cluster(3, "--block-size", f"{BS}")
+    n = 12
+    data = os.urandom(n * BS)
+    url = blobs.put("avoid.bin", data)
+    with cachenode.Client(nodes=[c.urls[0]], token=TOKEN) as client:
+        st = client.stat(url)
+        ids = [m.id for m in client.members()]
+    base = {"kind": "azure", "account": AZURITE_ACCOUNT, "container": blobs.container, "path": "avoid.bin",
+            "etag": st["etag"], "size": str(st["size"]), "bs": str(BS)}
+    for i in range(n):
+        for node_url in c.urls:
+            q = urlencode({**base, "index": str(i)})
+            assert http_get(f"{node_url}/v1/block?{q}", headers={"X-Cachenode-Avoid": ",".join(ids)})[0] == 200
+    assert proxy.reads_of(blobs.path("avoid.bin")) == n  # each block filled once, by its owner
+    assert sum(metric(p, "cachenode_fills_total") for p in c.procs) == n

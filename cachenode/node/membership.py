@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+from typing import Iterable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -152,6 +153,30 @@ class Membership:
             elif not ok and m.healthy:
                 log.warning("member %s (%s) stopped answering", m.id, m.url)
             m.healthy = ok
+
+    async def confirm_down(self, claimed: Iterable[str]) -> frozenset[str]:
+        """Of the members a client says are dead, the ones this node also finds dead.
+
+        A client's word alone must not steer routing: "everyone but X is dead" would make X
+        fill blocks it does not own (the origin read twice per cluster). Members already down
+        here count; healthy ones are probed now, once, with the health timeout.
+        """
+        out: set[str] = set()
+        probe: list[Member] = []
+        for mid in set(claimed):
+            m = self._members.get(mid)
+            if m is None or mid == self.self_id:
+                continue
+            if m.healthy:
+                probe.append(m)
+            else:
+                out.add(mid)
+        results = await asyncio.gather(*(self._probe(m) for m in probe))
+        for m, ok in zip(probe, results):
+            if not ok:
+                self.mark_down(m.id)
+                out.add(m.id)
+        return frozenset(out)
 
     async def _probe(self, m: Member) -> bool:
         assert self._session is not None

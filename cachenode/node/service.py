@@ -120,6 +120,8 @@ class NodeService:
         self.node.origin_for(req.ref)  # allow-list first: never forward what we would refuse
         if self.from_node(forwarded):
             return await self.node.get_block(req, verify=verify)
+        if avoid:
+            avoid = await self.membership.confirm_down(avoid)
         _, length = req.span
         ranked = rank(req.key, [m for m in self.membership.healthy_ids() if m not in avoid])
         me = self.membership.self_id
