@@ -66,8 +66,9 @@ class SourceRef:
             container, path = params.get("container", ""), params["path"]
         except KeyError as exc:
             raise InvalidSource(f"request is missing source field {exc.args[0]!r}") from None
-        if not isinstance(path, str) or not isinstance(account, str) or not isinstance(container, str):
-            raise InvalidSource("source fields 'account', 'container' and 'path' must be strings")
+        for name, value in (("kind", kind), ("account", account), ("container", container), ("path", path)):
+            if not isinstance(value, str):
+                raise InvalidSource(f"source field {name!r} must be a string, not {type(value).__name__}")
         if kind == FILE:
             return _file_ref(path, original=path, prefix=prefix)
         if kind != AZURE:

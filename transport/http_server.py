@@ -24,6 +24,7 @@ class NodeApi(Protocol):
     async def close(self) -> None: ...
     def authorize(self, token: str | None) -> None: ...
     def failed(self, exc: Exception) -> tuple[int, dict]: ...
+    def client_gone(self) -> None: ...
     async def serve(self, req: BlockRequest, *, verify: bool = False, forwarded: str | None = None,
                     avoid: frozenset[str] = frozenset(), transport: str = "http") -> Block: ...
     async def stat(self, ref: SourceRef) -> dict: ...
@@ -75,6 +76,12 @@ async def _errors(request: web.Request, handler):
     try:
         return await handler(request)
     except web.HTTPException:
+        raise
+    except ConnectionError:
+        if request.transport is None or request.transport.is_closing():
+            # The client hung up mid-response: nothing to answer and nothing wrong here.
+            request.app[SERVICE_KEY].client_gone()
+            return web.Response(status=499)
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error with a status
         status, body = request.app[SERVICE_KEY].failed(exc)

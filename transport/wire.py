@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from cachenode.blocks import BlockRequest, ObjectInfo, check_block_size
+from cachenode.blocks import BlockRequest, ObjectInfo, block_count, check_block_size
 from cachenode.errors import (
     BadRequest, BlockCorrupt, CacheError, Forbidden, InvalidSource, OriginUnavailable,
     SourceChanged, SourceNotFound, Unauthorized,
@@ -143,9 +143,16 @@ def parse_fill(payload) -> tuple[BlockRequest, list[int]]:
     if not isinstance(payload, dict):
         raise BadRequest("fill request must be a JSON object")
     indices = payload.get(INDICES)
-    if not isinstance(indices, list) or not all(isinstance(i, int) for i in indices):
+    if not isinstance(indices, list) or not all(type(i) is int for i in indices):  # bool is an int
         raise BadRequest(f"fill request needs {INDICES!r}: a list of block numbers")
+    for k, v in payload.items():
+        if k != INDICES and (isinstance(v, bool) or not isinstance(v, (str, int))):
+            raise BadRequest(f"fill request field {k!r} must be a string or a number")
     base = parse_block_request({k: str(v) for k, v in payload.items() if k != INDICES} | {INDEX: "0"})
+    n = block_count(base.size, base.block_size)
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:  # checked before any fill starts: a bad request changes nothing
+        raise BadRequest(f"fill {INDICES!r} {bad[:5]} out of range: the object has {n} blocks")
     return base, indices
 
 

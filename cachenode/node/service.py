@@ -79,7 +79,11 @@ class NodeService:
             return
         if not token:
             raise Unauthorized("missing cluster token (Authorization: Bearer <token>)")
-        if not hmac.compare_digest(token.encode(), self._token.encode()):
+        try:
+            sent = token.encode()
+        except UnicodeEncodeError:  # header bytes that are not UTF-8 arrive as surrogates
+            raise Unauthorized("the Authorization header is not valid UTF-8") from None
+        if not hmac.compare_digest(sent, self._token.encode()):
             raise Forbidden("wrong cluster token")
 
     def from_node(self, marker: str | None) -> bool:
@@ -91,6 +95,10 @@ class NodeService:
         if self._forward_secret and not hmac.compare_digest(marker.encode(), self._forward_secret.encode()):
             raise Forbidden("the forwarded marker is for node-to-node requests: wrong node credential")
         return True
+
+    def client_gone(self) -> None:
+        """A client hung up mid-response: counted, not an error."""
+        self.node.metrics.client_disconnects.inc()
 
     def failed(self, exc: Exception) -> tuple[int, dict]:
         """(status, error body) for a failed request, counted by kind."""

@@ -132,9 +132,23 @@ class AzureOrigin(Origin):
             )
             got = await stream.readinto(_BufferWriter(dest))
         except Exception as exc:  # noqa: BLE001
-            raise self._translate(exc, ref, etag) from exc
+            err = self._translate(exc, ref, etag)
+            if isinstance(err, SourceChanged):
+                err = await self._gone_or(err, ref)
+            raise err from exc
         if got != len(dest):
             raise SourceChanged.pinned(str(ref), etag, f"expected {len(dest)} bytes at {offset}, got {got}")
+
+    async def _gone_or(self, err: Exception, ref: SourceRef) -> Exception:
+        """A failed If-Match also answers for a blob that does not exist (Azurite says 412):
+        a missing blob is SourceNotFound (404), not a changed one."""
+        try:
+            await self._client(ref).get_blob_properties()
+        except ResourceNotFoundError as exc:
+            return self._translate(exc, ref)
+        except Exception:  # noqa: BLE001 - the first error stands
+            pass
+        return err
 
     async def list(self, ref: SourceRef, prefix: str) -> list[tuple[SourceRef, ObjectInfo]]:
         cc = self._service_for(ref).get_container_client(ref.container)
