@@ -77,6 +77,59 @@ def test_disk_tier_evicts_and_rebuilds(tmp_path):
     asyncio.run(main())
 
 
+def _disk_bytes(root) -> int:
+    import os
+
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_disk_tier_never_holds_more_than_its_capacity_while_writing(tmp_path, monkeypatch):
+    """Temp files being written count: 20 concurrent writes into room for 2 blocks never put
+    more than the capacity on disk, at any moment (sampled inside every write)."""
+    import cachenode.store.disk as disk_mod
+    from cachenode.blocks import digest
+
+    seen = []
+    real_write = disk_mod._write_file
+
+    def write_and_look(path, data):
+        real_write(path, data)
+        seen.append(_disk_bytes(tmp_path))
+
+    monkeypatch.setattr(disk_mod, "_write_file", write_and_look)
+
+    async def main():
+        d = DiskTier(str(tmp_path), 250)
+        d.rebuild()
+        blocks = [bytes([i]) * 100 for i in range(20)]
+        await asyncio.gather(*(d.write(f"{i:032x}", b, digest(b)) for i, b in enumerate(blocks)))
+        return d
+
+    d = asyncio.run(main())
+    assert seen and max(seen) <= 250, seen
+    assert _disk_bytes(tmp_path) == d.used <= 250
+
+
+def test_a_truncated_block_file_is_dropped_at_start(tmp_path):
+    from cachenode.blocks import digest
+
+    async def main():
+        d = DiskTier(str(tmp_path), 1000)
+        d.rebuild()
+        for i in range(3):
+            data = bytes([i]) * 100
+            await d.write(f"{i:032x}", data, digest(data))
+        return d
+
+    d = asyncio.run(main())
+    victim = d.get(f"{1:032x}").path
+    with open(victim, "r+b") as f:
+        f.truncate(40)
+    again = DiskTier(str(tmp_path), 1000)
+    assert again.rebuild() == 2
+    assert again.get(f"{1:032x}") is None and again.dropped == 1 and again.used == 200
+
+
 def test_singleflight_shares_one_fill_and_survives_first_caller_cancel():
     async def main():
         sf: SingleFlight[int] = SingleFlight()

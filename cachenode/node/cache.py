@@ -55,7 +55,8 @@ class Node:
     async def start(self) -> None:
         self.governor.start()
         n = await asyncio.to_thread(self.disk.rebuild)
-        log.info("disk tier %s: %d blocks, %d bytes", self.disk.root, n, self.disk.used)
+        log.info("disk tier %s: %d blocks, %d bytes (%d files dropped: truncated or not ours)",
+                 self.disk.root, n, self.disk.used, self.disk.dropped)
         self._update_gauges()
 
     async def close(self) -> None:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from ..blocks import digest as block_digest
 
-_NAME_RE = re.compile(r"^([0-9a-f]{32})-([0-9a-f]{32})$")
+# <key>-<digest>-<length in hex>: the length in the name finds a truncated file at start.
+_NAME_RE = re.compile(r"^([0-9a-f]{32})-([0-9a-f]{32})-([0-9a-f]{1,16})$")
 
 
 class DiskFull(OSError):
@@ -28,11 +29,13 @@ class DiskEntry:
 
 
 class DiskTier:
-    """Blocks as files `<root>/<key[:2]>/<key>-<digest>`.
+    """Blocks as files `<root>/<key[:2]>/<key>-<digest>-<length>`.
 
     Writes go to a temp name and are renamed into place, so a crash leaves either nothing or a
-    whole file; a torn or rotted file is caught by the digest in its name. No fsync: a block lost
-    in a power cut is simply fetched again, and the digest rejects a partial one.
+    whole file; a torn or rotted file is caught by the digest in its name, a truncated one by
+    its length at start. No fsync: a block lost in a power cut is simply fetched again, and the
+    digest rejects a partial one. Bytes being written count against the capacity from the
+    moment the write starts, so the directory never holds more than `capacity`.
     """
 
     def __init__(self, root: str, capacity: int) -> None:
@@ -41,6 +44,7 @@ class DiskTier:
         self.used = 0
         self._index: OrderedDict[str, DiskEntry] = OrderedDict()
         self._tmp = os.path.join(root, "tmp")
+        self.dropped = 0  # files removed at start: strangers, truncated
 
     def __len__(self) -> int:
         return len(self._index)
@@ -58,10 +62,11 @@ class DiskTier:
             for name in os.listdir(subdir):
                 path = os.path.join(subdir, name)
                 m = _NAME_RE.match(name)
-                if not m or m.group(1)[:2] != sub:
-                    _unlink(path)
-                    continue
                 st = os.stat(path)
+                if not m or m.group(1)[:2] != sub or st.st_size != int(m.group(3), 16):
+                    _unlink(path)  # a stranger, an old name, or truncated
+                    self.dropped += 1
+                    continue
                 found.append((st.st_mtime_ns, m.group(1), DiskEntry(path, st.st_size, m.group(2), False)))
         found.sort()
         self._index.clear()
@@ -95,26 +100,31 @@ class DiskTier:
 
     async def write(self, key: str, data, digest: str) -> None:
         """Store a block atomically; raises DiskFull when the filesystem is out of space."""
-        if len(data) > self.capacity or key in self._index:
+        n = len(data)
+        if n > self.capacity or key in self._index:
             return
+        self._evict(n)
+        if self.used + n > self.capacity:
+            return  # the room left is being written by other blocks: not cached this time
+        self.used += n  # reserved while the temp file is written: it is on the disk too
         tmp = os.path.join(self._tmp, f"{key}.{uuid.uuid4().hex}")
         try:
             await asyncio.to_thread(_write_file, tmp, data)
+            if key in self._index:  # written meanwhile by another path; keep the first
+                raise FileExistsError(key)
+            subdir = os.path.join(self.root, key[:2])
+            os.makedirs(subdir, exist_ok=True)
+            path = os.path.join(subdir, f"{key}-{digest}-{n:x}")
+            os.rename(tmp, path)
         except OSError as exc:
+            self.used -= n
             _unlink(tmp)
+            if isinstance(exc, FileExistsError):
+                return
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise DiskFull(exc.errno, f"cache directory {self.root} is full") from exc
             raise
-        if key in self._index:  # written meanwhile by another path; keep the first
-            _unlink(tmp)
-            return
-        self._evict(len(data))
-        subdir = os.path.join(self.root, key[:2])
-        os.makedirs(subdir, exist_ok=True)
-        path = os.path.join(subdir, f"{key}-{digest}")
-        os.rename(tmp, path)
-        self._index[key] = DiskEntry(path, len(data), digest, True)
-        self.used += len(data)
+        self._index[key] = DiskEntry(path, n, digest, True)
 
     def discard(self, key: str) -> None:
         entry = self._index.pop(key, None)
