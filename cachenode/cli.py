@@ -106,10 +106,15 @@ def main(log_level: str) -> None:
               help="Counter that carries background traffic: rx (fills from blob storage) or tx.")
 @click.option("--peer-timeout", default=10.0, show_default=True, type=float,
               help="Seconds without progress before a peer transfer is abandoned for the next candidate.")
+@click.option("--max-connections", default=512, show_default=True, type=click.IntRange(1, 65535),
+              help="Open HTTP connections at most; more are closed on accept.")
+@click.option("--idle-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds a connection may stay without a complete request (new or kept alive).")
 def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, token, token_file,
           node_token, no_auth, connection_string, account_name, account_key, sas_token, blob_endpoint,
           origin_retries, peers, peers_file, peers_dns, member_id, advertise_url, ucx, max_egress,
-          link_speed, idle_iface, idle_headroom, idle_direction, peer_timeout) -> None:
+          link_speed, idle_iface, idle_headroom, idle_direction, peer_timeout, max_connections,
+          idle_timeout) -> None:
     """Run a cache node until SIGTERM or Ctrl-C.
 
     Without an account key, SAS or connection string, the node uses DefaultAzureCredential
@@ -145,6 +150,7 @@ def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, to
         token=token, node_token=node_token or env.node_token, azure=azure, origin_retries=origin_retries,
         peers=_split_peers(peers), peers_file=peers_file, peers_dns=peers_dns, member_id=member_id,
         advertise_url=advertise_url, peer_timeout=peer_timeout, ucx=ucx,
+        max_connections=max_connections, idle_timeout=idle_timeout,
         qos=_qos(max_egress, link_speed, idle_iface, idle_headroom, idle_direction),
     )
     if ucx:

@@ -48,3 +48,36 @@ def test_memory_stays_within_budget_under_a_hostile_request_mix(nodes, blob_serv
     overhead = 32 * bs + 48 * MiB  # 32 responses in flight, allocator and runtime slack
     assert peak <= mem + (slots + max(1, slots // 4)) * bs + overhead, (peak / MiB, idle / MiB)
     assert http_get(f"{node.url}/healthz", token=TOKEN)[0] == 200
+
+
+def test_silent_connections_cannot_use_up_the_node(nodes):
+    """Clients that connect and send nothing, or one byte: the node keeps at most
+    --max-connections of them, closes each after --idle-timeout, and serves again after."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    node = nodes.start("--max-connections", "16", "--idle-timeout", "1.5")
+    u = urlsplit(node.url)
+    fds = lambda: len(os.listdir(f"/proc/{node.proc.pid}/fd"))  # noqa: E731
+    base = fds()
+    socks = []
+    for i in range(60):
+        s = socket.create_connection((u.hostname, u.port), timeout=5)
+        if i % 2:
+            s.sendall(b"G")  # a request that never completes
+        socks.append(s)
+    time.sleep(0.3)
+    assert fds() <= base + 16 + 2, (fds(), base)  # over the cap: closed on accept
+    deadline = time.monotonic() + 10
+    while fds() > base + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fds() <= base + 1, (fds(), base)  # the idle ones timed out
+    for s in socks:
+        s.settimeout(1)
+        try:
+            assert s.recv(1) == b""  # closed by the node (or refused outright)
+        except ConnectionResetError:
+            pass
+        s.close()
+    assert http_get(f"{node.url}/healthz")[0] == 200

@@ -45,6 +45,11 @@ class NodeConfig:
     advertise_url: str | None = None
     peer_timeout: float = 10.0
     health_interval: float = 1.0
+    # Connections: at most this many open at once (more are closed on accept), and one that
+    # sends no complete request for `idle_timeout` seconds (new or kept alive) is closed, so
+    # clients that connect and send nothing cannot use up the node's descriptors.
+    max_connections: int = 512
+    idle_timeout: float = 30.0
     warm_concurrency: int = 4
     ucx: bool = False  # also serve blocks over UCX (needs the `ucx` extra)
     qos: QosConfig = field(default_factory=QosConfig)

@@ -19,6 +19,49 @@ from .service import NodeService
 log = logging.getLogger("cachenode.daemon")
 
 
+class _Refuse(asyncio.Protocol):
+    """A connection over the cap: closed as soon as it is accepted."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()
+
+
+class _CappedSite(web.TCPSite):
+    """A TCP site that closes connections beyond `max_connections` on accept: with the idle
+    timeout, clients that open connections and send nothing cannot use up our descriptors."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, *, max_connections: int,
+                 **kwargs) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self.max_connections = max_connections
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site; TCPSite.start would bind without the cap
+        server = self._runner.server
+        assert server is not None
+
+        loop = asyncio.get_running_loop()
+        pending = 0  # accepted, connection_made not run yet: a burst is accepted before any runs
+
+        def settled() -> None:
+            nonlocal pending
+            pending -= 1
+
+        def factory() -> asyncio.Protocol:
+            nonlocal pending
+            if len(server.connections) + pending >= self.max_connections:
+                return _Refuse()
+            pending += 1
+            # The transport queues connection_made right after this returns; settle after it.
+            loop.call_soon(loop.call_soon, settled)
+            return server()
+
+        self._server = await loop.create_server(
+            factory, self._host, self._port, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+
+
 class NodeServer:
     """A node service plus its listeners; usable in-process (tests, benchmarks) or as the daemon."""
 
@@ -30,7 +73,8 @@ class NodeServer:
         self.node = self.service.node
         self.membership = self.service.membership
         # The app's cleanup context starts and closes the service with the HTTP server.
-        self._runner = web.AppRunner(create_app(self.service), handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(create_app(self.service), handle_signals=False, access_log=None,
+                                     keepalive_timeout=config.idle_timeout)
         self._ucx = None
         self.url = ""
 
@@ -41,7 +85,8 @@ class NodeServer:
 
             self._ucx = UcxServer(self.service)
             self.service.transports["ucx"] = base64.b64encode(await self._ucx.start()).decode()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=1024)
+        site = _CappedSite(self._runner, self.config.host, self.config.port, backlog=1024,
+                           max_connections=self.config.max_connections)
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
