@@ -93,7 +93,8 @@ async def _errors(request: web.Request, handler):
 
 async def healthz(request: web.Request) -> web.Response:
     me = request.app[ROUTER_KEY].membership.self_member
-    return web.json_response({"ok": True, "transports": me.transports if me else {}})
+    return web.json_response({"ok": True, "id": me.id if me else None,
+                              "transports": me.transports if me else {}})
 
 
 async def metrics(request: web.Request) -> web.Response:
