@@ -132,7 +132,13 @@ class Membership:
             except ValueError as exc:
                 log.warning("ignoring peers file %s: %s", self._file, exc)
         if self._dns:
-            self._dns_members = await self._identify(await resolve_dns_members(self._dns))
+            try:
+                self._dns_members = await self._identify(await resolve_dns_members(self._dns))
+            except socket.gaierror as exc:
+                # A headless Service lists only ready pods, so the first pod starts before its
+                # name resolves at all: keep the last list (health checks judge it) and retry.
+                log.warning("peers DNS %s: %s; keeping %d known members", self._dns, exc,
+                            len(self._dns_members))
         self._apply([*self._static, *self._file_members, *self._dns_members])
 
     def _apply(self, listed: list[Member]) -> None:
