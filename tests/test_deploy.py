@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from cachenode.cli import main
 from cachenode.deploy import grafana, kubernetes as k8s
+from helpers import TOKEN
 
 # The newest release kubernetes-validate ships schemas for, and the oldest AKS still supports.
 K8S_VERSIONS = ("1.37.0", "1.33.0")
@@ -238,3 +239,37 @@ def test_metric_name_extraction_sees_through_selectors():
     assert grafana.metric_names(expr) == {"cachenode_hits_total"}
     with pytest.raises(click.exceptions.UsageError):
         parse_with_cli(["cachenode", "serve", "--no-such-flag"])
+
+
+def exported_names(node_url: str) -> set[str]:
+    """Sample names a node's /metrics can carry, from its # TYPE lines (a labelled counter that
+    never counted has no sample yet, but its family is declared)."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{node_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        text = r.read().decode()
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, family, kind = line.split()
+            names.add(family)  # prometheus_client declares counters by their _total sample name
+            if kind == "counter" and not family.endswith("_total"):
+                names.add(family + "_total")
+        elif line and not line.startswith("#"):
+            names.add(line.split("{")[0].split()[0])
+    return names
+
+
+def test_dashboard_queries_only_metrics_a_node_exports(nodes, blobs):
+    import cachenode
+
+    node = nodes.start("--block-size", "64KiB")
+    url = blobs.put("g.bin", b"x" * 200_000)
+    with cachenode.open(url, nodes=[node.url], token=TOKEN) as f:  # counters with samples, too
+        assert len(f.read()) == 200_000
+    exported = exported_names(node.url)
+    assert "cachenode_origin_bytes_total" in exported
+    for expr in grafana.expressions():
+        unknown = grafana.metric_names(expr) - exported
+        assert not unknown, f"{expr!r} queries {unknown}, which the node does not export"
