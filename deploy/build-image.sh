@@ -3,6 +3,9 @@
 #   1. mmdebstrap a minimal Debian (python3) into a tarball, 2. podman import it as the base,
 #   3. collect the daemon's wheels (every dependency but torch, plus the ucx extra) from pip,
 #   4. podman build deploy/Containerfile on top. `--smoke` then reads a block through the image.
+# PODMAN_ARGS / PODMAN_RUN_ARGS go to the smoke test's `podman [..] run [..]`; on hosts whose crun
+# refuses hybrid cgroups or raising rlimits (these VMs):
+#   PODMAN_ARGS="--runtime runc" PODMAN_RUN_ARGS="--ulimit nofile=20000:20000 --ulimit nproc=1000:1000"
 # Needs root (or rootless podman), and the Debian packages podman and mmdebstrap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +48,8 @@ PY
 ! ls build/wheels | grep -qi '^torch-' || { echo "torch slipped into the wheels" >&2; exit 1; }
 
 echo "== podman build $TAG"
-podman build --build-arg "BASE=$BASE" -f deploy/Containerfile -t "$TAG" .
+# chroot isolation: RUN steps need no OCI runtime or cgroups (some VMs' crun refuses hybrid cgroups).
+podman build --isolation "${ISOLATION:-chroot}" --build-arg "BASE=$BASE" -f deploy/Containerfile -t "$TAG" .
 end=$(date +%s)
 size=$(podman image inspect "$TAG" --format '{{.Size}}')
 echo "== built $TAG: $((size / 1000000)) MB in $((end - start))s"

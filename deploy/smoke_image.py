@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,9 @@ def main(image: str) -> None:
         port = free_port()
         name = f"cachenode-smoke-{os.getpid()}"
         t0 = time.monotonic()
-        subprocess.run(["podman", "run", "-d", "--rm", "--name", name, "--network", "host",
+        podman = ["podman", *shlex.split(os.environ.get("PODMAN_ARGS", ""))]
+        extra = shlex.split(os.environ.get("PODMAN_RUN_ARGS", ""))
+        subprocess.run([*podman, "run", *extra, "-d", "--rm", "--name", name, "--network", "host",
                         "-e", f"AZURE_STORAGE_CONNECTION_STRING={az.connection_string}",
                         "-e", f"CACHENODE_TOKEN={TOKEN}", "--tmpfs", "/var/cache/cachenode",
                         image, "cachenode", "serve", "--port", str(port),
@@ -41,8 +44,8 @@ def main(image: str) -> None:
             assert m["cachenode_origin_bytes_total"] == len(data), m
             print(f"read {len(data)} bytes through the image; origin bytes {m['cachenode_origin_bytes_total']:.0f}")
         finally:
-            logs = subprocess.run(["podman", "logs", name], capture_output=True, text=True).stderr
-            subprocess.run(["podman", "stop", "-t", "10", name], capture_output=True)
+            logs = subprocess.run([*podman, "logs", name], capture_output=True, text=True).stderr
+            subprocess.run([*podman, "stop", "-t", "10", name], capture_output=True)
         if "Traceback" in logs:
             sys.exit(f"node logged an error:\n{logs}")
 
