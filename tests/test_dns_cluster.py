@@ -241,8 +241,10 @@ def test_discovery_restart_and_scale_through_dns(blobs, proxy, azurite, tmp_path
         assert origin.reads_of(path) == NBLOCKS + len(moved)
         assert max(origin.ranges_of(path).values()) == 2  # a moved block: once per owner, ever
 
-        # (4) Scale 4 -> 3: the pod is gone before DNS and the health checks notice.
+        # (4) Scale 4 -> 3: the pod is gone (its address drops packets) before DNS and the
+        # health checks notice.
         cluster.nodes["node-3"].stop()
+        cluster.pods["node-3"].host.cut()
         t0 = time.monotonic()
         assert cluster.load(url, via="node-0")["sha"] == sha
         stale_load = time.monotonic() - t0
