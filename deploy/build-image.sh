@@ -28,7 +28,9 @@ if ! podman image exists "$BASE"; then
   echo "== mmdebstrap $SUITE (minbase + python3) -> build/debian-$SUITE.tar"
   # The base's python3 must match the wheels' (bookworm: 3.11).
   mmdebstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-    --dpkgopt='path-exclude=/usr/share/{doc,man,locale}/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/info/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-include=/usr/share/locale/locale.alias' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     "$SUITE" "build/debian-$SUITE.tar" "$MIRROR"
   podman import --change 'CMD ["/bin/bash"]' "build/debian-$SUITE.tar" "$BASE"
 fi
