@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import os
 import platform
-import secrets
-from contextlib import ExitStack
 from pathlib import Path
 
 import click
 
 from . import runai
-from .checkpoint import make_safetensors, upload
+from .checkpoint import upload
 from .scenarios import Recorder
-from .services import Azurite, LocalCluster, scratch_dir
 from .table import byte_bar
-
-CONTAINER = "models"
+from .testbed import CONTAINER, testbed
 
 
 def reference_digest(path: Path) -> str:
@@ -38,22 +34,14 @@ def _copy_blob(conn_str: str, src: str, dst: str) -> None:
 
 def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_size: str,
                 concurrencies: tuple[int, ...], workdir: str | None) -> dict:
-    with ExitStack() as stack:
-        base = scratch_dir(stack, workdir, "cachebench-")
-        azurite = stack.enter_context(Azurite(base / "azurite"))
-        ckpt = base / "model.safetensors"
-        with byte_bar("generate checkpoint", size) as bar:
-            model_bytes = make_safetensors(ckpt, size, progress=bar.update)
-        with byte_bar("upload", model_bytes) as bar:
-            upload(azurite.connection_string, CONTAINER, "a/model.safetensors", ckpt, progress=bar.update)
+    with testbed(workdir, "cachebench-") as bed:
+        base, azurite, token = bed.base, bed.azurite, bed.token
+        ckpt, model_bytes = bed.checkpoint(size, "a/model.safetensors")
         _copy_blob(azurite.connection_string, "a/model.safetensors", "b/model.safetensors")
         reference = reference_digest(ckpt)
-        token = secrets.token_urlsafe(24)
-        cluster = stack.enter_context(LocalCluster(
-            base / "cluster", n_nodes, token=token, conn_str=azurite.connection_string,
-            args=("--block-size", block_size, "--memory", "8GiB", *(("--ucx",) if transport == "ucx" else ()))))
-        url_a = f"{azurite.endpoint}/{CONTAINER}/a/model.safetensors"
-        url_b = f"{azurite.endpoint}/{CONTAINER}/b/model.safetensors"
+        cluster = bed.cluster(n_nodes, "--block-size", block_size, "--memory", "8GiB",
+                              *(("--ucx",) if transport == "ucx" else ()))
+        url_a, url_b = bed.url("a/model.safetensors"), bed.url("b/model.safetensors")
 
         rec = Recorder(model_bytes, reference, cluster.urls, token)
         click.echo(f"checkpoint {model_bytes / 2**30:.2f} GiB, {n_nodes} nodes, transport {transport}")

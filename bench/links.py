@@ -10,18 +10,16 @@ Needs root (CI and these VMs have it).
 
 from __future__ import annotations
 
-import secrets
 from contextlib import ExitStack
 
 import click
 
-from .checkpoint import make_safetensors, upload
-from .compare import CONTAINER, machine, reference_digest
+from .compare import machine, reference_digest
 from .netns import VethHost
 from .relay import Relay
 from .scenarios import Recorder
-from .services import Azurite, LocalCluster, connection_string, scratch_dir
-from .table import byte_bar
+from .services import connection_string
+from .testbed import CONTAINER, testbed
 
 def _tbf(gbit: float) -> tuple[str, int]:
     """tc rate and a burst of 10 ms of traffic (at least 64 KiB, one GSO packet)."""
@@ -30,27 +28,22 @@ def _tbf(gbit: float) -> tuple[str, int]:
 
 def run_links(size: int, origin_gbit: float, peer_gbit: float, n_nodes: int, block_size: str,
               concurrencies: tuple[int, ...], workdir: str | None) -> dict:
-    with ExitStack() as stack:
-        base = scratch_dir(stack, workdir, "cachebench-links-")
-        origin = stack.enter_context(VethHost("org"))
-        peers = stack.enter_context(VethHost("per"))
-        azurite = stack.enter_context(Azurite(base / "azurite", host=origin.ns_ip, wrap=origin.exec_prefix()))
-        ckpt = base / "model.safetensors"
-        with byte_bar("generate checkpoint", size) as bar:
-            model_bytes = make_safetensors(ckpt, size, progress=bar.update)
+    with ExitStack() as links:
+        origin = links.enter_context(VethHost("org"))
+        peers = links.enter_context(VethHost("per"))
+        bed = links.enter_context(testbed(workdir, "cachebench-links-", azurite_host=origin.ns_ip,
+                                          azurite_wrap=origin.exec_prefix()))
+        azurite, token = bed.azurite, bed.token
         # uploaded before the links are shaped: setting up is not what is measured
-        with byte_bar("upload", model_bytes) as bar:
-            upload(azurite.connection_string, CONTAINER, "m/model.safetensors", ckpt, progress=bar.update)
+        ckpt, model_bytes = bed.checkpoint(size, "m/model.safetensors")
         reference = reference_digest(ckpt)
         origin.shape(*_tbf(origin_gbit), both_ways=True)
         peers.shape(*_tbf(peer_gbit), both_ways=True)
-        relay = stack.enter_context(Relay(peers.root_ip, origin.ns_ip, azurite.port))
-        token = secrets.token_urlsafe(24)
-        cluster = stack.enter_context(LocalCluster(
-            base / "cluster", n_nodes, token=token, conn_str=connection_string(relay.port, host=peers.root_ip),
-            host=peers.ns_ip, wrap=peers.exec_prefix(),
-            args=("--block-size", block_size, "--memory", "8GiB")))
-        url = f"{azurite.endpoint}/{CONTAINER}/m/model.safetensors"
+        relay = bed.stack.enter_context(Relay(peers.root_ip, origin.ns_ip, azurite.port))
+        cluster = bed.cluster(n_nodes, "--block-size", block_size, "--memory", "8GiB",
+                              conn_str=connection_string(relay.port, host=peers.root_ip),
+                              host=peers.ns_ip, wrap=peers.exec_prefix())
+        url = bed.url("m/model.safetensors")
 
         rec = Recorder(model_bytes, reference, cluster.urls, token)
         click.echo(f"checkpoint {model_bytes / 2**30:.2f} GiB; origin link {origin_gbit:g} Gbit/s, "

@@ -11,14 +11,13 @@ import json
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from cachenode.metrics import scrape
+from cachenode.node.metrics import scrape
 
 from .netns import VethHost
 from .relay import Relay
@@ -127,7 +126,7 @@ def run_qos(workdir: str | Path, link: str = "100mbit", link_bytes_per_s: float 
         values = [r[k] for r in runs if r[k] is not None]
         out[k] = statistics.median(values) if values else None
     out["ranges"] = {k: [min(r[k] for r in runs), max(r[k] for r in runs)]
-                     for k in ("foreground_kept", "cache_idle_link_share")}
+                     for k in ("foreground_alone_gb_per_s", "foreground_kept", "cache_idle_link_share")}
     out["runs"] = runs
     return out
 

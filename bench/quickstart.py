@@ -2,45 +2,30 @@
 
 from __future__ import annotations
 
-import secrets
-from contextlib import ExitStack
-
 import click
 
-from cachenode.metrics import scrape
+from cachenode.node.metrics import scrape
 from cachenode.units import format_size
 
-from .checkpoint import make_safetensors, upload
 from .loads import LoadResult, blob_sdk_tensors, cache_tensors, timed
-from .services import Azurite, LocalCluster, scratch_dir
 from .table import byte_bar, print_table
+from .testbed import CONTAINER, testbed
 
-CONTAINER = "models"
 BLOB = "demo/model.safetensors"
 
 
 def run_quickstart(size: int, block_size: str, workdir: str | None, keep: bool, n_nodes: int = 3) -> list[dict]:
     rows: list[dict] = []
-    with ExitStack() as stack:
-        base = scratch_dir(stack, workdir, "cachenode-quickstart-", keep=keep)
-        click.echo(f"workdir {base}")
-        azurite = stack.enter_context(Azurite(base / "azurite"))
+    with testbed(workdir, "cachenode-quickstart-", keep=keep) as bed:
+        azurite, token = bed.azurite, bed.token
+        click.echo(f"workdir {bed.base}")
         click.echo(f"Azurite (Azure Blob emulator) on {azurite.endpoint}")
-
-        ckpt = base / "model.safetensors"
-        with byte_bar("generate checkpoint", size) as bar:
-            file_size = make_safetensors(ckpt, size, progress=bar.update)
-        with byte_bar("upload to Azurite", file_size) as bar:
-            upload(azurite.connection_string, CONTAINER, BLOB, ckpt, progress=bar.update)
+        ckpt, file_size = bed.checkpoint(size, BLOB, upload_label="upload to Azurite")
         ckpt.unlink()  # the blob is the only copy now
         click.echo(f"uploaded {format_size(file_size)} to {CONTAINER}/{BLOB}")
-
-        token = secrets.token_urlsafe(24)
-        cluster = stack.enter_context(LocalCluster(
-            base / "cluster", n_nodes, token=token, conn_str=azurite.connection_string,
-            args=("--block-size", block_size, "--memory", "4GiB")))
+        cluster = bed.cluster(n_nodes, "--block-size", block_size, "--memory", "4GiB")
         click.echo(f"cachenode cluster of {n_nodes}: {' '.join(cluster.urls)}")
-        url = f"{azurite.endpoint}/{CONTAINER}/{BLOB}"
+        url = bed.url(BLOB)
 
         def origin_bytes() -> float:
             return sum(scrape(u, token).get("cachenode_origin_bytes_total", 0.0) for u in cluster.urls)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cachenode.metrics import scrape
+from cachenode.node.metrics import scrape
 
 from .runner import run_together
 

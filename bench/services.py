@@ -215,9 +215,9 @@ def members_of(url: str, token: str | None) -> list[dict]:
     import json
     import urllib.request
 
-    req = urllib.request.Request(f"{url}/v1/members")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
+    from cachenode.transport.wire import MEMBERS_PATH, bearer
+
+    req = urllib.request.Request(f"{url}{MEMBERS_PATH}", headers=bearer(token))
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())["members"]
 

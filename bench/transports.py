@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
-from contextlib import ExitStack
 
 import click
 
-from .checkpoint import make_safetensors, upload
-from .services import Azurite, LocalCluster, scratch_dir
+from .testbed import testbed
 
 SHM_TLS = "sm,cma,tcp"
 
@@ -30,21 +27,15 @@ def _probe(spec: dict, env: dict | None = None) -> dict:
 def run_transports(size: int, block_size: str, workdir: str | None) -> dict:
     import cachenode
 
-    with ExitStack() as stack:
-        base = scratch_dir(stack, workdir, "cachebench-tr-")
-        azurite = stack.enter_context(Azurite(base / "azurite"))
-        make_safetensors(base / "m.safetensors", size)
-        upload(azurite.connection_string, "models", "t/m.safetensors", base / "m.safetensors")
-        url = f"{azurite.endpoint}/models/t/m.safetensors"
-        token = secrets.token_urlsafe(16)
+    with testbed(workdir, "cachebench-tr-") as bed:
+        token = bed.token
+        _, nbytes = bed.checkpoint(size, "t/m.safetensors", name="m.safetensors")
+        url = bed.url("t/m.safetensors")
         args = ("--ucx", "--block-size", block_size, "--memory", "8GiB")
-        shm = stack.enter_context(LocalCluster(base / "shm", 1, token=token, conn_str=azurite.connection_string,
-                                               args=args, env={"UCX_TLS": SHM_TLS}))
-        tcp = stack.enter_context(LocalCluster(base / "tcp", 1, token=token, conn_str=azurite.connection_string,
-                                               args=args, env={"UCX_TLS": "tcp"}))
+        shm = bed.cluster(1, *args, name="shm", env={"UCX_TLS": SHM_TLS})
+        tcp = bed.cluster(1, *args, name="tcp", env={"UCX_TLS": "tcp"})
         for c in (shm, tcp):
             cachenode.warm(url, nodes=c.urls, token=token)
-        nbytes = (base / "m.safetensors").stat().st_size
         click.echo(f"{nbytes / 2**30:.2f} GiB warm on the node(s); reading every block, best of 3")
         common = {"token": token, "url": url}
         result = {

@@ -18,8 +18,8 @@ import time
 def probe_transport(spec: dict) -> dict:
     from cachenode.blocks import block_count
     from cachenode.client.api import AsyncClient
-    from cachenode.membership import Member
-    from cachenode.node import BlockRequest
+    from cachenode.placement import Member
+    from cachenode.blocks import BlockRequest
     from cachenode.source import parse_source
 
     async def run() -> dict:
@@ -27,7 +27,7 @@ def probe_transport(spec: dict) -> dict:
         try:
             st = await client.stat(spec["url"])
             me = (await client.members())[0]
-            ch = client._member_client(Member(me.id, me.url, True, me.transports))
+            ch = client.cluster.channel(Member(me.id, me.url, True, me.transports))
             size, bs = st["size"], st["block_size"]
             buf = bytearray(size)  # zero-filled: every page touched before timing
             view = memoryview(buf)

@@ -8,7 +8,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "aopen", "warm", "Client", "AsyncClient", "CacheError", "InvalidSource", "SourceChanged",
+    "open", "aopen", "warm", "Client", "AsyncClient", "ClientConfig", "CacheError", "InvalidSource", "SourceChanged",
     "SourceNotFound", "Forbidden", "Unauthorized", "OriginUnavailable", "PeerUnavailable",
     "BlockCorrupt", "BadRequest",
 ]
@@ -17,7 +17,7 @@ __all__ = [
 def __getattr__(name):
     # The loader pulls in aiohttp and the Azure SDK; import it only when used, so the daemon's
     # and tools' start-up does not pay for it twice and `import cachenode` stays cheap.
-    if name in ("open", "aopen", "warm", "Client", "AsyncClient"):
+    if name in ("open", "aopen", "warm", "Client", "AsyncClient", "ClientConfig"):
         from .client import api
 
         return getattr(api, name)

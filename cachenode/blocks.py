@@ -1,8 +1,9 @@
-"""Block geometry and block keys: fixed-size ranges of a pinned object version."""
+"""Core block types: object versions, block requests and blocks, their geometry, keys and digests."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import xxhash
 
@@ -13,6 +14,45 @@ DEFAULT_BLOCK_SIZE = 8 * 1024 * 1024
 MIN_BLOCK_SIZE = 4096
 MAX_BLOCK_SIZE = 256 * 1024 * 1024
 OFF_LOOP_DIGEST = 1 << 20
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """Size and version of an object; the ETag pins every later read."""
+
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class BlockRequest:
+    """Everything needed to fill one block; the node keeps no per-file state."""
+
+    ref: SourceRef
+    etag: str
+    size: int
+    block_size: int
+    index: int
+
+    @property
+    def key(self) -> str:
+        return block_key(self.ref, self.etag, self.size, self.block_size, self.index)
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """(offset, length) in the object; BadRequest if the index is out of range."""
+        return block_span(self.size, self.block_size, self.index)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block ready to send: bytes in memory, or a verified file to sendfile."""
+
+    length: int
+    digest: str
+    tier: str
+    data: bytes | bytearray | None = None
+    path: str | None = None
 
 
 def check_block_size(block_size: int) -> int:

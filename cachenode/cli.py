@@ -12,10 +12,10 @@ import sys
 import click
 
 from .blocks import DEFAULT_BLOCK_SIZE, check_block_size
-from .config import NodeConfig
+from .node.config import NodeConfig
 from .errors import CacheError
 from .env import read_env, resolve_token
-from .origin_azure import AzureCredentials
+from .credentials import AzureCredentials
 from .units import format_size, parse_size
 
 
@@ -73,6 +73,8 @@ def main(log_level: str) -> None:
 @click.option("--token", help="Cluster token clients must send [env CACHENODE_TOKEN].")
 @click.option("--token-file", type=click.Path(dir_okay=False),
               help="Read the cluster token from a file [env CACHENODE_TOKEN_FILE].")
+@click.option("--node-token", help="Secret for node-to-node (forwarded) requests; give it to nodes only "
+              "[env CACHENODE_NODE_TOKEN; default: derived from the cluster token].")
 @click.option("--no-auth", is_flag=True, help="Serve without a token (loopback addresses only).")
 @click.option("--connection-string", help="Azure Storage connection string [env AZURE_STORAGE_CONNECTION_STRING].")
 @click.option("--account-name", help="Storage account [env AZURE_STORAGE_ACCOUNT_NAME].")
@@ -105,7 +107,7 @@ def main(log_level: str) -> None:
 @click.option("--peer-timeout", default=10.0, show_default=True, type=float,
               help="Seconds without progress before a peer transfer is abandoned for the next candidate.")
 def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, token, token_file,
-          no_auth, connection_string, account_name, account_key, sas_token, blob_endpoint,
+          node_token, no_auth, connection_string, account_name, account_key, sas_token, blob_endpoint,
           origin_retries, peers, peers_file, peers_dns, member_id, advertise_url, ucx, max_egress,
           link_speed, idle_iface, idle_headroom, idle_direction, peer_timeout) -> None:
     """Run a cache node until SIGTERM or Ctrl-C.
@@ -140,7 +142,7 @@ def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, to
         host=host, port=port,
         cache_dir=os.path.abspath(os.path.expanduser(cache_dir or env.cache_dir or NodeConfig.cache_dir)),
         memory_bytes=memory_bytes, disk_bytes=disk_bytes, block_size=block_size, allow=tuple(allow),
-        token=token, azure=azure, origin_retries=origin_retries,
+        token=token, node_token=node_token or env.node_token, azure=azure, origin_retries=origin_retries,
         peers=_split_peers(peers), peers_file=peers_file, peers_dns=peers_dns, member_id=member_id,
         advertise_url=advertise_url, peer_timeout=peer_timeout, ucx=ucx,
         qos=_qos(max_egress, link_speed, idle_iface, idle_headroom, idle_direction),
@@ -150,7 +152,7 @@ def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, to
 
         if not available("ucx"):
             raise click.UsageError("--ucx needs the ucxx package: pip install 'cachenode[ucx]'")
-    from .daemon import serve_forever
+    from .node.daemon import serve_forever
 
     click.echo(f"cachenode: memory {format_size(memory_bytes)}, disk {format_size(disk_bytes)}, "
                f"block {format_size(block_size)}, account {azure.account or '-'}", err=True)
@@ -211,7 +213,7 @@ def status(nodes, token, as_json) -> None:
 
     with Client(nodes=nodes or None, token=token) as c:
         members = c.members()
-        token = c._async.token
+        token = c.config.token
     rows = collect(members, token)
     click.echo(json.dumps(rows, indent=2) if as_json else render(rows))
 
@@ -227,7 +229,7 @@ _register_deploy()
 
 
 def _qos(max_egress, link_speed, iface, headroom, direction):
-    from .qos import QosConfig, read_counters
+    from .node.qos import QosConfig, read_counters
     from .units import parse_rate
 
     try:
@@ -242,7 +244,7 @@ def _qos(max_egress, link_speed, iface, headroom, direction):
 
 
 def _split_peers(values: tuple[str, ...]) -> tuple[str, ...]:
-    from .membership import parse_member
+    from .node.membership import parse_member
 
     out = tuple(p.strip() for v in values for p in v.split(",") if p.strip())
     for p in out:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .origin_azure import AzureCredentials
+from .credentials import AzureCredentials
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Env:
     cache_dir: str | None
     azure: AzureCredentials
     transports: str | None = None  # loader preference, e.g. "ucx,tcp"
+    node_token: str | None = None  # node-to-node secret (nodes only)
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> Env:
@@ -40,6 +41,7 @@ def read_env(environ: Mapping[str, str] | None = None) -> Env:
         cache_dir=e.get("CACHENODE_CACHE_DIR") or None,
         azure=azure,
         transports=e.get("CACHENODE_TRANSPORTS") or None,
+        node_token=e.get("CACHENODE_NODE_TOKEN") or None,
     )
 
 

@@ -1,10 +1,28 @@
-"""Placement without metadata: rendezvous hashing of block keys over member ids."""
+"""Placement without metadata: cluster members and rendezvous hashing of block keys over them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import xxhash
+
+
+@dataclass
+class Member:
+    """One cache node as loaders and nodes see it; `healthy` is updated by health checks."""
+
+    id: str
+    url: str
+    healthy: bool = True
+    transports: dict[str, str] = field(default_factory=dict)  # name -> address, besides HTTP
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "url": self.url, "healthy": self.healthy, "transports": self.transports}
+
+    @classmethod
+    def from_json(cls, m: dict) -> "Member":
+        return cls(m["id"], m["url"], m["healthy"], dict(m.get("transports") or {}))
 
 
 def score(key: str, member_id: str) -> int:

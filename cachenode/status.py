@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .membership import Member
-from .metrics import scrape
+from .placement import Member
+from .node.metrics import scrape
 from .units import format_size
 
 

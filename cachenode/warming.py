@@ -1,4 +1,4 @@
-"""Warming: every owner fills its blocks of a set of objects in parallel, before anyone asks."""
+"""The warm coordinator (loader and node): every owner fills its blocks of some objects in parallel."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Awaitable, Callable
 
-from .blocks import block_count, block_key, block_span
+from .blocks import ObjectInfo, block_count, block_key, block_span
 from .errors import PeerUnavailable
-from .membership import Member
-from .origin import ObjectInfo
-from .placement import rank
+from .placement import Member, rank
 from .source import SourceRef
+from .transport.wire import fill_payload
 
 SendFill = Callable[[Member, dict], Awaitable[dict]]
 
@@ -28,11 +27,6 @@ class WarmSummary:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def fill_payload(ref: SourceRef, info: ObjectInfo, block_size: int, indices: list[int]) -> dict:
-    return {**ref.to_params(), "etag": info.etag, "size": info.size, "bs": block_size,
-            "indices": indices}
 
 
 async def warm_objects(objects: list[tuple[SourceRef, ObjectInfo]], block_size: int,

@@ -12,7 +12,7 @@ from cachenode.errors import SourceNotFound
 from .api import AsyncClient, Client
 from .files import CacheFile
 from .safetensors_header import SafetensorsError
-from .tensors import StateDict, _with_client, aload_safetensors
+from .tensors import StateDict, with_client, aload_safetensors
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin")
@@ -99,5 +99,5 @@ def load_checkpoint(url: str, device="cpu", *, client: Client | None = None, on_
     Shards listed in `model.safetensors.index.json` (or `pytorch_model.bin.index.json`) load
     concurrently, each into its own buffer.
     """
-    return _with_client(client, client_kwargs,
-                        lambda c: c._loop.run(aload_checkpoint(c._async, url, device, on_bytes)))
+    return with_client(client, client_kwargs,
+                        lambda c: c.run(aload_checkpoint(c.aclient, url, device, on_bytes)))

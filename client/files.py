@@ -40,12 +40,18 @@ class AsyncCacheFile:
         self.etag = etag
         self.via = via  # node URL, or "origin" when bypassing
         self.size = reader.size
+        self.block_size = reader.block_size
         self._pos = 0
         self.closed = False
 
-    async def readinto(self, b) -> int:
+    async def read_at(self, offset: int, dest: memoryview) -> int:
+        """Fill `dest` with bytes from `offset` (the file position is not used or moved);
+        whole blocks land straight in `dest`. Returns the count, short at EOF."""
         self._check()
-        n = await self._reader.read_into(self._pos, memoryview(b).cast("B"))
+        return await self._reader.read_into(offset, dest)
+
+    async def readinto(self, b) -> int:
+        n = await self.read_at(self._pos, memoryview(b).cast("B"))
         self._pos += n
         return n
 
@@ -105,8 +111,8 @@ class CacheFile(io.RawIOBase):
     def readinto(self, b) -> int:
         self._checkClosed()
         view = memoryview(b).cast("B")
-        n = self._loop.run(self._afile._reader.read_into(self._afile._pos, view))
-        self._afile._pos += n
+        n = self._loop.run(self._afile.read_at(self._afile.tell(), view))
+        self._afile.seek(n, os.SEEK_CUR)
         return n
 
     def readall(self) -> bytes:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import posixpath
 import weakref
+from urllib.parse import quote
 
 from fsspec import AbstractFileSystem
 
-from cachenode.errors import SourceNotFound
-from cachenode.origin import ObjectInfo
-from cachenode.source import SourceRef
+from cachenode.blocks import ObjectInfo
+from cachenode.errors import PeerUnavailable, SourceNotFound
+from cachenode.source import AZURE, SourceRef
 
 from .api import Client
 
@@ -30,7 +31,7 @@ class CachenodeFileSystem(AbstractFileSystem):
         self._client = Client(nodes=nodes, token=token)
         # fsspec caches filesystem instances and has no close(): release the I/O thread with us.
         weakref.finalize(self, self._client.close)
-        self.account = account_name or self._client._async.azure.account
+        self.account = account_name or self._client.config.azure.account
         if not self.account:
             raise ValueError("cachenode:// needs a storage account: pass account_name= or set "
                              "AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_CONNECTION_STRING")
@@ -46,21 +47,16 @@ class CachenodeFileSystem(AbstractFileSystem):
 
     def _url(self, path: str) -> str:
         # Host-style URL: names the account explicitly (nodes use their own endpoint for it).
-        return f"https://{self.account}.blob.core.windows.net/{self._strip_protocol(path)}"
+        # Quoted here, unquoted once by the URL parser: every blob name reaches the node as is.
+        return f"https://{self.account}.blob.core.windows.net/{quote(self._strip_protocol(path), safe='/')}"
 
     def _listing(self, prefix: str) -> list[tuple[SourceRef, ObjectInfo]]:
         container, _, inner = self._strip_protocol(prefix).partition("/")
-        ref = SourceRef("azure", self.account, container, inner)
-        client = self._client
-
-        async def go():
-            first = await client._async._first_node()
-            if first is None:
-                raise SourceNotFound("no cache node answered for a listing")
-            body = await first[0].get_json("/v1/list", ref.to_params())
-            return [(SourceRef.from_params(o), ObjectInfo(o["size"], o["etag"])) for o in body["objects"]]
-
-        return client._loop.run(go())
+        ref = SourceRef(AZURE, self.account, container, inner)
+        try:
+            return self._client.list(ref)
+        except PeerUnavailable as exc:
+            raise SourceNotFound(f"no cache node answered for a listing: {exc}") from None
 
     def _level(self, path: str) -> list[dict]:
         """Entries directly under directory `path` ("container" or "container/dir")."""

@@ -92,7 +92,7 @@ async def stream_tensors(f: AsyncCacheFile, header: Header, data: memoryview, *,
                          ) -> AsyncIterator[TensorEntry]:
     """Fill `data` block by block, several in flight; yield each tensor once all of its blocks
     have arrived, in arrival order rather than file order."""
-    bs, base, size = f._reader.block_size, header.data_offset, f.size
+    bs, base, size = f.block_size, header.data_offset, f.size
     spans = [e for e in header.tensors if e.end > e.begin]
     for e in header.tensors:
         if e.end == e.begin:
@@ -112,7 +112,7 @@ async def stream_tensors(f: AsyncCacheFile, header: Header, data: memoryview, *,
     async def fetch(i: int) -> int:
         lo, hi = max(i * bs, base), min((i + 1) * bs, size)
         async with sem:
-            await f._reader.read_into(lo, data[lo - base:hi - base])
+            await f.read_at(lo, data[lo - base:hi - base])
         return i
 
     tasks = [asyncio.ensure_future(fetch(i)) for i in range(first, last + 1)]
@@ -185,8 +185,8 @@ def load_safetensors(url: str, device: str | torch.device = "cpu", *, client: Cl
     `device="cuda"` reads into page-locked memory and copies each tensor with non_blocking=True
     as soon as its blocks are in. `.metadata` holds the file's `__metadata__`.
     """
-    return _with_client(client, client_kwargs,
-                        lambda c: c._loop.run(aload_safetensors(c._async, url, device, on_bytes)))
+    return with_client(client, client_kwargs,
+                        lambda c: c.run(aload_safetensors(c.aclient, url, device, on_bytes)))
 
 
 def iter_safetensors(url: str, device: str | torch.device = "cpu", *, client: Client | None = None,
@@ -198,20 +198,21 @@ def iter_safetensors(url: str, device: str | torch.device = "cpu", *, client: Cl
     """
     own = client is None
     client = client or Client(**client_kwargs)
-    agen = aiter_safetensors(client._async, url, device, on_bytes)
+    agen = aiter_safetensors(client.aclient, url, device, on_bytes)
     try:
         while True:
             try:
-                yield client._loop.run(agen.__anext__())
+                yield client.run(agen.__anext__())
             except StopAsyncIteration:
                 return
     finally:
-        client._loop.run(agen.aclose())
+        client.run(agen.aclose())
         if own:
             client.close()
 
 
-def _with_client(client: Client | None, kwargs: dict, fn):
+def with_client(client: Client | None, kwargs: dict, fn):
+    """fn(client), with a private Client made from `kwargs` (and closed) if none is given."""
     own = client is None
     client = client or Client(**kwargs)
     try:

@@ -76,7 +76,7 @@ class Nodes:
               conn_str: str | None = None, port: int = 0, wrap: tuple[str, ...] = ()) -> NodeProcess:
         cache_dir = cache_dir or self.tmp_path / f"node{next(self._n)}"
         node = NodeProcess(cache_dir, token=token, wrap=wrap, port=port, args=args,
-                           conn_str=conn_str or connection_string(self.proxy.port))
+                           conn_str=connection_string(self.proxy.port) if conn_str is None else conn_str)
         self.procs.append(node)
         return node.start()
 
@@ -100,7 +100,16 @@ def members_of(url: str) -> list[dict]:
 
 @pytest.fixture
 def nodes(tmp_path, proxy):
+    """Nodes (and clusters, `nodes.cluster(n)`) of one test, stopped after it."""
     n = Nodes(tmp_path, proxy)
+    yield n
+    n.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_nodes(tmp_path_factory, proxy):
+    """The same, shared by a module's tests (a cluster started once for many read-only tests)."""
+    n = Nodes(tmp_path_factory.mktemp("nodes"), proxy)
     yield n
     n.stop_all()
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
+
 from cachenode.bench.services import NodeProcess
-from cachenode.metrics import scrape
+from cachenode.node.metrics import scrape
 
 TOKEN = "test-cluster-token"
 KiB, MiB = 1024, 1024 * 1024
@@ -16,3 +20,20 @@ def metrics(node: NodeProcess, token: str = TOKEN) -> dict[str, float]:
 
 def metric(node: NodeProcess, name: str, token: str = TOKEN) -> float:
     return metrics(node, token).get(name, 0.0)
+
+
+def http_get(url: str, token: str | None = TOKEN, headers: dict | None = None,
+             timeout: float = 30) -> tuple[int, dict | bytes]:
+    """GET a node endpoint with the cluster token: (status, the JSON body, or raw bytes if not JSON)."""
+    req = urllib.request.Request(url, headers=headers or {})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, body = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body

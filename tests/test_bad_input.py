@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.error
-import urllib.request
 
 import pytest
 
 import cachenode
 from cachenode.bench.services import connection_string, free_port
 from cachenode.client.api import BypassWarning
-from cachenode.origin_azure import AzureCredentials
+from cachenode.credentials import AzureCredentials
 from helpers import BS, TOKEN, metric
+from helpers import http_get as _get
 
 
 @pytest.fixture
 def node(nodes):
     return nodes.start("--block-size", f"{BS}")
-
-
-def _get(url: str, token: str | None = TOKEN) -> tuple[int, dict | str]:
-    req = urllib.request.Request(url)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read().decode(errors="replace")
-    except urllib.error.HTTPError as e:
-        body = e.read().decode()
-        try:
-            return e.code, json.loads(body)
-        except ValueError:
-            return e.code, body
 
 
 @pytest.mark.parametrize("url, match", [
@@ -76,7 +59,7 @@ def test_local_files_are_refused_unless_allowed(nodes, tmp_path):
     node2 = nodes.start("--block-size", f"{BS}", "--allow", f"file://{shared}")
     with cachenode.open(f"file://{shared}/m.bin", nodes=[node2.url], token=TOKEN) as f:
         assert f.read() == data
-    with pytest.raises(cachenode.Forbidden):  # ../ does not escape the allowed directory
+    with pytest.raises(cachenode.InvalidSource, match="'..' segment"):  # ../ never escapes the root
         cachenode.open(f"file://{shared}/../secret.bin", nodes=[node2.url], token=TOKEN)
 
 

@@ -162,7 +162,7 @@ def test_non_owner_forwards_to_owner_one_hop(blobs, nodes, proxy):
     url = blobs.put("fw.bin", data)
     import aiohttp  # noqa: F401  (the raw request below goes through the node's own routing)
     from cachenode.transport.http_client import HttpNodeClient
-    from cachenode.node import BlockRequest
+    from cachenode.blocks import BlockRequest
     import asyncio
 
     st = stat(url, c.urls[0])

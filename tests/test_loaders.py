@@ -18,13 +18,8 @@ from helpers import BS, TOKEN
 
 
 @pytest.fixture(scope="module")
-def cluster(request, tmp_path_factory, proxy):
-    from cachenode.bench.services import LocalCluster, connection_string
-
-    c = LocalCluster(tmp_path_factory.mktemp("loaders"), 3, token=TOKEN,
-                     conn_str=connection_string(proxy.port), args=("--block-size", f"{BS}"))
-    with c:
-        yield c
+def cluster(module_nodes):
+    return module_nodes.cluster(3, "--block-size", f"{BS}")
 
 
 def _every_dtype() -> dict[str, torch.Tensor]:

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from cachenode.config import NodeConfig
+from cachenode.node.config import NodeConfig
 from cachenode.node import BlockRequest, Node
-from cachenode.qos import Governor, LinkMeter, QosConfig, TokenBucket, decide
+from cachenode.node.qos import Governor, LinkMeter, QosConfig, TokenBucket, decide
 from cachenode.source import parse_source
 from cachenode.units import parse_rate
 

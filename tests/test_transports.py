@@ -13,8 +13,8 @@ from cachenode.blocks import block_count
 from cachenode.client.api import AsyncClient
 from cachenode.client.iothread import LoopThread
 from cachenode.errors import BadRequest, Forbidden, PeerUnavailable, SourceChanged
-from cachenode.membership import Member
-from cachenode.node import BlockRequest
+from cachenode.placement import Member
+from cachenode.blocks import BlockRequest
 from cachenode.source import parse_source
 from helpers import BS, TOKEN
 
@@ -50,7 +50,7 @@ def transport(request, tmp_path, proxy, io_loop):
             c = AsyncClient(nodes=[node.url], token=token, transports=pref, peer_timeout=3)
             others.append(c)
         me = (await client.members())[0]
-        return c._member_client(Member(me.id, me.url, True, me.transports))
+        return c.cluster.channel(Member(me.id, me.url, True, me.transports))
 
     yield request.param, node, client, channel
     for c in [client, *others]:

@@ -8,12 +8,12 @@ import os
 import pytest
 
 from cachenode.blocks import block_count, block_key, block_span
-from cachenode.config import NodeConfig
-from cachenode.errors import BadRequest
-from cachenode.singleflight import SingleFlight
+from cachenode.node.config import NodeConfig
+from cachenode.errors import BadRequest, InvalidSource
+from cachenode.node.singleflight import SingleFlight
 from cachenode.source import AZURE, FILE, parse_source
-from cachenode.store_disk import DiskTier
-from cachenode.store_memory import MemoryTier
+from cachenode.store.disk import DiskTier
+from cachenode.store.memory import MemoryTier
 
 
 def test_parse_source_forms():
@@ -24,8 +24,10 @@ def test_parse_source_forms():
     assert r.endpoint == "http://127.0.0.1:10000/devstoreaccount1"
     r = parse_source("az://models/x/y.pt", default_account="acct01")
     assert (r.account, r.container, r.path) == ("acct01", "models", "x/y.pt")
-    r = parse_source("file:///data/../data/m.bin")
+    r = parse_source("file:///data/m.bin")
     assert (r.kind, r.path) == (FILE, "/data/m.bin")
+    with pytest.raises(InvalidSource, match="'..' segment"):  # refused, not normalised (one door)
+        parse_source("file:///data/../data/m.bin")
 
 
 def test_block_geometry():
@@ -103,7 +105,7 @@ def test_singleflight_shares_one_fill_and_survives_first_caller_cancel():
 def test_several_nodes_in_one_process(tmp_path):
     """No module-level state: two in-process nodes keep separate stores and counters."""
     import cachenode
-    from cachenode.daemon import NodeServer
+    from cachenode.node.daemon import NodeServer
 
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -142,7 +144,7 @@ def test_rendezvous_spreads_and_moves_minimally():
 
 
 def test_member_parsing_and_sources(tmp_path):
-    from cachenode.membership import Membership, parse_member, resolve_dns_members
+    from cachenode.node.membership import Membership, parse_member, resolve_dns_members
 
     assert parse_member("http://10.1.2.3:8470/").id == "10.1.2.3:8470"
     m = parse_member("gpu-7=http://10.1.2.3:8470")

@@ -1,1 +1,1 @@
-"""Wire transports between loaders and cache nodes (HTTP over TCP today)."""
+"""Wire transports between loaders and cache nodes: HTTP over TCP, and UCX; imports only core types."""

@@ -8,13 +8,14 @@ from typing import Iterable
 
 import aiohttp
 
+from cachenode.blocks import BlockRequest, ObjectInfo
 from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
-from cachenode.node import BlockRequest
-from cachenode.origin import ObjectInfo
+from cachenode.placement import Member
 from cachenode.source import SourceRef
 
+from . import wire
 from .http_fastpath import FastBlockGetter
-from .wire import AVOID_HEADER, DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, error_from_wire, request_params
+from .wire import AVOID_HEADER, DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, request_params
 
 
 class HttpNodeClient:
@@ -24,7 +25,7 @@ class HttpNodeClient:
                  *, read_timeout: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
         self._session = session
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._headers = wire.bearer(token)
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout)
         self._read_timeout = read_timeout
         self._fast: FastBlockGetter | None = None
@@ -32,9 +33,9 @@ class HttpNodeClient:
     def __repr__(self) -> str:
         return f"HttpNodeClient({self.base_url})"
 
-    async def members(self) -> list[dict]:
-        """The node's view of the cluster: [{id, url, healthy}]."""
-        return (await self.get_json("/v1/members"))["members"]
+    async def members(self) -> list[Member]:
+        """The node's view of the cluster."""
+        return wire.members_from_wire(await self.get_json(wire.MEMBERS_PATH))
 
     async def get_json(self, path: str, params: dict | None = None) -> dict:
         return await self._json("GET", path, params=params, timeout=self._timeout)
@@ -58,35 +59,41 @@ class HttpNodeClient:
 
     async def stat(self, ref: SourceRef) -> tuple[ObjectInfo, int]:
         """(size+ETag, the node's block size) for `ref`, answered by the node from its origin."""
-        body = await self.get_json("/v1/stat", ref.to_params())
-        return ObjectInfo(int(body["size"]), body["etag"]), int(body["block_size"])
+        return wire.stat_from_wire(await self.get_json(wire.STAT_PATH, ref.to_params()))
+
+    async def list(self, ref: SourceRef) -> tuple[list[tuple[SourceRef, ObjectInfo]], int]:
+        """Objects under the prefix `ref` names, as the node's origin lists them, and the block size."""
+        return wire.listing_from_wire(await self.get_json(wire.LIST_PATH, ref.to_params()))
+
+    async def fill(self, payload: dict) -> dict:
+        """Have this node fill blocks of one object (warming); waits until they are in."""
+        return await self.post_json(wire.FILL_PATH, payload, timeout=3600)
 
     async def read_block(self, req: BlockRequest, dest: memoryview, *, verify: bool = False,
-                         forwarded: bool = False, avoid: Iterable[str] = ()) -> tuple[str, str]:
+                         forwarded: str | None = None, avoid: Iterable[str] = ()) -> tuple[str, str]:
         """Fill `dest` (exactly the block's length); returns (tier that served it, digest).
 
         The body is received by the kernel straight into `dest` (see http_fastpath); after any
         failure the caller must treat `dest` as garbage.
         """
         extra = {}
-        if forwarded:
-            extra[FORWARDED_HEADER] = "1"
+        if forwarded is not None:
+            extra[FORWARDED_HEADER] = forwarded
         if avoid:
             extra[AVOID_HEADER] = ",".join(avoid)
         if self._fast is None:
             self._fast = FastBlockGetter(self.base_url, self._headers)
         try:
             status, headers, body, got_digest = await self._fast.get(
-                "/v1/block", request_params(req, verify), dest, extra, self._read_timeout)
+                wire.BLOCK_PATH, request_params(req, verify), dest, extra, self._read_timeout)
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
             raise PeerUnavailable(f"cache node {self.base_url} failed mid-transfer: {exc!r}") from exc
         if status != 200:
             try:
                 err = json.loads(bytes(body))
-                name, message = err.get("error", ""), err.get("message", "")
-            except (ValueError, AttributeError):
+            except ValueError:
                 raise CacheError(f"cache node {self.base_url} answered {status}") from None
-            raise error_from_wire(name, f"{message} (node {self.base_url})")
+            raise wire.error_from_body(err, f"node {self.base_url}")
         if body is not dest:
             raise BlockCorrupt(f"{self.base_url} sent {len(body)} bytes for the {len(dest)}-byte "
                                f"block {req.index} of {req.ref}")
@@ -102,7 +109,7 @@ class HttpNodeClient:
     async def _error(self, r: aiohttp.ClientResponse) -> CacheError:
         try:
             body = await r.json(content_type=None)
-            return error_from_wire(body.get("error", ""), f"{body.get('message', '')} (node {self.base_url})")
+            return wire.error_from_body(body, f"node {self.base_url}")
         except (ValueError, aiohttp.ContentTypeError, AttributeError):
             text = (await r.text())[:200]
             return CacheError(f"cache node {self.base_url} answered {r.status}: {text}")

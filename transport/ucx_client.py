@@ -8,12 +8,13 @@ import itertools
 import logging
 from typing import Iterable
 
-from cachenode.blocks import digest_off_loop
+from cachenode.blocks import BlockRequest, digest_off_loop
 from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
-from cachenode.node import BlockRequest
 
 from . import ucx_wire as w
-from .wire import error_from_wire, request_params
+from .wire import (
+    BLOCK_DIGEST, BLOCK_LENGTH, BLOCK_TIER, UCX_AVOID, UCX_TOKEN, error_from_body, request_params,
+)
 
 log = logging.getLogger("cachenode.ucx")
 
@@ -62,9 +63,9 @@ class UcxNodeClient:
         return f"UcxNodeClient({self.base_url})"
 
     async def read_block(self, req: BlockRequest, dest: memoryview, *, verify: bool = False,
-                         forwarded: bool = False, avoid: Iterable[str] = ()) -> tuple[str, str]:
+                         forwarded: str | None = None, avoid: Iterable[str] = ()) -> tuple[str, str]:
         fields = request_params(req, verify)
-        fields.update(token=self._token or "", avoid=list(avoid))
+        fields.update({UCX_TOKEN: self._token or "", UCX_AVOID: list(avoid)})
         ucxx = self._ctx.ucxx
         async with self._sem:
             rid = self._ctx.next_id()
@@ -77,8 +78,8 @@ class UcxNodeClient:
                 await asyncio.wait_for(got_header, self._timeout)
                 status, info = w.unpack_header(header)
                 if status != 200:
-                    raise error_from_wire(info.get("error", ""), f"{info.get('message', '')} (node {self.base_url}, ucx)")
-                if info["length"] != len(dest):
+                    raise error_from_body(info, f"node {self.base_url}, ucx")
+                if info[BLOCK_LENGTH] != len(dest):
                     raise BlockCorrupt(f"{self.base_url} announced {info['length']} bytes for a "
                                        f"{len(dest)}-byte block {req.index} of {req.ref}")
                 if len(dest):
@@ -92,6 +93,6 @@ class UcxNodeClient:
             except Exception as exc:  # noqa: BLE001 - UCX errors become ours at the edge
                 self._ctx.endpoints.forget(self._address)
                 raise PeerUnavailable(f"cache node {self.base_url} (ucx) failed: {exc!r}") from exc
-        if await digest_off_loop(dest) != info["digest"]:
+        if await digest_off_loop(dest) != info[BLOCK_DIGEST]:
             raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} (ucx) failed its digest check")
-        return info.get("tier", ""), info["digest"]
+        return info.get(BLOCK_TIER, ""), info[BLOCK_DIGEST]

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 
-from cachenode.errors import Forbidden, Unauthorized
-from cachenode.router import Router
-
-from .wire import error_status, parse_block_request
 from . import ucx_wire as w
+from . import wire
 
 log = logging.getLogger("cachenode.ucx")
 
@@ -22,9 +18,8 @@ class UcxServer:
     process has exactly one loop, so this is where it lives.
     """
 
-    def __init__(self, router: Router, token: str | None, receivers: int = 16) -> None:
-        self.router = router
-        self.token = token or ""
+    def __init__(self, service, receivers: int = 16) -> None:
+        self.service = service  # the node service (http_server.NodeApi), the same as HTTP's
         self._receivers = receivers
         self._tasks: list[asyncio.Task] = []
         self.address = b""
@@ -58,33 +53,24 @@ class UcxServer:
 
     async def _answer(self, req_id: int, reply_to: bytes, fields: dict) -> None:
         ep = await self._eps.get(reply_to)
-        node = self.router.node
-        node.metrics.ucx_requests.inc()
         try:
-            if self.token:
-                sent = str(fields.get("token", ""))
-                if not sent:
-                    raise Unauthorized("missing cluster token")
-                if not hmac.compare_digest(sent.encode(), self.token.encode()):
-                    raise Forbidden("wrong cluster token")
-            req = parse_block_request({k: str(v) for k, v in fields.items()})
-            block = await self.router.get_block(req, verify=fields.get("verify") == "1",
-                                                avoid=frozenset(fields.get("avoid", ())))
+            self.service.authorize(str(fields.get(wire.UCX_TOKEN) or "") or None)
+            req = wire.parse_block_request({k: str(v) for k, v in fields.items()})
+            block = await self.service.serve(req, verify=wire.wants_verify(fields),
+                                             avoid=wire.parse_avoid(fields.get(wire.UCX_AVOID)),
+                                             transport="ucx")
             data = block.data
             if data is None:  # a verified disk block: no sendfile here, read it once
                 data = await asyncio.to_thread(_read, block.path)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
-            status, name = error_status(exc)
-            node.metrics.errors.labels(name).inc()
-            await ep.send(w.pack_header(status, {"error": name, "message": str(exc)}),
-                          tag=w.header_tag(req_id), force_tag=True)
+            status, body = self.service.failed(exc)
+            await ep.send(w.pack_header(status, body), tag=w.header_tag(req_id), force_tag=True)
             return
-        await ep.send(w.pack_header(200, {"length": len(data), "digest": block.digest, "tier": block.tier}),
+        await ep.send(w.pack_header(200, {wire.BLOCK_LENGTH: len(data), wire.BLOCK_DIGEST: block.digest,
+                                          wire.BLOCK_TIER: block.tier}),
                       tag=w.header_tag(req_id), force_tag=True)
         if len(data):
             await ep.send(data, tag=w.body_tag(req_id), force_tag=True)
-        node.metrics.served_bytes.inc(len(data))
-        node.metrics.served_blocks.labels(block.tier).inc()
 
 
 def _read(path: str) -> bytes:

@@ -58,23 +58,32 @@ def unpack_header(buf: bytes | bytearray) -> tuple[int, dict]:
     return status, json.loads(bytes(buf[_REP.size:_REP.size + jlen]))
 
 
+def load_ucxx():
+    """Import ucxx with UCX's own logging at the level a user expects.
+
+    A peer that went away is a normal event in a cache cluster, and we report it once, as
+    PeerUnavailable. UCX itself logs it again as ERROR lines on stderr when the endpoint to
+    that peer is flushed at close (often at exit). Its own log stays at fatal unless the user
+    asks for more (UCX_LOG_LEVEL / UCXX_LOG_LEVEL, read when the library loads).
+    """
+    import os
+
+    os.environ.setdefault("UCX_LOG_LEVEL", "fatal")
+    os.environ.setdefault("UCXX_LOG_LEVEL", "FATAL")
+    import ucxx
+
+    return ucxx
+
+
 def init_ucx():
     """The process's ucxx module, its context created with completion notifications on.
 
     ucxx's default waits for a request by yielding in a loop: one idle node with a posted
     receive then burns a whole core (measured: 100% -> ~15% idle CPU with this setting).
     """
-    import os
     import threading
 
-    # A peer that went away is a normal event in a cache cluster, and we report it once, as
-    # PeerUnavailable. UCX itself logs it again as ERROR lines on stderr when the endpoint to
-    # that peer is flushed at close (often at exit). Its own log stays at fatal unless the user
-    # asks for more (UCX_LOG_LEVEL / UCXX_LOG_LEVEL, read when the library loads).
-    os.environ.setdefault("UCX_LOG_LEVEL", "fatal")
-    os.environ.setdefault("UCXX_LOG_LEVEL", "FATAL")
-    import ucxx
-
+    ucxx = load_ucxx()
     if ucxx.core._ctx is None:
         ucxx.init(enable_python_future=True)
         # The notifier thread must be told to stop before the interpreter joins threads at

@@ -1,24 +1,42 @@
-"""The block and stat request fields as they travel, and error <-> HTTP status mapping."""
+"""The wire, spelled once: endpoint paths, headers, request fields, payloads, error <-> status table."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
-from cachenode.blocks import check_block_size
+from cachenode.blocks import BlockRequest, ObjectInfo, block_count, check_block_size
 from cachenode.errors import (
     BadRequest, BlockCorrupt, CacheError, Forbidden, InvalidSource, OriginUnavailable,
     SourceChanged, SourceNotFound, Unauthorized,
 )
-from cachenode.node import BlockRequest
+from cachenode.placement import Member
 from cachenode.source import SourceRef
 
+# Endpoints (all but HEALTH_PATH need `Authorization: Bearer <cluster token>`).
+BLOCK_PATH = "/v1/block"
+STAT_PATH = "/v1/stat"
+LIST_PATH = "/v1/list"
+MEMBERS_PATH = "/v1/members"
+FILL_PATH = "/v1/fill"
+WARM_PATH = "/v1/warm"
+HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
+PUBLIC_PATHS = frozenset({HEALTH_PATH})
+
+AUTH_HEADER = "Authorization"
 DIGEST_HEADER = "X-Cachenode-Digest"
 TIER_HEADER = "X-Cachenode-Tier"
-# Set on node-to-node requests: the receiver serves the block itself (one hop, never a loop).
+# Set on node-to-node requests, to the node secret: the receiver serves the block itself (one
+# hop, never a loop); a wrong value is refused.
 FORWARDED_HEADER = "X-Cachenode-Forwarded"
 # Member ids the sender already found dead: the receiver leaves them out of its ranking, so a
 # fallback request is not forwarded straight back into the same stall.
 AVOID_HEADER = "X-Cachenode-Avoid"
+
+# Block request fields (query string on HTTP, JSON on UCX); the source's are SourceRef.to_params.
+ETAG, SIZE, BLOCK_SIZE, INDEX, VERIFY, INDICES = "etag", "size", "bs", "index", "verify", "indices"
+# UCX carries in its request what HTTP carries in headers.
+UCX_TOKEN, UCX_AVOID = "token", "avoid"
 
 # (exception class, HTTP status, wire name): most specific first.
 ERRORS: list[tuple[type[Exception], int, str]] = [
@@ -40,6 +58,22 @@ def error_status(exc: Exception) -> tuple[int, str]:
     return 500, "internal"
 
 
+def error_body(exc: Exception) -> tuple[int, dict]:
+    status, name = error_status(exc)
+    return status, {"error": name, "message": str(exc)}
+
+
+def error_from_body(body, where: str) -> CacheError:
+    """Our error for an error body a node sent (`where` names the node and transport)."""
+    if not isinstance(body, dict):
+        return CacheError(f"{where} answered with a malformed error")
+    return error_from_wire(str(body.get("error", "")), f"{body.get('message', '')} ({where})")
+
+
+# UCX reply header fields of a served block (HTTP sends them as headers)
+BLOCK_LENGTH, BLOCK_DIGEST, BLOCK_TIER = "length", "digest", "tier"
+
+
 def error_from_wire(name: str, message: str) -> CacheError:
     for cls, _, wire_name in ERRORS:
         if wire_name == name:
@@ -47,28 +81,43 @@ def error_from_wire(name: str, message: str) -> CacheError:
     return CacheError(message)
 
 
+def bearer(token: str | None) -> dict[str, str]:
+    return {AUTH_HEADER: f"Bearer {token}"} if token else {}
+
+
 def request_params(req: BlockRequest, verify: bool = False) -> dict[str, str]:
     params = req.ref.to_params()
-    params.update(etag=req.etag, size=str(req.size), bs=str(req.block_size), index=str(req.index))
+    params.update({ETAG: req.etag, SIZE: str(req.size), BLOCK_SIZE: str(req.block_size), INDEX: str(req.index)})
     if verify:
-        params["verify"] = "1"
+        params[VERIFY] = "1"
     return params
 
 
 def parse_block_request(q: Mapping[str, str]) -> BlockRequest:
     """Validate query fields into a BlockRequest; BadRequest names the bad field."""
     ref = SourceRef.from_params(q)
-    etag = q.get("etag")
+    etag = q.get(ETAG)
     if not etag:
-        raise BadRequest("block request is missing 'etag'")
-    size = _int_field(q, "size")
-    block_size = _int_field(q, "bs")
-    index = _int_field(q, "index")
+        raise BadRequest(f"block request is missing {ETAG!r}")
+    size = _int_field(q, SIZE)
+    block_size = _int_field(q, BLOCK_SIZE)
+    index = _int_field(q, INDEX)
     try:
         check_block_size(block_size)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     return BlockRequest(ref, etag, size, block_size, index)
+
+
+def wants_verify(q: Mapping[str, str]) -> bool:
+    return q.get(VERIFY) == "1"
+
+
+def parse_avoid(value: str | Iterable[str] | None) -> frozenset[str]:
+    if not value:
+        return frozenset()
+    items = value.split(",") if isinstance(value, str) else value
+    return frozenset(str(a) for a in items if a)
 
 
 def _int_field(q: Mapping[str, str], name: str) -> int:
@@ -82,3 +131,52 @@ def _int_field(q: Mapping[str, str], name: str) -> int:
     if value < 0:
         raise BadRequest(f"{name}={value} must not be negative")
     return value
+
+
+def fill_payload(ref: SourceRef, info: ObjectInfo, block_size: int, indices: list[int]) -> dict:
+    """POST FILL_PATH body: fill these blocks of one object on the receiving node."""
+    return {**ref.to_params(), ETAG: info.etag, SIZE: info.size, BLOCK_SIZE: block_size, INDICES: indices}
+
+
+def parse_fill(payload) -> tuple[BlockRequest, list[int]]:
+    """(request for block 0, indices) of a fill payload; BadRequest names what is wrong."""
+    if not isinstance(payload, dict):
+        raise BadRequest("fill request must be a JSON object")
+    indices = payload.get(INDICES)
+    if not isinstance(indices, list) or not all(type(i) is int for i in indices):  # bool is an int
+        raise BadRequest(f"fill request needs {INDICES!r}: a list of block numbers")
+    for k, v in payload.items():
+        if k != INDICES and (isinstance(v, bool) or not isinstance(v, (str, int))):
+            raise BadRequest(f"fill request field {k!r} must be a string or a number")
+    base = parse_block_request({k: str(v) for k, v in payload.items() if k != INDICES} | {INDEX: "0"})
+    n = block_count(base.size, base.block_size)
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:  # checked before any fill starts: a bad request changes nothing
+        raise BadRequest(f"fill {INDICES!r} {bad[:5]} out of range: the object has {n} blocks")
+    return base, indices
+
+
+def stat_to_wire(ref: SourceRef, info: ObjectInfo, block_size: int) -> dict:
+    return {"source": str(ref), SIZE: info.size, ETAG: info.etag, "block_size": block_size}
+
+
+def stat_from_wire(body: dict) -> tuple[ObjectInfo, int]:
+    return ObjectInfo(int(body[SIZE]), body[ETAG]), int(body["block_size"])
+
+
+def listing_to_wire(items: list[tuple[SourceRef, ObjectInfo]], block_size: int) -> dict:
+    return {"block_size": block_size,
+            "objects": [{**r.to_params(), SIZE: i.size, ETAG: i.etag} for r, i in items]}
+
+
+def listing_from_wire(body: dict) -> tuple[list[tuple[SourceRef, ObjectInfo]], int]:
+    return ([(SourceRef.from_params(o), ObjectInfo(o[SIZE], o[ETAG])) for o in body["objects"]],
+            int(body["block_size"]))
+
+
+def members_to_wire(self_id: str | None, members: list[Member]) -> dict:
+    return {"self": self_id, "members": [m.to_json() for m in members]}
+
+
+def members_from_wire(body: dict) -> list[Member]:
+    return [Member.from_json(m) for m in body["members"]]

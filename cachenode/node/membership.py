@@ -6,23 +6,15 @@ import asyncio
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
+from typing import Iterable
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from ..placement import Member
+from ..transport.wire import HEALTH_PATH
+
 log = logging.getLogger("cachenode.membership")
-
-
-@dataclass
-class Member:
-    id: str
-    url: str
-    healthy: bool = True
-    transports: dict[str, str] = field(default_factory=dict)  # name -> address, besides HTTP
-
-    def to_json(self) -> dict:
-        return {"id": self.id, "url": self.url, "healthy": self.healthy, "transports": self.transports}
 
 
 def member_id_of(url: str) -> str:
@@ -178,7 +170,7 @@ class Membership:
         assert self._session is not None
         try:
             timeout = aiohttp.ClientTimeout(total=self._health_timeout)
-            async with self._session.get(f"{url}/healthz", timeout=timeout) as r:
+            async with self._session.get(f"{url}{HEALTH_PATH}", timeout=timeout) as r:
                 body = await r.json(content_type=None) if r.status == 200 else {}
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
             return None
@@ -197,11 +189,35 @@ class Membership:
                 log.warning("member %s (%s) stopped answering", m.id, m.url)
             m.healthy = ok
 
+    async def confirm_down(self, claimed: Iterable[str]) -> frozenset[str]:
+        """Of the members a client says are dead, the ones this node also finds dead.
+
+        A client's word alone must not steer routing: "everyone but X is dead" would make X
+        fill blocks it does not own (the origin read twice per cluster). Members already down
+        here count; healthy ones are probed now, once, with the health timeout.
+        """
+        out: set[str] = set()
+        probe: list[Member] = []
+        for mid in set(claimed):
+            m = self._members.get(mid)
+            if m is None or mid == self.self_id:
+                continue
+            if m.healthy:
+                probe.append(m)
+            else:
+                out.add(mid)
+        results = await asyncio.gather(*(self._probe(m) for m in probe))
+        for m, ok in zip(probe, results):
+            if not ok:
+                self.mark_down(m.id)
+                out.add(m.id)
+        return frozenset(out)
+
     async def _probe(self, m: Member) -> bool:
         assert self._session is not None
         try:
             timeout = aiohttp.ClientTimeout(total=self._health_timeout)
-            async with self._session.get(f"{m.url}/healthz", timeout=timeout) as r:
+            async with self._session.get(f"{m.url}{HEALTH_PATH}", timeout=timeout) as r:
                 if r.status != 200:
                     return False
                 body = await r.json(content_type=None)

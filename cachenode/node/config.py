@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from dataclasses import dataclass, field
 
-from .blocks import DEFAULT_BLOCK_SIZE
-from .origin_azure import AzureCredentials
+from ..blocks import DEFAULT_BLOCK_SIZE
+from ..credentials import AzureCredentials
+from ..source import AZURE, FILE, SourceRef
 from .qos import QosConfig
-from .source import AZURE, FILE, SourceRef
 
 GiB = 1024**3
 
@@ -27,6 +29,9 @@ class NodeConfig:
     # configured account (the only account a node holds credentials for) and no local files.
     allow: tuple[str, ...] = ()
     token: str | None = None
+    # Secret of node-to-node (forwarded) requests; derived from the cluster token if not given.
+    # Give it only to nodes (not loaders) to keep loaders from claiming node traffic at all.
+    node_token: str | None = None
     azure: AzureCredentials = field(default_factory=AzureCredentials)
     origin_retries: int = 4
     origin_backoff: float = 0.25
@@ -44,15 +49,28 @@ class NodeConfig:
     ucx: bool = False  # also serve blocks over UCX (needs the `ucx` extra)
     qos: QosConfig = field(default_factory=QosConfig)
 
+    def forward_secret(self) -> str:
+        """What a node sends to mark a request as forwarded by a node ("" without auth).
+
+        An HMAC of the cluster token under its own label, so the value a loader sends as its
+        bearer token never doubles as the node marker.
+        """
+        if self.node_token:
+            return self.node_token
+        if not self.token:
+            return ""
+        return hmac.new(self.token.encode(), b"cachenode node-to-node v1", hashlib.sha256).hexdigest()
+
+    def file_roots(self) -> tuple[str, ...]:
+        """The local directories `file://` allow entries name (the file origin's roots)."""
+        return tuple(os.path.normpath(a[len("file://"):]) for a in self.allow if a.startswith("file://"))
+
     def allows(self, ref: SourceRef) -> bool:
         """True if this node may read `ref` from its origin on a client's behalf."""
         if ref.kind == FILE:
-            for entry in self.allow:
-                if entry.startswith("file://"):
-                    root = os.path.normpath(entry[len("file://"):])
-                    if ref.path == root or ref.path.startswith(root.rstrip("/") + "/"):
-                        return True
-            return False
+            # Lexical here (the path is canonical); the file origin checks links where it opens.
+            return any(ref.path == root or ref.path.startswith(root.rstrip("/") + "/")
+                       for root in self.file_roots())
         if ref.kind != AZURE:
             return False
         azure_entries = [a for a in self.allow if not a.startswith("file://")]

@@ -31,6 +31,8 @@ class NodeMetrics:
         self.qos_bytes = Gauge("cachenode_qos_bytes", "Cache bytes by traffic class", ["class"], registry=r)
         self.qos_throttled = Gauge("cachenode_qos_throttled_seconds", "Time spent waiting for bandwidth", registry=r)
         self.errors = Counter("cachenode_errors", "Requests that failed", ["kind"], registry=r)
+        self.client_disconnects = Counter("cachenode_client_disconnects", "Clients that hung up mid-response",
+                                          registry=r)
         self.memory_used = Gauge("cachenode_memory_used_bytes", "Bytes in the memory tier", registry=r)
         self.memory_capacity = Gauge("cachenode_memory_capacity_bytes", "Memory tier budget", registry=r)
         self.disk_used = Gauge("cachenode_disk_used_bytes", "Bytes in the disk tier", registry=r)
@@ -59,8 +61,8 @@ def scrape(node_url: str, token: str | None, timeout: float = 10.0) -> dict[str,
     """Fetch and parse a node's /metrics (sync; for tools, tests and status output)."""
     import urllib.request
 
-    req = urllib.request.Request(f"{node_url.rstrip('/')}/metrics")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
+    from ..transport.wire import METRICS_PATH, bearer
+
+    req = urllib.request.Request(f"{node_url.rstrip('/')}{METRICS_PATH}", headers=bearer(token))
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return parse_metrics(r.read().decode())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -16,60 +15,11 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 
-from .errors import BadRequest, Forbidden, OriginUnavailable, SourceChanged, SourceNotFound
-from .origin import ObjectInfo, Origin
-from .source import AZURE, SourceRef
-
-
-@dataclass(frozen=True)
-class AzureCredentials:
-    """The ways Azure users already configure tools; the first one given wins.
-
-    connection string > account key > SAS token > DefaultAzureCredential (azure-identity).
-    """
-
-    connection_string: str | None = None
-    account_name: str | None = None
-    account_key: str | None = None
-    sas_token: str | None = None
-    endpoint: str | None = None
-    use_default_credential: bool = True
-
-    @property
-    def account(self) -> str | None:
-        """The storage account these credentials are for, if known."""
-        if self.connection_string:
-            fields = _conn_fields(self.connection_string)
-            if "accountname" in fields:
-                return fields["accountname"]
-            endpoint = fields.get("blobendpoint", "")
-            return endpoint.rstrip("/").rsplit("/", 1)[-1].split(".")[0] or None
-        return self.account_name
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.connection_string or self.account_name)
-
-    def service_url(self) -> str:
-        if self.connection_string:
-            fields = _conn_fields(self.connection_string)
-            if "blobendpoint" in fields:
-                return fields["blobendpoint"].rstrip("/")
-            proto = fields.get("defaultendpointsprotocol", "https")
-            suffix = fields.get("endpointsuffix", "core.windows.net")
-            return f"{proto}://{fields.get('accountname')}.blob.{suffix}"
-        if self.endpoint:
-            return self.endpoint.rstrip("/")
-        return f"https://{self.account_name}.blob.core.windows.net"
-
-
-def _conn_fields(conn: str) -> dict[str, str]:
-    out = {}
-    for part in conn.split(";"):
-        key, sep, value = part.partition("=")
-        if sep:
-            out[key.strip().lower()] = value.strip()
-    return out
+from ..blocks import ObjectInfo
+from ..credentials import AzureCredentials
+from ..errors import BadRequest, Forbidden, InvalidSource, OriginUnavailable, SourceChanged, SourceNotFound
+from ..source import AZURE, SourceRef
+from .base import Origin
 
 
 def _quoted(etag: str) -> str:
@@ -182,17 +132,34 @@ class AzureOrigin(Origin):
             )
             got = await stream.readinto(_BufferWriter(dest))
         except Exception as exc:  # noqa: BLE001
-            raise self._translate(exc, ref, etag) from exc
+            err = self._translate(exc, ref, etag)
+            if isinstance(err, SourceChanged):
+                err = await self._gone_or(err, ref)
+            raise err from exc
         if got != len(dest):
             raise SourceChanged.pinned(str(ref), etag, f"expected {len(dest)} bytes at {offset}, got {got}")
+
+    async def _gone_or(self, err: Exception, ref: SourceRef) -> Exception:
+        """A failed If-Match also answers for a blob that does not exist (Azurite says 412):
+        a missing blob is SourceNotFound (404), not a changed one."""
+        try:
+            await self._client(ref).get_blob_properties()
+        except ResourceNotFoundError as exc:
+            return self._translate(exc, ref)
+        except Exception:  # noqa: BLE001 - the first error stands
+            pass
+        return err
 
     async def list(self, ref: SourceRef, prefix: str) -> list[tuple[SourceRef, ObjectInfo]]:
         cc = self._service_for(ref).get_container_client(ref.container)
         out = []
         try:
             async for b in cc.list_blobs(name_starts_with=prefix):
-                out.append((SourceRef(AZURE, ref.account, ref.container, b.name),
-                            ObjectInfo(b.size or 0, _quoted(b.etag))))
+                try:
+                    item = SourceRef(AZURE, ref.account, ref.container, b.name)
+                except InvalidSource:
+                    continue  # a name with dot or empty segments: not readable through the cache
+                out.append((item, ObjectInfo(b.size or 0, _quoted(b.etag))))
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, ref) from exc
         return out

@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
 
-from .source import SourceRef
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """Size and version of an object; the ETag pins every later read."""
-
-    size: int
-    etag: str
+from ..blocks import ObjectInfo
+from ..source import SourceRef
 
 
 class Origin(abc.ABC):

@@ -1,48 +1,23 @@
-"""The cache node's core: tiers, single-flight fills from the origin, allow-list."""
+"""The node's block cache: tiers, single-flight fills from the origin, allow-list."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-from dataclasses import dataclass
 
-from .blocks import block_key, block_span, digest
+from ..blocks import Block, BlockRequest, ObjectInfo, block_key, block_span, digest
+from ..errors import Forbidden
+from ..origin import Origin, Origins
+from ..source import SourceRef
+from ..store.disk import DiskFull, DiskTier
+from ..store.memory import MemoryTier
 from .config import NodeConfig
-from .errors import Forbidden
 from .metrics import NodeMetrics
-from .origin import ObjectInfo, Origin
-from .origin_azure import AzureOrigin
-from .origin_file import FileOrigin
 from .qos import Governor
 from .singleflight import SingleFlight
-from .source import FILE, SourceRef
-from .store_disk import DiskFull, DiskTier
-from .store_memory import MemoryTier
 
 log = logging.getLogger("cachenode.node")
-
-
-@dataclass(frozen=True)
-class Block:
-    """A block ready to send: bytes in memory, or a verified file to sendfile."""
-
-    length: int
-    digest: str
-    tier: str
-    data: bytes | bytearray | None = None
-    path: str | None = None
-
-
-@dataclass(frozen=True)
-class BlockRequest:
-    """Everything needed to fill one block; the node keeps no per-file state."""
-
-    ref: SourceRef
-    etag: str
-    size: int
-    block_size: int
-    index: int
 
 
 class Node:
@@ -54,9 +29,14 @@ class Node:
         self.metrics = NodeMetrics()
         self.memory = MemoryTier(config.memory_bytes)
         self.disk = DiskTier(os.path.join(config.cache_dir, "blocks"), config.disk_bytes)
-        self.azure = azure or AzureOrigin(config.azure, retries=config.origin_retries,
-                                          backoff=config.origin_backoff, timeout=config.origin_timeout)
-        self.file = file or FileOrigin()
+        if azure is None:
+            from ..origin.azure import AzureOrigin
+
+            azure = AzureOrigin(config.azure, retries=config.origin_retries,
+                                backoff=config.origin_backoff, timeout=config.origin_timeout)
+        self.azure = azure
+        # One account per node: every Azure source goes to the node's own configured origin.
+        self.origins = Origins(lambda ref: self.azure, file, config.file_roots())
         self._flights: SingleFlight[Block] = SingleFlight()
         self._writes: set[asyncio.Task] = set()
         self.governor = Governor(config.qos)
@@ -76,12 +56,12 @@ class Node:
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
         await self.azure.close()
-        await self.file.close()
+        await self.origins.close()
 
     def origin_for(self, ref: SourceRef) -> Origin:
         if not self.config.allows(ref):
             raise Forbidden(f"{ref} is not on this node's allow-list")
-        return self.file if ref.kind == FILE else self.azure
+        return self.origins.for_ref(ref)
 
     async def stat(self, ref: SourceRef) -> ObjectInfo:
         return await self.origin_for(ref).stat(ref)

@@ -1,52 +1,59 @@
-"""Running a node: bind the HTTP app, report the address, shut down cleanly on a signal."""
+"""Running a node: its service behind the HTTP (and UCX) servers, shut down cleanly on a signal."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import signal
 
 from aiohttp import web
 
+from ..placement import Member
+from .cache import Node
 from .config import NodeConfig
-from .membership import Member, Membership, member_id_of
-from .node import Node
-from .router import Router
+from .membership import member_id_of
+from .service import NodeService
 
 log = logging.getLogger("cachenode.daemon")
 
 
 class NodeServer:
-    """A node plus its HTTP listener; usable in-process (tests, benchmarks) or as the daemon."""
+    """A node service plus its listeners; usable in-process (tests, benchmarks) or as the daemon."""
 
     def __init__(self, config: NodeConfig, node: Node | None = None) -> None:
-        from cachenode.transport.http_server import create_app
+        from ..transport.http_server import create_app
 
         self.config = config
-        self.node = node or Node(config)
-        self.membership = Membership(
-            peers=config.peers, peers_file=config.peers_file, peers_dns=config.peers_dns,
-            health_interval=config.health_interval, health_timeout=min(2.0, config.peer_timeout))
-        self.router = Router(self.node, self.membership, config.token, config.peer_timeout)
-        self._runner = web.AppRunner(create_app(self.node, config.token, self.router),
-                                     handle_signals=False, access_log=None)
+        self.service = NodeService(config, node)
+        self.node = self.service.node
+        self.membership = self.service.membership
+        # The app's cleanup context starts and closes the service with the HTTP server.
+        self._runner = web.AppRunner(create_app(self.service), handle_signals=False, access_log=None)
+        self._ucx = None
         self.url = ""
 
     async def start(self) -> str:
         await self._runner.setup()
+        if self.config.ucx:
+            from ..transport.ucx_server import UcxServer
+
+            self._ucx = UcxServer(self.service)
+            self.service.transports["ucx"] = base64.b64encode(await self._ucx.start()).decode()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=1024)
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         # Our own id is known only now that the port is bound (--port 0 in tests).
         advertised = self.config.advertise_url or self.url
-        transports = {"ucx": self.router.ucx_address} if self.router.ucx_address else {}
         self.membership.set_self(Member(self.config.member_id or member_id_of(advertised), advertised,
-                                        transports=transports))
+                                        transports=dict(self.service.transports)))
         return self.url
 
     async def stop(self) -> None:
+        if self._ucx is not None:
+            await self._ucx.close()
         await self._runner.cleanup()
 
     async def __aenter__(self) -> "NodeServer":

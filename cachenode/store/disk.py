@@ -10,7 +10,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .blocks import digest as block_digest
+from ..blocks import digest as block_digest
 
 _NAME_RE = re.compile(r"^([0-9a-f]{32})-([0-9a-f]{32})$")
 

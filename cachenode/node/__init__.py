@@ -1,0 +1,6 @@
+"""The cache node (daemon side): block cache, node service, membership, QoS, metrics, daemon."""
+
+from ..blocks import Block, BlockRequest
+from .cache import Node
+
+__all__ = ["Node", "Block", "BlockRequest"]

@@ -1,0 +1,205 @@
+"""The node service, the one door: every block, stat, list, fill and warm request, whatever the transport.
+
+It owns validation, the allow-list, owner routing and forwarding, single-flight (through the
+cache), QoS accounting and served-bytes metrics; the HTTP and UCX servers only decode a request,
+call it and write bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+
+import aiohttp
+
+from ..blocks import Block, BlockRequest
+from ..errors import BadRequest, Forbidden, PeerUnavailable, Unauthorized
+from ..placement import rank
+from ..routing import read_from_owners
+from ..source import SourceRef
+from ..transport import wire
+from .cache import Node
+from .config import NodeConfig
+from .membership import Membership
+
+log = logging.getLogger("cachenode.service")
+
+
+class NodeService:
+    """Decides who answers a block request: the owner by rendezvous rank, else the fallbacks.
+
+    Only the owner (or, while it is down, the next in rank) fills from the origin, so a block is
+    read from blob storage once per cluster. A forwarded request (proved to come from a node) is
+    always served locally.
+    """
+
+    def __init__(self, config: NodeConfig, node: Node | None = None) -> None:
+        self.config = config
+        self.node = node or Node(config)
+        self.membership = Membership(
+            peers=config.peers, peers_file=config.peers_file, peers_dns=config.peers_dns,
+            health_interval=config.health_interval, health_timeout=min(2.0, config.peer_timeout))
+        self._token = config.token or ""
+        self._forward_secret = config.forward_secret()
+        self._peer_timeout = config.peer_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._clients: dict[str, object] = {}
+        self.transports: dict[str, str] = {}  # besides HTTP, e.g. {"ucx": worker address}
+
+    async def start(self) -> None:
+        await self.node.start()
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=32)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        await self.membership.start(self._session)
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        await self.membership.close()
+        if self._session is not None:
+            await self._session.close()
+        await self.node.close()
+
+    def peer(self, url: str):
+        from ..transport.http_client import HttpNodeClient
+
+        client = self._clients.get(url)
+        if client is None:
+            assert self._session is not None
+            client = self._clients[url] = HttpNodeClient(url, self._token, self._session,
+                                                         read_timeout=self._peer_timeout)
+        return client
+
+    # -- checks every request passes -------------------------------------------------------
+
+    def authorize(self, token: str | None) -> None:
+        """The cluster token a request presented (None: none at all)."""
+        if not self._token:
+            return
+        if not token:
+            raise Unauthorized("missing cluster token (Authorization: Bearer <token>)")
+        try:
+            sent = token.encode()
+        except UnicodeEncodeError:  # header bytes that are not UTF-8 arrive as surrogates
+            raise Unauthorized("the Authorization header is not valid UTF-8") from None
+        if not hmac.compare_digest(sent, self._token.encode()):
+            raise Forbidden("wrong cluster token")
+
+    def from_node(self, marker: str | None) -> bool:
+        """True if `marker` (the forwarded field of a request) proves a node sent it; a made-up
+        one is refused, so a loader cannot make a non-owner fill (and fill twice per cluster)."""
+        if marker is None:
+            return False
+        # Without a cluster token (loopback only) there is no secret and no boundary to keep.
+        if self._forward_secret and not hmac.compare_digest(marker.encode(), self._forward_secret.encode()):
+            raise Forbidden("the forwarded marker is for node-to-node requests: wrong node credential")
+        return True
+
+    def client_gone(self) -> None:
+        """A client hung up mid-response: counted, not an error."""
+        self.node.metrics.client_disconnects.inc()
+
+    def failed(self, exc: Exception) -> tuple[int, dict]:
+        """(status, error body) for a failed request, counted by kind."""
+        status, body = wire.error_body(exc)
+        self.node.metrics.errors.labels(body["error"]).inc()
+        if status >= 500:
+            log.warning("request failed: %s", exc)
+        return status, body
+
+    # -- blocks ---------------------------------------------------------------------------
+
+    async def serve(self, req: BlockRequest, *, verify: bool = False, forwarded: str | None = None,
+                    avoid: frozenset[str] = frozenset(), transport: str = "http") -> Block:
+        """The block for `req`, accounted as foreground traffic: the caller sends it right away."""
+        m = self.node.metrics
+        if transport == "ucx":
+            m.ucx_requests.inc()
+        block = await self._get_block(req, verify=verify, forwarded=forwarded, avoid=avoid)
+        await self.node.governor.foreground(block.length)
+        self.node.governor.own(block.length, "tx")
+        m.served_bytes.inc(block.length)
+        m.served_blocks.labels(block.tier).inc()
+        return block
+
+    async def _get_block(self, req: BlockRequest, *, verify: bool = False, forwarded: str | None = None,
+                         avoid: frozenset[str] = frozenset()) -> Block:
+        self.node.origin_for(req.ref)  # allow-list first: never forward what we would refuse
+        if self.from_node(forwarded):
+            return await self.node.get_block(req, verify=verify)
+        if avoid:
+            avoid = await self.membership.confirm_down(avoid)
+        _, length = req.span
+        ranked = rank(req.key, [m for m in self.membership.healthy_ids() if m not in avoid])
+        me = self.membership.self_id
+        owners = ranked[:ranked.index(me)] if me in ranked else ranked
+        buf = bytearray(length)
+
+        def on_down(member_id: str, exc: Exception) -> None:
+            self.node.metrics.errors.labels("peer").inc()
+            self.membership.mark_down(member_id)
+
+        got = await read_from_owners(req, memoryview(buf), owners, self._channel, set(avoid),
+                                     forwarded=self._forward_secret or "1", on_down=on_down)
+        if got is None:
+            return await self.node.get_block(req, verify=verify)
+        self.node.metrics.forwarded.inc()
+        return Block(length, got[1], "peer", data=buf)  # not kept here: no replication
+
+    def _channel(self, member_id: str):
+        member = self.membership.get(member_id)
+        if member is None:
+            raise PeerUnavailable(f"member {member_id} left the cluster")
+        return self.peer(member.url)
+
+    # -- metadata, warming ------------------------------------------------------------------
+
+    async def stat(self, ref: SourceRef) -> dict:
+        return wire.stat_to_wire(ref, await self.node.stat(ref), self.config.block_size)
+
+    async def list(self, ref: SourceRef) -> dict:
+        return wire.listing_to_wire(await self.node.list(ref, ref.path), self.config.block_size)
+
+    def members(self) -> dict:
+        return wire.members_to_wire(self.membership.self_id, self.membership.members())
+
+    def health(self) -> dict:
+        me = self.membership.self_member
+        # The id lets DNS-discovered peers know a node by --member-id, not by its current address.
+        return {"ok": True, "id": me.id if me else None, "transports": me.transports if me else {}}
+
+    def metrics_text(self) -> bytes:
+        self.node.refresh_metrics()
+        return self.node.metrics.render()
+
+    async def fill(self, payload) -> dict:
+        """Warm: fill blocks `indices` of one object here, a few at a time; count those cached."""
+        base, indices = wire.parse_fill(payload)
+        sem = asyncio.Semaphore(self.config.warm_concurrency)
+
+        async def one(i: int) -> bool:
+            async with sem:
+                return await self.node.warm_block(BlockRequest(base.ref, base.etag, base.size, base.block_size, i))
+
+        cached = await asyncio.gather(*(one(i) for i in indices))
+        return {"blocks": len(indices), "cached": sum(cached)}
+
+    async def warm(self, body) -> dict:
+        """Warm everything under a prefix across the cluster, coordinated by this node."""
+        from ..warming import select_objects, warm_objects
+
+        if not isinstance(body, dict):
+            raise BadRequest("warm request must be a JSON object naming a source")
+        ref = SourceRef.from_params(body, prefix=True)
+        objects = select_objects(await self.node.list(ref, ref.path), ref.path)
+        me = self.membership.self_id
+
+        async def send_fill(member, payload):
+            if member.id == me:
+                return await self.fill(payload)
+            return await self.peer(member.url).fill(payload)
+
+        summary = await warm_objects(objects, self.config.block_size, self.membership.members(), send_fill)
+        return summary.to_json()
+

@@ -1,0 +1,1 @@
+"""The node's block store: a bounded memory LRU over a bounded disk LRU."""

@@ -1,0 +1,68 @@
+"""The loader's view of the cluster: which configured node answers, its members, routes to owners."""
+
+from __future__ import annotations
+
+from cachenode.blocks import BlockRequest
+from cachenode.errors import PeerUnavailable
+from cachenode.placement import Member, rank
+from cachenode.routing import Channel, read_from_owners
+from cachenode.transport.http_client import HttpNodeClient
+
+from .channels import Channels
+from .config import ClientConfig
+
+
+class Route:
+    """The members a file's blocks go to, and the ones found dead during the file's life."""
+
+    def __init__(self, channels: Channels, members: list[Member]) -> None:
+        self._channels = channels
+        self.members = {m.id: m for m in members}
+        self.down: set[str] = set()
+
+    async def read_block(self, req: BlockRequest, dest: memoryview) -> bool:
+        """Fill `dest` from the block's owner or the next in rank; False if none could."""
+        healthy = [m.id for m in self.members.values() if m.healthy]
+        got = await read_from_owners(req, dest, rank(req.key, healthy), self.channel, self.down)
+        return got is not None
+
+    def channel(self, member_id: str) -> Channel:
+        return self._channels.for_member(self.members[member_id])
+
+
+class Cluster:
+    """Discovery: the first configured node that answers gives the member list."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.channels = Channels(config)
+
+    def node(self, url: str) -> HttpNodeClient:
+        """The HTTP client of one node (stat, list, members, fill)."""
+        return self.channels.http(url)
+
+    def channel(self, member: Member) -> Channel:
+        """The block channel to `member` (UCX or HTTP)."""
+        return self.channels.for_member(member)
+
+    async def first(self) -> tuple[HttpNodeClient, list[Member]] | None:
+        """The first configured node that answers, and its view of the cluster."""
+        for url in self.config.nodes:
+            node = self.node(url)
+            try:
+                return node, await node.members()
+            except PeerUnavailable:
+                continue
+        return None
+
+    async def require(self) -> tuple[HttpNodeClient, list[Member]]:
+        first = await self.first()
+        if first is None:
+            raise PeerUnavailable(f"no cache node answered (tried {', '.join(self.config.nodes) or 'none'})")
+        return first
+
+    def route(self, members: list[Member]) -> Route:
+        return Route(self.channels, members)
+
+    async def close(self) -> None:
+        await self.channels.close()
