@@ -36,6 +36,7 @@ peerTimeout: 5
 logLevel: debug
 extraArgs: [--origin-retries, "6"]
 token: {secretName: cn-token, key: t, create: true, value: s3cret}
+nodeToken: {secretName: cn-node-token}
 azure:
   accountName: acct
   blobEndpoint: https://acct.blob.core.windows.net
@@ -137,7 +138,7 @@ def test_daemonset_command_is_accepted_by_cachenode_serve(values):
     assert p["allow"] == tuple(v["allow"])
     if values == NON_DEFAULT:
         assert p["max_egress"] == "25Gbit" and p["link_speed"] == "200Gbit" and p["origin_retries"] == 6
-        assert {"UCX_TLS", "UCX_NET_DEVICES"} <= env_names
+        assert {"UCX_TLS", "UCX_NET_DEVICES", "CACHENODE_NODE_TOKEN"} <= env_names
         assert container["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"]
 
 
@@ -193,6 +194,7 @@ def test_daemonset_wiring():
     ("name: Cache_Node", "name"),
     ("warm: {urls: [llama]}", "warm.urls[0]"),
     ("terminationGracePeriodSeconds: 10", "terminationGracePeriodSeconds"),
+    ("nodeToken: {secretName: cachenode-token}", "nodeToken.secretName"),
     ("image: registry/cachenode:1", "image"),
     ("- a list", "values file"),
 ])

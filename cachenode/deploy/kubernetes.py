@@ -120,6 +120,8 @@ def check_values(v: dict) -> None:
     if auth == "workloadIdentity" and not v["serviceAccount"]["create"]:
         raise ValuesError("serviceAccount.create: must be true with azure.auth: workloadIdentity "
                           "(the client id goes on the ServiceAccount)")
+    if v["nodeToken"]["secretName"] and v["nodeToken"]["secretName"] == v["token"]["secretName"]:
+        raise ValuesError("nodeToken.secretName: must differ from token.secretName (loaders read that one)")
     if v["token"]["create"] and not v["token"]["value"]:
         raise ValuesError("token.value: required with token.create: true")
     if v["preStopSeconds"] + 30 > v["terminationGracePeriodSeconds"]:
@@ -191,6 +193,10 @@ def _sa_name(v: dict) -> str:
 def _env(v: dict) -> list[dict]:
     env = [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    nt = v["nodeToken"]
+    if nt["secretName"]:
+        env.append({"name": "CACHENODE_NODE_TOKEN",
+                    "valueFrom": {"secretKeyRef": {"name": nt["secretName"], "key": nt["key"]}}})
     az = v["azure"]
     if az["accountName"]:
         env.append({"name": "AZURE_STORAGE_ACCOUNT_NAME", "value": az["accountName"]})
