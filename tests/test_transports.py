@@ -12,7 +12,7 @@ from cachenode.bench.services import NodeProcess, connection_string
 from cachenode.blocks import block_count
 from cachenode.client.api import AsyncClient
 from cachenode.client.iothread import LoopThread
-from cachenode.errors import BadRequest, Forbidden, PeerUnavailable, SourceChanged
+from cachenode.errors import BadRequest, Forbidden, PeerUnavailable, SourceNotFound
 from cachenode.placement import Member
 from cachenode.blocks import BlockRequest
 from cachenode.source import parse_source
@@ -90,9 +90,9 @@ def test_missing_block_and_missing_blob(blobs, transport, io_loop):
     bad = BlockRequest(req.ref, req.etag, req.size, req.block_size, 5)
     with pytest.raises(BadRequest, match="block index 5 out of range"):
         io_loop.run(ch.read_block(bad, memoryview(bytearray(BS))))
-    # a blob that does not exist at the pinned ETag: the If-Match read fails, never empty bytes
+    # a blob that does not exist at the pinned ETag: not found (404), never empty bytes
     gone = BlockRequest(parse_source(blobs.url("nope.bin")), req.etag, req.size, req.block_size, 0)
-    with pytest.raises(SourceChanged, match="nope.bin"):
+    with pytest.raises(SourceNotFound, match="nope.bin"):
         io_loop.run(ch.read_block(gone, memoryview(bytearray(BS))))
 
 

@@ -8,7 +8,7 @@ from typing import Protocol
 from aiohttp import web
 
 from cachenode.blocks import Block, BlockRequest
-from cachenode.errors import BadRequest
+from cachenode.errors import BadRequest, CacheError
 from cachenode.source import SourceRef
 
 from . import wire
@@ -77,13 +77,13 @@ async def _errors(request: web.Request, handler):
         return await handler(request)
     except web.HTTPException:
         raise
-    except ConnectionError:
-        if request.transport is None or request.transport.is_closing():
-            # The client hung up mid-response: nothing to answer and nothing wrong here.
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error with a status
+        if (isinstance(exc, ConnectionError) and not isinstance(exc, CacheError)
+                and (request.transport is None or request.transport.is_closing())):
+            # The client hung up mid-response (our own errors are ConnectionErrors too, e.g.
+            # an unreachable origin): nothing to answer and nothing wrong here.
             request.app[SERVICE_KEY].client_gone()
             return web.Response(status=499)
-        raise
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error with a status
         status, body = request.app[SERVICE_KEY].failed(exc)
         return web.json_response(body, status=status)
 

@@ -41,6 +41,13 @@ class Node:
         self._writes: set[asyncio.Task] = set()
         self.governor = Governor(config.qos)
         self._boost: dict[str, asyncio.Event] = {}  # background fills a loader now waits for
+        # A block being filled (or forwarded) is not in the memory tier's budget yet: bound
+        # them, so resident memory stays within --memory plus (slots x block size). Background
+        # fills, which may wait seconds for bandwidth, have slots of their own and never hold
+        # a loader's.
+        self.slots = max(4, config.memory_bytes // 4 // config.block_size)
+        self.inflight = asyncio.Semaphore(self.slots)
+        self._bg_inflight = asyncio.Semaphore(max(1, self.slots // 4))
         self._warned_full = False
         self.metrics.memory_capacity.set(config.memory_bytes)
         self.metrics.disk_capacity.set(config.disk_bytes)
@@ -129,6 +136,11 @@ class Node:
         block = await self._lookup(key, False)
         if block is not None:
             return block
+        async with self._bg_inflight if background else self.inflight:
+            return await self._fill_now(origin, req, key, offset, length, background)
+
+    async def _fill_now(self, origin: Origin, req: BlockRequest, key: str, offset: int, length: int,
+                        background: bool) -> Block:
         buf = bytearray(length)
 
         async def read(pos: int, view: memoryview) -> None:

@@ -126,26 +126,43 @@ class NodeService:
     async def _get_block(self, req: BlockRequest, *, verify: bool = False, forwarded: str | None = None,
                          avoid: frozenset[str] = frozenset()) -> Block:
         self.node.origin_for(req.ref)  # allow-list first: never forward what we would refuse
+        self._check_block_size(req)
         if self.from_node(forwarded):
             return await self.node.get_block(req, verify=verify)
         if avoid:
             avoid = await self.membership.confirm_down(avoid)
         _, length = req.span
+        block = await self._from_owners(req, length, avoid)
+        return block if block is not None else await self.node.get_block(req, verify=verify)
+
+    async def _from_owners(self, req: BlockRequest, length: int, avoid: frozenset[str]) -> Block | None:
+        """The block from its owner (or the next in rank above us), None if we rank first."""
         ranked = rank(req.key, [m for m in self.membership.healthy_ids() if m not in avoid])
         me = self.membership.self_id
         owners = ranked[:ranked.index(me)] if me in ranked else ranked
-        buf = bytearray(length)
+        if not owners:
+            return None
 
         def on_down(member_id: str, exc: Exception) -> None:
             self.node.metrics.errors.labels("peer").inc()
             self.membership.mark_down(member_id)
 
-        got = await read_from_owners(req, memoryview(buf), owners, self._channel, set(avoid),
-                                     forwarded=self._forward_secret or "1", on_down=on_down)
+        # The forwarded block's buffer counts like a fill's; released before any local fill,
+        # which takes a slot of its own.
+        async with self.node.inflight:
+            buf = bytearray(length)
+            got = await read_from_owners(req, memoryview(buf), owners, self._channel, set(avoid),
+                                         forwarded=self._forward_secret or "1", on_down=on_down)
         if got is None:
-            return await self.node.get_block(req, verify=verify)
+            return None
         self.node.metrics.forwarded.inc()
         return Block(length, got[1], "peer", data=buf)  # not kept here: no replication
+
+    def _check_block_size(self, req: BlockRequest) -> None:
+        """The block size is the node's: a client cannot make a node allocate or key blocks of
+        another size (memory budgets are in blocks of this size)."""
+        if req.block_size != self.config.block_size:
+            raise BadRequest(f"bs={req.block_size}: this cluster's block size is {self.config.block_size}")
 
     def _channel(self, member_id: str):
         member = self.membership.get(member_id)
@@ -176,6 +193,7 @@ class NodeService:
     async def fill(self, payload) -> dict:
         """Warm: fill blocks `indices` of one object here, a few at a time; count those cached."""
         base, indices = wire.parse_fill(payload)
+        self._check_block_size(base)
         sem = asyncio.Semaphore(self.config.warm_concurrency)
 
         async def one(i: int) -> bool:
