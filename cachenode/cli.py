@@ -224,6 +224,16 @@ def status(nodes, token, as_json) -> None:
     click.echo(json.dumps(rows, indent=2) if as_json else render(rows))
 
 
+def _register_deploy() -> None:
+    # Lazy: the deploy group's YAML and templates are loaded only when it runs.
+    from .deploy.cli import deploy
+
+    main.add_command(deploy)
+
+
+_register_deploy()
+
+
 def _qos(max_egress, link_speed, iface, headroom, direction):
     from .node.qos import QosConfig, read_counters
     from .units import parse_rate

@@ -60,6 +60,7 @@ class Membership:
         self._file_members: list[Member] = []
         self._dns = peers_dns
         self._dns_members: list[Member] = []
+        self._dns_ids: dict[str, str] = {}  # url -> the id that address answered with
         self._refresh = refresh_interval
         self._health_interval = health_interval
         self._health_timeout = health_timeout
@@ -123,7 +124,13 @@ class Membership:
             except ValueError as exc:
                 log.warning("ignoring peers file %s: %s", self._file, exc)
         if self._dns:
-            self._dns_members = await resolve_dns_members(self._dns)
+            try:
+                self._dns_members = await self._identify(await resolve_dns_members(self._dns))
+            except socket.gaierror as exc:
+                # A headless Service lists only ready pods, so the first pod starts before its
+                # name resolves at all: keep the last list (health checks judge it) and retry.
+                log.warning("peers DNS %s: %s; keeping %d known members", self._dns, exc,
+                            len(self._dns_members))
         self._apply([*self._static, *self._file_members, *self._dns_members])
 
     def _apply(self, listed: list[Member]) -> None:
@@ -141,6 +148,34 @@ class Membership:
         if set(new) != set(self._members):
             log.info("members: %s", ", ".join(sorted(new)))
         self._members = new
+
+    async def _identify(self, found: list[Member]) -> list[Member]:
+        """DNS gives addresses, not ids: ask each new address who it is (its /healthz), so a node
+        keeps its --member-id (on Kubernetes the node name) when its pod returns on a new address
+        and its disk blocks keep their owner. An address that does not answer yet is left out
+        until a later refresh: listing it under a made-up id would rank blocks onto a phantom."""
+        self._dns_ids = {u: i for u, i in self._dns_ids.items() if u in {m.url for m in found}}
+        new = [m for m in found if m.url not in self._dns_ids]
+        if new and self._session is not None:
+            answers = await asyncio.gather(*(self._whoami(m.url) for m in new))
+            for m, mid in zip(new, answers):
+                if mid:
+                    # The newest answer for an id wins: a restarted pod's old address may linger
+                    # in DNS for a while, and must not keep (or take back) the id.
+                    self._dns_ids = {u: i for u, i in self._dns_ids.items() if i != mid}
+                    self._dns_ids[m.url] = mid
+        return [Member(self._dns_ids[m.url], m.url) for m in found if m.url in self._dns_ids]
+
+    async def _whoami(self, url: str) -> str | None:
+        assert self._session is not None
+        try:
+            timeout = aiohttp.ClientTimeout(total=self._health_timeout)
+            async with self._session.get(f"{url}{HEALTH_PATH}", timeout=timeout) as r:
+                body = await r.json(content_type=None) if r.status == 200 else {}
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return None
+        # A node that predates ids in /healthz is known by its address, as before.
+        return str(body.get("id") or member_id_of(url)) if body.get("ok") else None
 
     async def check_health(self) -> None:
         others = [m for m in self._members.values() if m.id != self.self_id]
@@ -186,6 +221,11 @@ class Membership:
                 if r.status != 200:
                     return False
                 body = await r.json(content_type=None)
+                if m.url in self._dns_ids and body.get("id") not in (None, m.id):
+                    # Another node now answers at this address (a reused pod IP): it is not
+                    # `m`; forget the address so the next refresh asks who is there.
+                    self._dns_ids.pop(m.url, None)
+                    return False
                 m.transports = dict(body.get("transports") or {})
                 return True
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):

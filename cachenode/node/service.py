@@ -183,7 +183,8 @@ class NodeService:
 
     def health(self) -> dict:
         me = self.membership.self_member
-        return {"ok": True, "transports": me.transports if me else {}}
+        # The id lets DNS-discovered peers know a node by --member-id, not by its current address.
+        return {"ok": True, "id": me.id if me else None, "transports": me.transports if me else {}}
 
     def metrics_text(self) -> bytes:
         self.node.refresh_metrics()

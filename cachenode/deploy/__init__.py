@@ -1,0 +1,1 @@
+"""Deployment artifacts: Kubernetes manifests and a Grafana dashboard, rendered by `cachenode deploy`."""
