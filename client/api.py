@@ -48,10 +48,12 @@ class AsyncClient:
             try:
                 info, block_size = await node.stat(ref)
                 return info, block_size, node.base_url, self.cluster.route(members)
-            except PeerUnavailable:
-                pass
+            except PeerUnavailable as exc:
+                why = f": {exc}"
+        else:
+            why = ""
         nodes = self.config.nodes
-        self._bypass.warn(f"no cache node answered (tried {', '.join(nodes)})" if nodes
+        self._bypass.warn(f"no cache node answered (tried {', '.join(nodes)}){why}" if nodes
                           else "no cache node configured (CACHENODE_NODES)")
         return await self._bypass.stat(ref), self.config.block_size, "origin", None
 

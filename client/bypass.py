@@ -7,6 +7,7 @@ import warnings
 
 from cachenode.blocks import ObjectInfo
 from cachenode.credentials import bypass_credentials
+from cachenode.errors import CacheError, OriginUnavailable
 from cachenode.source import SourceRef
 
 from .config import ClientConfig
@@ -27,6 +28,7 @@ class Bypass:
         self._origins = None
         self._azure: dict[tuple, object] = {}
         self._warned = False
+        self.reason = "no cache node answered"  # why the last bypass happened, for its errors
 
     def _origin(self, ref: SourceRef):
         if self._origins is None:
@@ -45,6 +47,7 @@ class Bypass:
         return self._azure[key]
 
     def warn(self, reason: str) -> None:
+        self.reason = reason
         if not self._warned:
             self._warned = True
             warnings.warn(f"cachenode: {reason}; reading the origin directly (bypass)",
@@ -52,10 +55,27 @@ class Bypass:
             log.warning("%s; reading the origin directly (bypass)", reason)
 
     async def stat(self, ref: SourceRef) -> ObjectInfo:
-        return await self._origin(ref).stat(ref)
+        try:
+            return await self._origin(ref).stat(ref)
+        except Exception as exc:  # noqa: BLE001 - said together with why we are here at all
+            raise self._failed(exc, ref) from exc
 
     async def read_into(self, ref: SourceRef, etag: str, offset: int, dest: memoryview) -> None:
-        await self._origin(ref).read_into(ref, etag, offset, dest)
+        try:
+            await self._origin(ref).read_into(ref, etag, offset, dest)
+        except Exception as exc:  # noqa: BLE001
+            raise self._failed(exc, ref) from exc
+
+    def _failed(self, exc: Exception, ref: SourceRef) -> Exception:
+        """The direct read's error, saying first that no node served (alone, a credentials
+        error from the bypass reads as if the cluster had a credentials problem)."""
+        msg = f"{self.reason}, and reading {ref} directly failed: {exc}"
+        if isinstance(exc, CacheError):
+            try:
+                return type(exc)(msg)
+            except TypeError:  # an error class with a constructor of its own
+                pass
+        return OriginUnavailable(msg)
 
     async def close(self) -> None:
         for origin in self._azure.values():

@@ -158,3 +158,40 @@ def test_no_node_reachable_bypasses_to_origin_with_one_warning(blobs, azurite):
 def test_open_is_read_only(blobs, node):
     with pytest.raises(ValueError, match="read-only"):
         cachenode.open(blobs.url("x"), "wb", nodes=[node.url])
+
+
+def test_a_hung_origin_fails_a_load_in_bounded_time_naming_it(blobs, nodes):
+    """An origin that accepts and never answers: the load fails within the node's origin
+    timeout (plus a margin), with an error that names the origin and says it timed out —
+    not after every node's peer timeout, and not with a bypass error about something else."""
+    import socket
+    import time
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)
+    port = hung.getsockname()[1]
+    try:
+        node = nodes.start("--origin-timeout", "2", conn_str=connection_string(port))
+        t0 = time.monotonic()
+        with pytest.raises(cachenode.OriginUnavailable, match=rf"127\.0\.0\.1:{port}.*timed out"):
+            cachenode.open(blobs.url("x.bin"), nodes=[node.url], token=TOKEN)
+        assert time.monotonic() - t0 < 8
+    finally:
+        hung.close()
+
+
+def test_when_no_node_answers_the_bypass_error_says_so_and_why_the_direct_read_failed(blobs):
+    """The loader's own direct read fails too (no credentials for this account here): the error
+    names both failures, not only the second (which alone reads like a credentials problem)."""
+    import warnings
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BypassWarning)
+        with pytest.raises(cachenode.CacheError) as info:
+            cachenode.open(blobs.url("x.bin"), nodes=[dead], token=TOKEN,
+                           azure=AzureCredentials(use_default_credential=False))
+    msg = str(info.value)
+    assert "no cache node answered" in msg and dead in msg, msg
+    assert "directly" in msg and "failed" in msg, msg

@@ -7,7 +7,7 @@ import logging
 import os
 
 from ..blocks import Block, BlockRequest, ObjectInfo, block_key, block_span, digest
-from ..errors import Forbidden
+from ..errors import Forbidden, OriginUnavailable
 from ..origin import Origin, Origins
 from ..source import SourceRef
 from ..store.disk import DiskFull, DiskTier
@@ -72,10 +72,23 @@ class Node:
         return self.origins.for_ref(ref)
 
     async def stat(self, ref: SourceRef) -> ObjectInfo:
-        return await self.origin_for(ref).stat(ref)
+        origin = self.origin_for(ref)
+        return await self._bounded(origin, origin.stat(ref), f"stat of {ref}")
 
     async def list(self, ref: SourceRef, prefix: str) -> list[tuple[SourceRef, ObjectInfo]]:
-        return await self.origin_for(ref).list(ref, prefix)
+        origin = self.origin_for(ref)
+        return await self._bounded(origin, origin.list(ref, prefix), f"listing {ref}")
+
+    async def _bounded(self, origin: Origin, op, what: str):
+        """One origin call, retries included, within --origin-timeout: a hung origin (accepts,
+        never answers) fails the request with its name while the loader still waits for us,
+        instead of outliving the loader's peer timeout on every node in turn."""
+        try:
+            return await asyncio.wait_for(op, self.config.origin_timeout)
+        except asyncio.TimeoutError:
+            where = getattr(origin, "url", "the origin")
+            raise OriginUnavailable(f"blob endpoint {where} timed out after {self.config.origin_timeout:g} s "
+                                    f"({what})") from None
 
     async def get_block(self, req: BlockRequest, *, verify: bool = False, background: bool = False) -> Block:
         """The block's bytes from memory, disk, or (once, however many ask) the origin.
@@ -145,7 +158,8 @@ class Node:
         buf = bytearray(length)
 
         async def read(pos: int, view: memoryview) -> None:
-            await origin.read_into(req.ref, req.etag, offset + pos, view)
+            await self._bounded(origin, origin.read_into(req.ref, req.etag, offset + pos, view),
+                                f"block {req.index} of {req.ref}")
 
         boost = self._boost.setdefault(key, asyncio.Event()) if background else None
         try:

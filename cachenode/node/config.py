@@ -35,7 +35,9 @@ class NodeConfig:
     azure: AzureCredentials = field(default_factory=AzureCredentials)
     origin_retries: int = 4
     origin_backoff: float = 0.25
-    origin_timeout: float = 60.0
+    # Seconds one origin call (stat, list, a block's read, retries included) may take: below
+    # the loaders' peer timeout, so a hung origin is reported by name, not as a silent node.
+    origin_timeout: float = 8.0
     # Cluster: members as URL or ID=URL entries, a file of them (re-read on change), or a DNS
     # name:port whose A/AAAA records are the members. member_id defaults to host:port.
     peers: tuple[str, ...] = ()
