@@ -83,6 +83,9 @@ def main(log_level: str) -> None:
 @click.option("--blob-endpoint", help="Blob service URL, if not https://<account>.blob.core.windows.net.")
 @click.option("--origin-retries", default=4, show_default=True, type=click.IntRange(0, 20),
               help="Retries (with exponential backoff) on origin 5xx, throttling and connection errors.")
+@click.option("--stale-stat", default=600.0, show_default=True, type=click.FloatRange(0, 86400),
+              help="While the origin is unreachable, answer a file's stat from memory if at most this "
+                   "many seconds old, so cached blocks stay readable through a short outage (0: off).")
 @click.option("--origin-timeout", default=8.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds one origin call (retries included) may take before the request fails "
                    "naming the origin; keep it below the loaders' peer timeout (10 s).")
@@ -115,7 +118,7 @@ def main(log_level: str) -> None:
               help="Seconds a connection may stay without a complete request (new or kept alive).")
 def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, token, token_file,
           node_token, no_auth, connection_string, account_name, account_key, sas_token, blob_endpoint,
-          origin_retries, origin_timeout, peers, peers_file, peers_dns, member_id, advertise_url, ucx, max_egress,
+          origin_retries, stale_stat, origin_timeout, peers, peers_file, peers_dns, member_id, advertise_url, ucx, max_egress,
           link_speed, idle_iface, idle_headroom, idle_direction, peer_timeout, max_connections,
           idle_timeout) -> None:
     """Run a cache node until SIGTERM or Ctrl-C.
@@ -151,6 +154,7 @@ def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, to
         cache_dir=os.path.abspath(os.path.expanduser(cache_dir or env.cache_dir or NodeConfig.cache_dir)),
         memory_bytes=memory_bytes, disk_bytes=disk_bytes, block_size=block_size, allow=tuple(allow),
         token=token, node_token=node_token or env.node_token, azure=azure, origin_retries=origin_retries, origin_timeout=origin_timeout,
+        stale_stat=stale_stat,
         peers=_split_peers(peers), peers_file=peers_file, peers_dns=peers_dns, member_id=member_id,
         advertise_url=advertise_url, peer_timeout=peer_timeout, ucx=ucx,
         max_connections=max_connections, idle_timeout=idle_timeout,

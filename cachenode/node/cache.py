@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections import OrderedDict
 
 from ..blocks import Block, BlockRequest, ObjectInfo, block_key, block_span, digest
 from ..errors import Forbidden, OriginUnavailable
@@ -41,6 +43,7 @@ class Node:
         self._writes: set[asyncio.Task] = set()
         self.governor = Governor(config.qos)
         self._boost: dict[str, asyncio.Event] = {}  # background fills a loader now waits for
+        self._stats: OrderedDict[SourceRef, tuple[float, ObjectInfo]] = OrderedDict()  # last stat answers
         # A block being filled (or forwarded) is not in the memory tier's budget yet: bound
         # them, so resident memory stays within --memory plus (slots x block size). Background
         # fills, which may wait seconds for bandwidth, have slots of their own and never hold
@@ -72,8 +75,26 @@ class Node:
         return self.origins.for_ref(ref)
 
     async def stat(self, ref: SourceRef) -> ObjectInfo:
+        """The object's size and ETag from the origin; while the origin is unreachable, the
+        last answer for it if younger than --stale-stat, so a warm cluster keeps serving the
+        blocks it holds through a short origin outage (a changed blob cannot be noticed then;
+        every block read is still pinned to that ETag)."""
         origin = self.origin_for(ref)
-        return await self._bounded(origin, origin.stat(ref), f"stat of {ref}")
+        try:
+            info = await self._bounded(origin, origin.stat(ref), f"stat of {ref}")
+        except OriginUnavailable:
+            known = self._stats.get(ref)
+            if known is None or time.monotonic() - known[0] > self.config.stale_stat:
+                raise
+            self.metrics.stale_stats.inc()
+            log.warning("origin unreachable: answering the stat of %s from %.0f s ago", ref,
+                        time.monotonic() - known[0])
+            return known[1]
+        self._stats[ref] = (time.monotonic(), info)
+        self._stats.move_to_end(ref)
+        while len(self._stats) > 10_000:
+            self._stats.popitem(last=False)
+        return info
 
     async def list(self, ref: SourceRef, prefix: str) -> list[tuple[SourceRef, ObjectInfo]]:
         origin = self.origin_for(ref)

@@ -38,6 +38,9 @@ class NodeConfig:
     # Seconds one origin call (stat, list, a block's read, retries included) may take: below
     # the loaders' peer timeout, so a hung origin is reported by name, not as a silent node.
     origin_timeout: float = 8.0
+    # While the origin is unreachable, a stat answered from memory if at most this old (s):
+    # a warm cluster keeps serving what it holds through a short outage. 0 turns it off.
+    stale_stat: float = 600.0
     # Cluster: members as URL or ID=URL entries, a file of them (re-read on change), or a DNS
     # name:port whose A/AAAA records are the members. member_id defaults to host:port.
     peers: tuple[str, ...] = ()

@@ -31,6 +31,8 @@ class NodeMetrics:
         self.qos_bytes = Gauge("cachenode_qos_bytes", "Cache bytes by traffic class", ["class"], registry=r)
         self.qos_throttled = Gauge("cachenode_qos_throttled_seconds", "Time spent waiting for bandwidth", registry=r)
         self.errors = Counter("cachenode_errors", "Requests that failed", ["kind"], registry=r)
+        self.stale_stats = Counter("cachenode_stale_stats", "Stats answered from memory while the origin was "
+                                   "unreachable", registry=r)
         self.client_disconnects = Counter("cachenode_client_disconnects", "Clients that hung up mid-response",
                                           registry=r)
         self.memory_used = Gauge("cachenode_memory_used_bytes", "Bytes in the memory tier", registry=r)
