@@ -11,6 +11,7 @@ from cachenode.errors import SourceNotFound
 
 from .api import AsyncClient, Client
 from .files import CacheFile
+from .reader import run_all, wait_all
 from .safetensors_header import SafetensorsError
 from .tensors import StateDict, with_client, aload_safetensors
 
@@ -37,10 +38,14 @@ async def aload_torch(client: AsyncClient, url: str, device="cpu", on_bytes=None
         with CacheFile(afile, loop) as f:  # opened, used and closed off the loop thread
             return torch.load(f, map_location=torch.device(device), weights_only=True, mmap=False)
 
+    thread = asyncio.ensure_future(asyncio.to_thread(load))
     try:
-        return await asyncio.to_thread(load)
+        return await asyncio.shield(thread)
     finally:
         await afile.close()
+        # A thread cannot be cancelled: once the file is closed its next read fails at once,
+        # so wait for it to end rather than leave torch.load running behind a failed load.
+        await wait_all([thread])
 
 
 async def _load_file(client: AsyncClient, url: str, device, on_bytes) -> dict:
@@ -81,7 +86,8 @@ async def aload_checkpoint(client: AsyncClient, url: str, device="cpu", on_bytes
     for s in shards:
         if "/" in s or s in ("", ".", ".."):
             raise SafetensorsError(f"{url}: shard name {s!r} must be a file beside the index")
-    loaded = await asyncio.gather(*(_load_file(client, f"{base}/{s}", device, on_bytes) for s in shards))
+    # run_all, not gather: a failing shard cancels the others and waits until they have stopped.
+    loaded = await run_all([_load_file(client, f"{base}/{s}", device, on_bytes) for s in shards])
     by_shard = dict(zip(shards, loaded))
     out = StateDict()
     for name, shard in weight_map.items():
