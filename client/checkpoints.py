@@ -70,7 +70,15 @@ async def aload_checkpoint(client: AsyncClient, url: str, device="cpu", on_bytes
                 return await aload_checkpoint(client, url + name, device, on_bytes)
         raise SourceNotFound(f"{url}: no {', '.join(INDEX_NAMES + SINGLE_NAMES)} under this prefix")
     if not url.endswith(".index.json"):
-        out = StateDict(await _load_file(client, url, device, on_bytes))
+        try:
+            out = StateDict(await _load_file(client, url, device, on_bytes))
+        except SourceNotFound as exc:
+            # "az://c/dir" for the prefix "dir/": no blob has that name, so look under it.
+            for name in (*INDEX_NAMES, *SINGLE_NAMES):
+                if await _exists(client, f"{url}/{name}"):
+                    return await aload_checkpoint(client, f"{url}/{name}", device, on_bytes)
+            raise SourceNotFound(f"{exc} (nor is there a checkpoint under {url}/; a prefix needs a"
+                                 f" trailing '/')") from None
         out.metadata = getattr(out, "metadata", {})
         return out
     async with await client.open(url) as f:
