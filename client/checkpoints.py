@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from urllib.parse import quote
 
 import torch
 
@@ -95,7 +96,10 @@ async def aload_checkpoint(client: AsyncClient, url: str, device="cpu", on_bytes
         if "/" in s or s in ("", ".", ".."):
             raise SafetensorsError(f"{url}: shard name {s!r} must be a file beside the index")
     # run_all, not gather: a failing shard cancels the others and waits until they have stopped.
-    loaded = await run_all([_load_file(client, f"{base}/{s}", device, on_bytes) for s in shards])
+    # A shard name is a blob name, not URL text: quoted once, or "a#1.safetensors" would read
+    # the blob "a" ("#" starts a fragment) and "%41" would read "A".
+    loaded = await run_all([_load_file(client, f"{base}/{quote(s, safe='')}", device, on_bytes)
+                            for s in shards])
     by_shard = dict(zip(shards, loaded))
     out = StateDict()
     for name, shard in weight_map.items():
