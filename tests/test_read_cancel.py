@@ -146,7 +146,7 @@ def test_cancelled_ucx_receive_never_lands_later(blobs, nodes, proxy):
                        args=("--block-size", str(big), "--ucx", "--memory", "256MiB"),
                        env={"UCX_TLS": "tcp"}).start()
     nodes.procs.append(node)
-    url = blobs.put("ucx-big.bin", os.urandom(big))
+    url = blobs.put("ucx-big.bin", os.urandom(2 * big))  # two blocks: one cancelled, one read beside it
     result = _ucx_child("receive", node.url, TOKEN, url)
     if result.startswith("SKIP"):
         pytest.skip(result)
