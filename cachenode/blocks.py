@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import xxhash
 
@@ -22,6 +22,9 @@ class ObjectInfo:
 
     size: int
     etag: str
+    # Last-modified time (Unix seconds) as the origin reports it, for listings and fsspec's
+    # modified(); informational only, never part of a key or of equality (the ETag is).
+    modified: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

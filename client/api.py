@@ -60,8 +60,8 @@ class AsyncClient:
     async def stat(self, url: str) -> dict:
         ref = self.parse(url)
         info, block_size, via, _ = await self._resolve(ref)
-        return {"source": str(ref), "size": info.size, "etag": info.etag, "block_size": block_size,
-                "via": via}
+        return {"source": str(ref), "size": info.size, "etag": info.etag, "modified": info.modified,
+                "block_size": block_size, "via": via}
 
     async def open(self, url: str, *, on_bytes: Callable[[int], None] | None = None) -> AsyncCacheFile:
         """Open `url` for reading, pinned to its current ETag for the life of the file."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from urllib.parse import quote
 
 import torch
 
@@ -11,6 +12,7 @@ from cachenode.errors import SourceNotFound
 
 from .api import AsyncClient, Client
 from .files import CacheFile
+from .reader import run_all, wait_all
 from .safetensors_header import SafetensorsError
 from .tensors import StateDict, with_client, aload_safetensors
 
@@ -37,10 +39,14 @@ async def aload_torch(client: AsyncClient, url: str, device="cpu", on_bytes=None
         with CacheFile(afile, loop) as f:  # opened, used and closed off the loop thread
             return torch.load(f, map_location=torch.device(device), weights_only=True, mmap=False)
 
+    thread = asyncio.ensure_future(asyncio.to_thread(load))
     try:
-        return await asyncio.to_thread(load)
+        return await asyncio.shield(thread)
     finally:
         await afile.close()
+        # A thread cannot be cancelled: once the file is closed its next read fails at once,
+        # so wait for it to end rather than leave torch.load running behind a failed load.
+        await wait_all([thread])
 
 
 async def _load_file(client: AsyncClient, url: str, device, on_bytes) -> dict:
@@ -65,7 +71,15 @@ async def aload_checkpoint(client: AsyncClient, url: str, device="cpu", on_bytes
                 return await aload_checkpoint(client, url + name, device, on_bytes)
         raise SourceNotFound(f"{url}: no {', '.join(INDEX_NAMES + SINGLE_NAMES)} under this prefix")
     if not url.endswith(".index.json"):
-        out = StateDict(await _load_file(client, url, device, on_bytes))
+        try:
+            out = StateDict(await _load_file(client, url, device, on_bytes))
+        except SourceNotFound as exc:
+            # "az://c/dir" for the prefix "dir/": no blob has that name, so look under it.
+            for name in (*INDEX_NAMES, *SINGLE_NAMES):
+                if await _exists(client, f"{url}/{name}"):
+                    return await aload_checkpoint(client, f"{url}/{name}", device, on_bytes)
+            raise SourceNotFound(f"{exc} (nor is there a checkpoint under {url}/; a prefix needs a"
+                                 f" trailing '/')") from None
         out.metadata = getattr(out, "metadata", {})
         return out
     async with await client.open(url) as f:
@@ -81,7 +95,11 @@ async def aload_checkpoint(client: AsyncClient, url: str, device="cpu", on_bytes
     for s in shards:
         if "/" in s or s in ("", ".", ".."):
             raise SafetensorsError(f"{url}: shard name {s!r} must be a file beside the index")
-    loaded = await asyncio.gather(*(_load_file(client, f"{base}/{s}", device, on_bytes) for s in shards))
+    # run_all, not gather: a failing shard cancels the others and waits until they have stopped.
+    # A shard name is a blob name, not URL text: quoted once, or "a#1.safetensors" would read
+    # the blob "a" ("#" starts a fragment) and "%41" would read "A".
+    loaded = await run_all([_load_file(client, f"{base}/{quote(s, safe='')}", device, on_bytes)
+                            for s in shards])
     by_shard = dict(zip(shards, loaded))
     out = StateDict()
     for name, shard in weight_map.items():

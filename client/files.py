@@ -76,7 +76,7 @@ class AsyncCacheFile:
 
     async def close(self) -> None:
         self.closed = True
-        self._reader.cancel()
+        await self._reader.aclose()
 
     async def __aenter__(self) -> "AsyncCacheFile":
         return self

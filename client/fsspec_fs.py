@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import posixpath
+import datetime
+import errno
 import weakref
 from urllib.parse import quote
 
 from fsspec import AbstractFileSystem
 
 from cachenode.blocks import ObjectInfo
-from cachenode.errors import PeerUnavailable, SourceNotFound
+from cachenode.errors import InvalidSource, PeerUnavailable, SourceNotFound
 from cachenode.source import AZURE, SourceRef
 
 from .api import Client
@@ -50,53 +51,123 @@ class CachenodeFileSystem(AbstractFileSystem):
         # Quoted here, unquoted once by the URL parser: every blob name reaches the node as is.
         return f"https://{self.account}.blob.core.windows.net/{quote(self._strip_protocol(path), safe='/')}"
 
-    def _listing(self, prefix: str) -> list[tuple[SourceRef, ObjectInfo]]:
-        container, _, inner = self._strip_protocol(prefix).partition("/")
-        ref = SourceRef(AZURE, self.account, container, inner)
+    def _listing(self, container: str, prefix: str) -> list[tuple[str, ObjectInfo]]:
+        """(blob name, info) of the blobs in `container` whose names start with `prefix`.
+
+        The prefix is matched as a string ("llama" also finds "llama-2/x"): callers pass a
+        directory's "dir/" or filter the names themselves.
+        """
+        if not container:
+            raise NotImplementedError("cachenode:// lists inside a container: name one "
+                                      "(cachenode://<container>/...); the account has no listing")
+        ref = SourceRef(AZURE, self.account, container, prefix)
         try:
-            return self._client.list(ref)
+            listing = self._client.list(ref)
         except PeerUnavailable as exc:
             raise SourceNotFound(f"no cache node answered for a listing: {exc}") from None
+        return [(r.path, info) for r, info in listing if r.path.startswith(prefix)]
 
-    def _level(self, path: str) -> list[dict]:
-        """Entries directly under directory `path` ("container" or "container/dir")."""
-        prefix = path + "/"
-        entries: dict[str, dict] = {}
-        for ref, info in self._listing(prefix):
-            full = f"{ref.container}/{ref.path}"
-            head, sep, _ = full[len(prefix):].partition("/")
-            if sep:  # blob names with more slashes are "directories" at this level
-                entries.setdefault(prefix + head, {"name": prefix + head, "size": 0, "type": "directory"})
-            else:
-                entries[full] = {"name": full, "size": info.size, "type": "file", "etag": info.etag}
-        return sorted(entries.values(), key=lambda e: e["name"])
+    @staticmethod
+    def _file_entry(name: str, info: ObjectInfo) -> dict:
+        modified = (datetime.datetime.fromtimestamp(info.modified, datetime.timezone.utc)
+                    if info.modified is not None else None)
+        return {"name": name, "size": info.size, "type": "file", "etag": info.etag,
+                "last_modified": modified}
+
+    @staticmethod
+    def _dir_entry(name: str) -> dict:
+        return {"name": name, "size": 0, "type": "directory"}
+
+    def _under(self, path: str) -> tuple[str, list[tuple[str, ObjectInfo]]]:
+        """(path's prefix inside its container, the blobs below directory `path`)."""
+        container, _, inner = path.partition("/")
+        prefix = f"{inner}/" if inner else ""
+        return container, self._listing(container, prefix)
+
+    def _tree(self, path: str) -> tuple[dict[str, dict], dict[str, dict]]:
+        """Files and directories below directory `path`, full names -> entries (one listing)."""
+        container, listing = self._under(path)
+        files, dirs = {}, {}
+        for blob, info in listing:
+            full = f"{container}/{blob}"
+            files[full] = self._file_entry(full, info)
+            parent = full.rsplit("/", 1)[0]
+            while len(parent) > len(path) and parent not in dirs:
+                dirs[parent] = self._dir_entry(parent)
+                parent = parent.rsplit("/", 1)[0]
+        return files, dirs
 
     def ls(self, path, detail=True, **kwargs):
         path = self._strip_protocol(path)
-        out = self._level(path) or [self.info(path)]
+        files, dirs = self._tree(path)
+        depth = path.count("/") + 1
+        out = [e for e in (*files.values(), *dirs.values()) if e["name"].count("/") == depth]
+        if not out:
+            info = self.info(path)  # a file lists as itself; a missing path raises
+            out = [info] if info["type"] == "file" else []
+        out.sort(key=lambda e: e["name"])
         return out if detail else [e["name"] for e in out]
+
+    def find(self, path, maxdepth=None, withdirs=False, detail=False, **kwargs):
+        """Everything below `path` from one listing (fsspec's default walks directory by
+        directory: one request each)."""
+        path = self._strip_protocol(path)
+        if maxdepth is not None and maxdepth < 1:
+            raise ValueError("maxdepth must be at least 1")
+        try:
+            info = self.info(path)
+        except FileNotFoundError:
+            return {} if detail else []
+        if info["type"] == "file":
+            out = {path: info}
+        else:
+            files, dirs = self._tree(path)
+            out = {**files, **dirs} if withdirs else dict(files)
+            if withdirs and path:
+                out[path] = info
+            if maxdepth is not None:
+                limit = path.count("/") + maxdepth
+                out = {k: v for k, v in out.items() if k.count("/") <= limit}
+        names = sorted(out)
+        return {n: out[n] for n in names} if detail else names
 
     def info(self, path, **kwargs):
         path = self._strip_protocol(path)
-        if "/" in path:
-            for entry in self._level(posixpath.dirname(path)):
-                if entry["name"] == path:
-                    return entry
-        elif self._level(path):
-            return {"name": path, "size": 0, "type": "directory"}
-        raise FileNotFoundError(path)
+        container, _, inner = path.partition("/")
+        # One listing answers both "is it a blob" and "is it a directory" (a prefix of blobs).
+        listing = self._listing(container, inner)
+        for blob, info in listing:
+            if blob == inner and inner:
+                return self._file_entry(path, info)
+        if not inner or any(blob.startswith(inner + "/") for blob, _ in listing):
+            return self._dir_entry(path)  # a container (listed without error) or a prefix
+        raise FileNotFoundError(errno.ENOENT, "no such blob or directory", path)
+
+    def modified(self, path):
+        """The blob's last-modified time (timezone-aware, UTC), as the origin reports it."""
+        info = self.info(path)
+        if info["type"] != "file":
+            raise IsADirectoryError(errno.EISDIR, "a blob directory has no modification time", path)
+        if info["last_modified"] is None:
+            raise NotImplementedError(f"the cache node did not report a modification time for {path}")
+        return info["last_modified"]
 
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
         if mode != "rb":
             raise ValueError(f"cachenode:// is read-only: mode {mode!r} not supported")
-        return self._client.open(self._url(path))
+        path = self._strip_protocol(path)
+        try:
+            return self._client.open(self._url(path))
+        except (SourceNotFound, InvalidSource):
+            if self.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, "is a directory", path) from None
+            raise
 
     def cat_file(self, path, start=None, end=None, **kwargs):
         with self._open(path) as f:
-            size = f.size
-            start = 0 if start is None else (start + size if start < 0 else start)
-            end = size if end is None else (end + size if end < 0 else min(end, size))
+            # Like a slice of the whole file: negative counts from the end, all clamped.
+            start, end, _ = slice(start, end).indices(f.size)
             f.seek(start)
             buf = bytearray(max(0, end - start))
-            n = f.readinto(buf)
+            n = f.readinto(buf) if buf else 0
             return bytes(buf[:n])

@@ -52,10 +52,12 @@ class BlockReader:
                     await self._fetch(i, out)
                 self._progress(length)
                 return
-            buf = await self._block(i)
+            # Shielded: the cached fill is shared with other reads of this file and writes only
+            # into its own buffer; a failing read must not cancel a fill someone else awaits.
+            buf = await asyncio.shield(self._block(i))
             out[:] = memoryview(buf)[lo - start:hi - start]
 
-        await asyncio.gather(*(one(i) for i in range(first, last + 1)))
+        await run_all([one(i) for i in range(first, last + 1)])
         # Readahead only serves small sequential reads (torch.load); big reads already keep a
         # window in flight, and prefetching beside them would turn direct fills into copies.
         if n < bs and offset in (0, self._next_sequential):
@@ -95,7 +97,52 @@ class BlockReader:
         if self._on_bytes is not None:
             self._on_bytes(n)
 
-    def cancel(self) -> None:
-        for task in self._cache.values():
-            task.cancel()
+    async def aclose(self) -> None:
+        """Cancel the cached and readahead fills and wait until they have stopped."""
+        tasks = list(self._cache.values())
         self._cache.clear()
+        await cancel_and_wait(tasks)
+
+
+async def run_all(coros) -> list:
+    """Run `coros` concurrently; if one fails (or we are cancelled), cancel the others and wait
+    for them before raising.
+
+    Unlike gather, nothing started here outlives the call: the fetches write into the caller's
+    buffer, which the caller owns again (and may reuse or free) as soon as we return or raise.
+    """
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        await cancel_and_wait(tasks)
+        raise
+    failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+    if failed:
+        await cancel_and_wait(tasks)
+        raise failed[0].exception()
+    return [t.result() for t in tasks]
+
+
+async def cancel_and_wait(tasks) -> None:
+    """Cancel `tasks` and wait until every one has finished."""
+    for t in tasks:
+        t.cancel()
+    await wait_all(tasks)
+
+
+async def wait_all(tasks) -> None:
+    """Wait until every one of `tasks` has finished (their errors are theirs), even if we are
+    cancelled meanwhile: they may still be writing into a buffer we are about to hand back.
+    A cancellation that arrived while waiting is raised afterwards."""
+    if not tasks:
+        return
+    waiting = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
+    cancelled = None
+    while not waiting.done():
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled

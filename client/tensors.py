@@ -10,6 +10,7 @@ import torch
 from .api import AsyncClient, Client
 from .files import AsyncCacheFile
 from .prefault import prefault
+from .reader import cancel_and_wait
 from .safetensors_header import Header, SafetensorsError, TensorEntry, header_length, parse_header
 
 TORCH_DTYPES = {
@@ -124,8 +125,9 @@ async def stream_tensors(f: AsyncCacheFile, header: Header, data: memoryview, *,
                 if missing[e.name] == 0:
                     yield e
     finally:
-        for t in tasks:
-            t.cancel()
+        # Waited for, not only cancelled: they write into `data`, which the caller frees or
+        # reuses once we are done (a failed load must leave nothing running behind it).
+        await cancel_and_wait(tasks)
 
 
 async def _open_safetensors(client: AsyncClient, url: str, on_bytes=None) -> tuple[AsyncCacheFile, Header]:

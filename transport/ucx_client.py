@@ -62,6 +62,22 @@ class UcxNodeClient:
     def __repr__(self) -> str:
         return f"UcxNodeClient({self.base_url})"
 
+    async def _abandon(self, body: asyncio.Future) -> None:
+        """Stop a body receive we no longer wait for (timeout, or our caller was cancelled) and
+        wait until UCX has let go of the caller's buffer.
+
+        Cancelling the asyncio future does not withdraw the posted receive: UCX would still
+        write the block into `dest` later, after the caller got its buffer back. ucxx can only
+        cancel every in-flight request of the worker; other reads hit by that fail with
+        PeerUnavailable and go to the next member, as after a timeout.
+        """
+        if not body.done():
+            self._ctx.cancel_inflight()
+        try:
+            await asyncio.wait_for(asyncio.shield(body), self._timeout)
+        except BaseException:  # noqa: BLE001 - cancelled, failed or timed out: we only wait here
+            pass
+
     async def read_block(self, req: BlockRequest, dest: memoryview, *, verify: bool = False,
                          forwarded: str | None = None, avoid: Iterable[str] = ()) -> tuple[str, str]:
         fields = request_params(req, verify)
@@ -83,11 +99,16 @@ class UcxNodeClient:
                     raise BlockCorrupt(f"{self.base_url} announced {info['length']} bytes for a "
                                        f"{len(dest)}-byte block {req.index} of {req.ref}")
                 if len(dest):
-                    await asyncio.wait_for(ucxx.recv(dest, tag=w.body_tag(rid)), self._timeout)
+                    body = asyncio.ensure_future(ucxx.recv(dest, tag=w.body_tag(rid)))
+                    try:
+                        await asyncio.wait_for(asyncio.shield(body), self._timeout)
+                    except BaseException:
+                        await self._abandon(body)
+                        raise
             except CacheError:
                 raise
             except (asyncio.TimeoutError, TimeoutError) as exc:
-                self._ctx.cancel_inflight()
+                self._ctx.cancel_inflight()  # the header receive, if that is what stalled
                 self._ctx.endpoints.forget(self._address)
                 raise PeerUnavailable(f"cache node {self.base_url} (ucx) stalled on block {req.index}") from exc
             except Exception as exc:  # noqa: BLE001 - UCX errors become ours at the edge

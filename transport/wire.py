@@ -156,22 +156,34 @@ def parse_fill(payload) -> tuple[BlockRequest, list[int]]:
     return base, indices
 
 
+# Stat and listing field: the object's last-modified time, Unix seconds (optional on the wire:
+# an older node does not send it).
+MODIFIED = "modified"
+
+
 def stat_to_wire(ref: SourceRef, info: ObjectInfo, block_size: int) -> dict:
-    return {"source": str(ref), SIZE: info.size, ETAG: info.etag, "block_size": block_size}
+    return {"source": str(ref), SIZE: info.size, ETAG: info.etag, MODIFIED: info.modified,
+            "block_size": block_size}
 
 
 def stat_from_wire(body: dict) -> tuple[ObjectInfo, int]:
-    return ObjectInfo(int(body[SIZE]), body[ETAG]), int(body["block_size"])
+    return ObjectInfo(int(body[SIZE]), body[ETAG], _modified(body)), int(body["block_size"])
 
 
 def listing_to_wire(items: list[tuple[SourceRef, ObjectInfo]], block_size: int) -> dict:
     return {"block_size": block_size,
-            "objects": [{**r.to_params(), SIZE: i.size, ETAG: i.etag} for r, i in items]}
+            "objects": [{**r.to_params(), SIZE: i.size, ETAG: i.etag, MODIFIED: i.modified}
+                        for r, i in items]}
 
 
 def listing_from_wire(body: dict) -> tuple[list[tuple[SourceRef, ObjectInfo]], int]:
-    return ([(SourceRef.from_params(o), ObjectInfo(o[SIZE], o[ETAG])) for o in body["objects"]],
+    return ([(SourceRef.from_params(o), ObjectInfo(o[SIZE], o[ETAG], _modified(o))) for o in body["objects"]],
             int(body["block_size"]))
+
+
+def _modified(fields: dict) -> float | None:
+    value = fields.get(MODIFIED)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def members_to_wire(self_id: str | None, members: list[Member]) -> dict:

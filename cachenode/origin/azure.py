@@ -22,6 +22,10 @@ from ..source import AZURE, SourceRef
 from .base import Origin
 
 
+def _timestamp(when) -> float | None:
+    return when.timestamp() if when is not None else None
+
+
 def _quoted(etag: str) -> str:
     """Listings give ETags bare, properties give them quoted; keys need one spelling."""
     return etag if etag.startswith('"') else f'"{etag}"'
@@ -119,7 +123,8 @@ class AzureOrigin(Origin):
             props = await blob.get_blob_properties()
         except Exception as exc:  # noqa: BLE001 - translated at the edge of the backend
             raise self._translate(exc, ref) from exc
-        return ObjectInfo(props.size or 0, _quoted(props.etag))  # Azurite omits the size of empty blobs
+        # Azurite omits the size of empty blobs
+        return ObjectInfo(props.size or 0, _quoted(props.etag), _timestamp(props.last_modified))
 
     async def read_into(self, ref: SourceRef, etag: str, offset: int, dest: memoryview) -> None:
         if len(dest) == 0:
@@ -159,7 +164,7 @@ class AzureOrigin(Origin):
                     item = SourceRef(AZURE, ref.account, ref.container, b.name)
                 except InvalidSource:
                     continue  # a name with dot or empty segments: not readable through the cache
-                out.append((item, ObjectInfo(b.size or 0, _quoted(b.etag))))
+                out.append((item, ObjectInfo(b.size or 0, _quoted(b.etag), _timestamp(b.last_modified))))
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, ref) from exc
         return out

@@ -75,7 +75,7 @@ class FileOrigin(Origin):
     def _stat(self, path: str) -> ObjectInfo:
         fd, st = self._open_checked(path)
         os.close(fd)
-        return ObjectInfo(st.st_size, file_etag(st))
+        return ObjectInfo(st.st_size, file_etag(st), st.st_mtime)
 
     async def read_into(self, ref: SourceRef, etag: str, offset: int, dest: memoryview) -> None:
         await asyncio.to_thread(self._read, ref.path, etag, offset, dest)
