@@ -57,15 +57,21 @@ class _BlockProtocol(asyncio.BufferedProtocol):
         self._head_len = 0
 
     def get_buffer(self, sizehint: int):
+        # Never an empty buffer: asyncio treats that as a fatal error with a traceback, and an
+        # idle pooled connection is read (for its EOF) when its node goes away. Bytes that
+        # belong to no response land in the head buffer and drop the connection below.
         r = self.resp
-        if r is not None and r.body is not None:
-            return r.body[r.got:]
-        return memoryview(self._head)[self._head_len:]
+        if r is None:
+            return memoryview(self._head)
+        if r.body is not None:
+            rest = r.body[r.got:]
+            return rest if len(rest) else memoryview(self._head)
+        return memoryview(self._head)[self._head_len:]  # not full: a full head fails the response
 
     def buffer_updated(self, nbytes: int) -> None:
         r = self.resp
-        if r is None:  # bytes outside a response: protocol error, drop the connection
-            self.transport.abort()
+        if r is None or (r.body is not None and r.got >= r.length):
+            self.transport.abort()  # bytes outside a response: protocol error, drop the connection
             return
         if r.body is not None:
             if r.hasher is not None:
@@ -88,9 +94,11 @@ class _BlockProtocol(asyncio.BufferedProtocol):
             if r.hasher is not None:
                 r.hasher.update(r.body[:extra])
             r.got = extra
-        if r.got >= r.length and not r.done.done():
+        if r.got >= r.length:
             self.resp = None
-            r.done.set_result(None)
+            self._head_len = 0
+            if not r.done.done():
+                r.done.set_result(None)
 
     def _parse_head(self, head: bytes) -> bool:
         r = self.resp
