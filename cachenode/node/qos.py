@@ -35,11 +35,11 @@ class QosConfig:
     noise: float = 0.1
     # Background origin reads go out in pieces of `piece_time` of the link (64 KiB to 4 MiB),
     # each waiting for its tokens, at most `pieces_in_flight` at once per node. What is already
-    # on the wire when the limit drops is then ~40 ms of the link, and so is what the counters
+    # on the wire when the limit drops is then ~20 ms of the link, and so is what the counters
     # see of our pieces before they land and count as ours (below `noise` at a 0.5 s window).
     piece: int | None = None
     piece_time: float = 0.01
-    pieces_in_flight: int = 4
+    pieces_in_flight: int = 2
     # Bytes on the wire per payload byte beyond the payload (TCP/IP/Ethernet headers at MTU 1500
     # are ~4.6%): without it the cache's own headers look like someone else's traffic.
     framing: float = 0.05
