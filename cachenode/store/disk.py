@@ -1,4 +1,4 @@
-"""The disk tier: one file per block, named by key and digest, bounded LRU, rebuilt at start."""
+"""The disk tier: one file per block, named by key, digest and length, bounded LRU, rebuilt at start."""
 
 from __future__ import annotations
 
