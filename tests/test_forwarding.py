@@ -10,15 +10,21 @@ from cachenode.bench.services import AZURITE_ACCOUNT
 from helpers import BS, TOKEN, http_get, metric
 
 
+def _blob_fields(blobs, c, name: str, data: bytes) -> dict:
+    """Put `data` as blob `name`; the block request fields for it (stat through the cluster)."""
+    url = blobs.put(name, data)
+    with cachenode.Client(nodes=[c.urls[0]], token=TOKEN) as client:
+        st = client.stat(url)
+    return {"kind": "azure", "account": AZURITE_ACCOUNT, "container": blobs.container, "path": name,
+            "etag": st["etag"], "size": str(st["size"]), "bs": str(BS)}
+
+
 def test_loader_set_forwarded_marker_does_not_make_non_owners_fill(blobs, nodes, proxy):
     c = nodes.cluster(3, "--block-size", f"{BS}")
     n = 12
     data = os.urandom(n * BS)
-    url = blobs.put("fwd.bin", data)
-    with cachenode.Client(nodes=[c.urls[0]], token=TOKEN) as client:
-        st = client.stat(url)
-    base = {"kind": "azure", "account": AZURITE_ACCOUNT, "container": blobs.container, "path": "fwd.bin",
-            "etag": st["etag"], "size": str(st["size"]), "bs": str(BS)}
+    base = _blob_fields(blobs, c, "fwd.bin", data)
+    url = blobs.url("fwd.bin")
     for marker in ("1", TOKEN, "true"):
         for i in range(n):
             for node_url in c.urls:  # every node, so two of the three are non-owners
@@ -63,13 +69,9 @@ def test_a_loader_claiming_every_other_node_dead_does_not_make_a_non_owner_fill(
     "everyone but you is dead" still sends each block to its live owner."""
     c = nodes.cluster(3, "--block-size", f"{BS}")
     n = 12
-    data = os.urandom(n * BS)
-    url = blobs.put("avoid.bin", data)
+    base = _blob_fields(blobs, c, "avoid.bin", os.urandom(n * BS))
     with cachenode.Client(nodes=[c.urls[0]], token=TOKEN) as client:
-        st = client.stat(url)
         ids = [m.id for m in client.members()]
-    base = {"kind": "azure", "account": AZURITE_ACCOUNT, "container": blobs.container, "path": "avoid.bin",
-            "etag": st["etag"], "size": str(st["size"]), "bs": str(BS)}
     for i in range(n):
         for node_url in c.urls:
             q = urlencode({**base, "index": str(i)})

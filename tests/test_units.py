@@ -62,14 +62,20 @@ def test_memory_tier_is_byte_bounded_lru():
     assert not m.put("huge", b"x" * 101, "dh")
 
 
+async def _write_blocks(d: DiskTier, n: int) -> None:
+    """Blocks 0..n-1 of 100 bytes each, block i all bytes i."""
+    from cachenode.blocks import digest
+
+    for i in range(n):
+        data = bytes([i]) * 100
+        await d.write(f"{i:032x}", data, digest(data))
+
+
 def test_disk_tier_evicts_and_rebuilds(tmp_path):
     async def main():
         d = DiskTier(str(tmp_path), 250)
         d.rebuild()
-        from cachenode.blocks import digest
-        for i in range(3):
-            data = bytes([i]) * 100
-            await d.write(f"{i:032x}", data, digest(data))
+        await _write_blocks(d, 3)
         assert len(d) == 2 and d.used == 200  # the oldest went to make room
         again = DiskTier(str(tmp_path), 250)
         assert again.rebuild() == 2
@@ -111,14 +117,10 @@ def test_disk_tier_never_holds_more_than_its_capacity_while_writing(tmp_path, mo
 
 
 def test_a_truncated_block_file_is_dropped_at_start(tmp_path):
-    from cachenode.blocks import digest
-
     async def main():
         d = DiskTier(str(tmp_path), 1000)
         d.rebuild()
-        for i in range(3):
-            data = bytes([i]) * 100
-            await d.write(f"{i:032x}", data, digest(data))
+        await _write_blocks(d, 3)
         return d
 
     d = asyncio.run(main())
