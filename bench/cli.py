@@ -66,8 +66,11 @@ def main() -> None:
 
     Everything runs on this machine: Azurite, node processes and a generated checkpoint.
     """
-    # SIGTERM unwinds like Ctrl-C, so every process and namespace a run created is removed
+    # SIGTERM unwinds like Ctrl-C, so every process and namespace a run created is removed.
+    # Ctrl-C itself is set explicitly: a process started from a background job (a CI script,
+    # nohup) inherits SIGINT ignored, and a run would then go on to the end instead.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @main.command()

@@ -108,8 +108,11 @@ def test_links_small(tmp_path):
 
 def _interrupt_after_setup(args: list[str], work: Path, during=lambda pid: None) -> None:
     """Start a cachebench run, Ctrl-C it once its services are up, and wait for it to end."""
+    # Started as from a background job (a CI script, nohup): SIGINT arrives ignored, and the
+    # command must still stop on it.
     p = subprocess.Popen([sys.executable, "-m", "cachenode.bench.cli", *args, "--workdir", str(work)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         for line in p.stdout:  # Azurite and the nodes are running once this line is out
             if line.startswith("checkpoint "):
