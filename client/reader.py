@@ -112,6 +112,8 @@ async def run_all(coros) -> list:
     buffer, which the caller owns again (and may reuse or free) as soon as we return or raise.
     """
     tasks = [asyncio.ensure_future(c) for c in coros]
+    if not tasks:
+        return []  # asyncio.wait refuses an empty set (an index with no shards, say)
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     except BaseException:

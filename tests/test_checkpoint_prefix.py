@@ -50,3 +50,9 @@ def test_shard_names_with_url_characters_read_their_own_blobs(blobs, nodes, tmp_
     assert sorted(got) == sorted(expected)
     for k, v in expected.items():
         assert torch.equal(got[k], v), k
+
+
+def test_an_index_with_no_shards_loads_nothing_instead_of_failing_oddly(blobs, nodes):
+    node = nodes.start("--block-size", str(BS))
+    url = blobs.put("empty/model.safetensors.index.json", json.dumps({"weight_map": {}}).encode())
+    assert load_checkpoint(url, nodes=[node.url], token=TOKEN) == {}
