@@ -6,18 +6,15 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from .services import free_port
-
-
 class Relay:
-    """Accepts on `listen_host` (a free port) and pipes each connection to `upstream`.
+    """Accepts on `listen_host` (a free port, `port` once started) and pipes each connection to `upstream`.
 
     Runs its own event loop on a thread, so several relays can live in one process.
     """
 
     def __init__(self, listen_host: str, upstream_host: str, upstream_port: int,
                  chunk: int = 1 << 18) -> None:
-        self.listen_host, self.port = listen_host, free_port()
+        self.listen_host, self.port = listen_host, 0  # bound in start(): no pick-then-bind race
         self.upstream = (upstream_host, upstream_port)
         self.chunk = chunk
         self._loop = asyncio.new_event_loop()
@@ -44,9 +41,10 @@ class Relay:
 
     def start(self) -> "Relay":
         async def start():
-            return await asyncio.start_server(self._handle, self.listen_host, self.port, limit=self.chunk)
+            return await asyncio.start_server(self._handle, self.listen_host, 0, limit=self.chunk)
 
         self._server = self._loop.run_until_complete(start())
+        self.port = self._server.sockets[0].getsockname()[1]
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="relay")
         self._thread.start()
         return self

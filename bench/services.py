@@ -135,12 +135,16 @@ class Azurite:
         self.stop()
 
 
+class PortTaken(RuntimeError):
+    """The node's port was bound by someone else between picking it and the node's bind."""
+
+
 class NodeProcess:
     """`cachenode serve` as a child process on a free port; `url` once it listens."""
 
     def __init__(self, cache_dir: str | Path, *, token: str | None, conn_str: str | None,
                  args: tuple[str, ...] = (), port: int = 0, wrap: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, repick: bool = False) -> None:
         self.cache_dir = Path(cache_dir)
         self.extra_env = env or {}
         self.wrap = wrap  # a command prefix, e.g. ("ip", "netns", "exec", NAME)
@@ -148,10 +152,25 @@ class NodeProcess:
         self.conn_str = conn_str
         self.args = args
         self.port = port
+        self.repick = repick  # `port` came from free_port(): another one will do
         self.url = ""
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> "NodeProcess":
+        """Start and wait for "listening on"; a port picked by `free_port()` can be taken by
+        another process before the node binds it, so such a start is retried on a fresh port
+        (only when the caller says `repick`: a fixed port that is busy is an error to report).
+        Port 0 (the default) lets the node bind any free port itself, which has no race."""
+        for attempt in range(5):
+            try:
+                return self._start_once(timeout)
+            except PortTaken:
+                if not self.repick or attempt == 4:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> "NodeProcess":
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("CACHENODE_", "AZURE_STORAGE_"))}
@@ -166,6 +185,7 @@ class NodeProcess:
         if not self.token:
             cmd.append("--no-auth")
         log = open(self.cache_dir.with_suffix(".log"), "ab")
+        log_start = log.seek(0, os.SEEK_END)  # this start's own lines begin here
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
                                      env=env, text=True, start_new_session=True)
         log.close()
@@ -184,7 +204,14 @@ class NodeProcess:
         line = ready[0] if ready else ""
         if "listening on " not in line:
             self.stop()
-            raise RuntimeError(f"node did not start: {line!r}; see {self.cache_dir.with_suffix('.log')}")
+            log_path = self.cache_dir.with_suffix(".log")
+            with open(log_path, "rb") as f:
+                f.seek(log_start)
+                ours = f.read().decode(errors="replace")
+            if any(ln.startswith("Error: cannot listen") and "already in use" in ln
+                   for ln in ours.splitlines()):
+                raise PortTaken(f"port {self.port} taken before the node bound it")
+            raise RuntimeError(f"node did not start: {line!r}; see {log_path}")
         self.url = line.split("listening on ", 1)[1].split()[0]
         return self
 
@@ -255,6 +282,8 @@ class LocalCluster:
         try:
             for p in ports:
                 self._start_one(p)
+            if [p.port for p in self.procs] != ports:  # a port was taken and re-picked
+                self.peers_file.write_text("".join(f"{u}\n" for u in self.urls))
             self.wait_members(self.n)
         except BaseException:
             self.stop()
@@ -263,7 +292,7 @@ class LocalCluster:
 
     def _start_one(self, port: int) -> NodeProcess:
         proc = NodeProcess(self.workdir / f"node{len(self.procs)}", token=self.token,
-                           conn_str=self.conn_str, port=port, env=self.env, wrap=self.wrap,
+                           conn_str=self.conn_str, port=port, env=self.env, wrap=self.wrap, repick=True,
                            args=("--host", self.host, "--peers-file", str(self.peers_file), *self.args))
         self.procs.append(proc)
         return proc.start()

@@ -165,14 +165,14 @@ def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, to
 
         if not available("ucx"):
             raise click.UsageError("--ucx needs the ucxx package: pip install 'cachenode[ucx]'")
-    from .node.daemon import serve_forever
+    from .node.daemon import CannotListen, serve_forever
 
     click.echo(f"cachenode: memory {format_size(memory_bytes)}, disk {format_size(disk_bytes)}, "
                f"block {format_size(block_size)}, account {azure.account or '-'}", err=True)
     try:
         asyncio.run(serve_forever(config, announce=lambda s: click.echo(s, nl=True) or sys.stdout.flush()))
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except CannotListen as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

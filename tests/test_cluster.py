@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 
+import pytest
 
 import cachenode
 from cachenode.blocks import block_count, block_key
@@ -207,3 +208,45 @@ def test_status_command_reports_members(nodes, blobs):
     r = subprocess.run([sys.executable, "-m", "cachenode", "status", "--node", c.urls[0], "--token", TOKEN],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and all(i in r.stdout for i in c.ids())
+
+
+def test_a_cluster_whose_picked_port_is_taken_starts_on_another(nodes, monkeypatch):
+    """free_port() hands out a port that another process may bind before the node does (CI runs
+    many nodes at once): the cluster re-picks that node's port and lists the new one."""
+    import socket
+
+    import cachenode.bench.services as services
+    from conftest import members_of
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    real = services.free_port
+    handed = iter([taken])
+    monkeypatch.setattr(services, "free_port", lambda: next(handed, None) or real())
+    try:
+        c = nodes.cluster(2)
+        ports = sorted(p.port for p in c.procs)
+        assert taken not in ports and len(set(ports)) == 2
+        listed = c.peers_file.read_text().split()
+        assert sorted(c.urls) == sorted(listed)
+        assert all(len(members_of(u)) == 2 for u in c.urls)
+    finally:
+        squatter.close()
+
+
+def test_a_busy_fixed_port_is_reported_not_re_picked(nodes):
+    """...and the node that could not listen says so in one line and leaves nothing open."""
+    import socket
+
+    from cachenode.bench.services import PortTaken
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        with pytest.raises(PortTaken, match=str(squatter.getsockname()[1])):
+            nodes.start(port=squatter.getsockname()[1])
+    log = (nodes.tmp_path / "node0.log").read_text()
+    assert "Error: cannot listen on 127.0.0.1:" in log
+    assert "Unclosed" not in log and "Traceback" not in log, log

@@ -62,6 +62,10 @@ class _CappedSite(web.TCPSite):
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
 
 
+class CannotListen(Exception):
+    """The node's address could not be bound (in use, not ours, no permission)."""
+
+
 class NodeServer:
     """A node service plus its listeners; usable in-process (tests, benchmarks) or as the daemon."""
 
@@ -80,14 +84,11 @@ class NodeServer:
 
     async def start(self) -> str:
         await self._runner.setup()
-        if self.config.ucx:
-            from ..transport.ucx_server import UcxServer
-
-            self._ucx = UcxServer(self.service)
-            self.service.transports["ucx"] = base64.b64encode(await self._ucx.start()).decode()
-        site = _CappedSite(self._runner, self.config.host, self.config.port, backlog=1024,
-                           max_connections=self.config.max_connections)
-        await site.start()
+        try:
+            await self._listen()
+        except BaseException:
+            await self.stop()  # the service's sessions and tasks are up already: close them
+            raise
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         # Our own id is known only now that the port is bound (--port 0 in tests).
@@ -95,6 +96,20 @@ class NodeServer:
         self.membership.set_self(Member(self.config.member_id or member_id_of(advertised), advertised,
                                         transports=dict(self.service.transports)))
         return self.url
+
+    async def _listen(self) -> None:
+        if self.config.ucx:
+            from ..transport.ucx_server import UcxServer
+
+            self._ucx = UcxServer(self.service)
+            self.service.transports["ucx"] = base64.b64encode(await self._ucx.start()).decode()
+        site = _CappedSite(self._runner, self.config.host, self.config.port, backlog=1024,
+                           max_connections=self.config.max_connections)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CannotListen(f"cannot listen on {self.config.host}:{self.config.port}: "
+                               f"{exc.strerror or exc}") from exc
 
     async def stop(self) -> None:
         if self._ucx is not None:
