@@ -243,6 +243,53 @@ def qos(link, repeat, workdir, json_path) -> None:
     _write(r, json_path, None, "")
 
 
+@main.command()
+@click.option("--duration", default="10m", show_default=True,
+              help="How long to run: seconds, or with a unit (90s, 10m).")
+@click.option("--loaders", default=3, show_default=True, type=click.IntRange(1, 32),
+              help="Loader threads reading through the cache at once.")
+@click.option("--chaos-every", default=6.0, show_default=True, type=click.FloatRange(1, 600),
+              help="Seconds between chaos actions (a warm, a node SIGKILL+restart, an origin outage; in turn).")
+@click.option("--workdir", type=click.Path(file_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
+def soak(duration, loaders, chaos_every, workdir, json_path) -> None:
+    """Chaos run: concurrent loaders against 3 nodes while nodes are SIGKILLed and restarted and
+    the origin (Azurite) stops and starts. Fails unless every load was byte-exact or failed with
+    a named error, node memory and cache dirs stayed within their budgets, and no descriptors leaked.
+    """
+    from .soak import check, run_soak
+
+    seconds = _duration(duration)
+
+    def progress(log, left):
+        o = log.outcomes
+        click.echo(f"{max(0, left):5.0f}s left: {o['ok']} ok, {o['named']} named errors, "
+                   f"{len(log.bad)} bad; chaos {dict(log.chaos)}")
+
+    r = run_soak(seconds, loaders=loaders, chaos_every=chaos_every, workdir=workdir, progress=progress)
+    click.echo(f"{r['loads']} loads in {seconds:.0f}s: {r['outcomes']}; named errors {r['named_errors']}")
+    click.echo(f"chaos {r['chaos']}; cache dir peak {r['max_cache_dir_mib']} MiB (--disk {r['disk_budget_mib']} MiB)")
+    for x in r["incarnations"]:
+        click.echo(f"  node {x['node']} pid {x['pid']}: idle {x['idle_rss_mib']} MiB, +{x['rss_over_idle_mib']} MiB "
+                   f"peak (budget +{r['rss_budget_over_idle_mib']}), fds {x['fds_start']} -> {x['fds_end']}")
+    broken = check(r)
+    r["broken"] = broken
+    _write(r, json_path, None, "")
+    if broken:
+        raise click.ClickException("soak failed:\n  " + "\n  ".join(broken))
+    click.echo("soak passed")
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip().lower()
+    try:
+        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration (e.g. 90, 90s, 10m)",
+                                 param_hint="--duration") from None
+
+
 def _write(result: dict, json_path: str | None, plot_path: str | None, title: str) -> None:
     if json_path:
         with open(json_path, "w") as f:

@@ -1,0 +1,264 @@
+"""`cachebench soak`: loaders, warms, node kills and origin outages in a loop; nothing wrong, lost or leaked.
+
+A bounded chaos run against a real cluster (3 node processes, Azurite). Loader threads read whole
+checkpoints and random ranges through the cache while a chaos thread SIGKILLs and restarts nodes,
+stops and restarts the origin, and warms blobs. Every load must return the uploaded bytes or fail
+with a named error (a `CacheError`); node memory, cache directories and descriptors are sampled
+throughout and checked against the budgets the nodes were given.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cachenode.errors import CacheError
+
+from .testbed import CONTAINER, testbed
+
+MiB = 1 << 20
+BLOCK, MEMORY, DISK = 1 * MiB, 48 * MiB, 64 * MiB
+# What a node may hold above its idle size: --memory, its fill slots (a quarter more for
+# background fills) and responses in flight, plus allocator/runtime slack (as tests/test_budgets.py).
+SLOTS = max(4, MEMORY // 4 // BLOCK)
+RSS_OVER_IDLE = MEMORY + (SLOTS + max(1, SLOTS // 4)) * BLOCK + 32 * BLOCK + 48 * MiB
+FD_GROWTH = 16  # peer pools and keep-alive connections settle to a few; growth beyond is a leak
+
+
+def _status(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for d, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(d, name))
+            except FileNotFoundError:  # renamed or evicted while we walked
+                pass
+    return total
+
+
+@dataclass
+class Incarnation:
+    """One node process from start to kill: its idle size and what it reached."""
+
+    node: int
+    pid: int
+    idle_rss: int
+    fds_start: int = 0
+    fds_end: int = 0
+    peak_rss: int = 0
+
+
+@dataclass
+class SoakLog:
+    outcomes: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)     # named errors, by type
+    bad: list[str] = field(default_factory=list)          # wrong bytes or unnamed errors
+    chaos: Counter = field(default_factory=Counter)
+    max_disk: int = 0
+    lives: list[Incarnation] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def outcome(self, kind: str, detail: str = "") -> None:
+        with self.lock:
+            self.outcomes[kind] += 1
+            if kind == "named":
+                self.errors[detail.split(":", 1)[0]] += 1
+            elif kind != "ok":
+                self.bad.append(detail)
+
+
+def _load_once(rng: random.Random, blobs: dict[str, bytes], url_of, nodes: list[str], token: str,
+               log: SoakLog) -> None:
+    import torch
+
+    import cachenode
+    from cachenode.client.tensors import load_safetensors
+
+    name = rng.choice(sorted(blobs))
+    data = blobs[name]
+    try:
+        if rng.random() < 0.3:
+            tensors = load_safetensors(url_of(name), nodes=nodes, token=token)
+            ref = _reference(data)
+            ok = tensors.keys() == ref.keys() and all(
+                torch.equal(_as_bytes(tensors[k]), _as_bytes(ref[k])) for k in ref)
+            del tensors
+        else:
+            start = rng.randrange(len(data))
+            n = rng.choice([1, 4096, BLOCK, 3 * BLOCK + 7, len(data)])
+            with cachenode.open(url_of(name), nodes=nodes, token=token) as f:
+                f.seek(start)
+                buf = bytearray(min(n, len(data) - start))
+                f.readinto(buf)
+            ok = bytes(buf) == data[start:start + len(buf)]
+        log.outcome("ok" if ok else "wrong", f"{name}: bytes differ")
+    except CacheError as exc:
+        log.outcome("named", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 — anything not named is what the soak is looking for
+        log.outcome("unnamed", f"{name}: {type(exc).__name__}: {exc}")
+
+
+def _reference(data: bytes) -> dict:
+    from safetensors.torch import load
+
+    return load(data)
+
+
+def _as_bytes(t):
+    """A tensor's bytes as uint8 (random bytes make NaNs, which torch.equal calls unequal)."""
+    import torch
+
+    return t.contiguous().view(-1).view(torch.uint8)
+
+
+def run_soak(seconds: float, *, loaders: int = 3, n_blobs: int = 4, blob_mib: int = 12,
+             chaos_every: float = 6.0, outage: float = 4.0, workdir: str | None = None,
+             seed: int = 0, progress=None) -> dict:
+    """Run the soak for `seconds`; returns its figures (see `check` for what must hold)."""
+    import tempfile
+
+    from cachenode.client.bypass import BypassWarning
+
+    from .checkpoint import make_safetensors, upload
+
+    warnings.simplefilter("ignore", BypassWarning)  # bypass is expected while nodes die
+    rng = random.Random(seed)
+    log = SoakLog()
+    with testbed(workdir, "cachebench-soak-") as bed:
+        blobs: dict[str, bytes] = {}
+        for i in range(n_blobs):
+            path = Path(tempfile.mkstemp(dir=bed.base, suffix=".safetensors")[1])
+            make_safetensors(path, blob_mib * MiB, seed=seed + i)
+            upload(bed.azurite.connection_string, CONTAINER, f"soak/m{i}.safetensors", path)
+            blobs[f"soak/m{i}.safetensors"] = path.read_bytes()
+        cluster = bed.cluster(3, "--block-size", str(BLOCK), "--memory", f"{MEMORY // MiB}MiB",
+                              "--disk", f"{DISK // MiB}MiB", "--idle-timeout", "2",
+                              "--origin-timeout", "3")
+        nodes, token = list(cluster.urls), bed.token  # updated in place if a node moves
+        lives: dict[int, Incarnation] = {}
+
+        def born(i: int) -> None:
+            pid = cluster.procs[i].proc.pid
+            lives[i] = Incarnation(i, pid, _status(pid, "VmRSS"), fds_start=len(os.listdir(f"/proc/{pid}/fd")))
+            log.lives.append(lives[i])
+
+        for i in range(len(cluster.procs)):
+            born(i)
+        stop = threading.Event()
+        deadline = time.monotonic() + seconds
+
+        def loader(k: int) -> None:
+            r = random.Random(seed * 1000 + k)
+            while not stop.is_set():
+                _load_once(r, blobs, bed.url, nodes, token, log)
+
+        def sample() -> None:
+            for i, life in list(lives.items()):
+                p = cluster.procs[i].proc
+                if p is None or p.pid != life.pid or p.poll() is not None:
+                    continue
+                try:
+                    life.peak_rss = max(life.peak_rss, _status(life.pid, "VmHWM"))
+                    life.fds_end = len(os.listdir(f"/proc/{life.pid}/fd"))
+                except FileNotFoundError:
+                    continue
+            log.max_disk = max([log.max_disk] + [_tree_bytes(p.cache_dir) for p in cluster.procs])
+
+        threads = [threading.Thread(target=loader, args=(k,), daemon=True) for k in range(loaders)]
+        for t in threads:
+            t.start()
+        actions = ["warm", "kill", "outage"]
+        next_chaos = time.monotonic() + chaos_every
+        while time.monotonic() < deadline:
+            sample()
+            if time.monotonic() >= next_chaos:
+                action = actions[log.chaos.total() % len(actions)]
+                log.chaos[action] += 1
+                _chaos(action, rng, cluster, bed, blobs, nodes, token, outage, born, sample)
+                next_chaos = time.monotonic() + chaos_every
+                if progress:
+                    progress(log, deadline - time.monotonic())
+            time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(120)
+        # Quiet: idle connections close (--idle-timeout 2), then a last look and a final check
+        # that every blob loads byte-exact with everything up.
+        time.sleep(4)
+        sample()
+        for name in blobs:
+            _load_once(random.Random(0), {name: blobs[name]}, bed.url, nodes, token, log)
+        if any(t.is_alive() for t in threads):
+            log.bad.append("a loader thread did not finish within 120 s of the end (hung load)")
+    return _figures(log, seconds)
+
+
+def _chaos(action: str, rng: random.Random, cluster, bed, blobs, nodes, token, outage, born,
+           sample) -> None:
+    import cachenode
+
+    if action == "kill":
+        i = rng.randrange(len(cluster.procs))
+        sample()  # the victim's last figures
+        cluster.procs[i].stop(signal.SIGKILL)
+        time.sleep(1.0)
+        cluster.procs[i].start()
+        if cluster.urls != nodes:  # its port was taken meanwhile: list where it is now
+            cluster.peers_file.write_text("".join(f"{u}\n" for u in cluster.urls))
+            nodes[:] = cluster.urls
+        born(i)
+    elif action == "outage":
+        bed.azurite.stop()
+        time.sleep(outage)
+        bed.azurite.start()
+    else:
+        name = rng.choice(sorted(blobs))
+        try:
+            cachenode.warm(bed.url(name), nodes=nodes, token=token)
+        except CacheError:
+            pass  # a warm racing a kill may fail; loads are what is checked
+
+
+def _figures(log: SoakLog, seconds: float) -> dict:
+    lives = [{"node": x.node, "pid": x.pid, "idle_rss_mib": round(x.idle_rss / MiB, 1),
+              "rss_over_idle_mib": round(max(0, x.peak_rss - x.idle_rss) / MiB, 1),
+              "fds_start": x.fds_start, "fds_end": x.fds_end} for x in log.lives]
+    return {"seconds": seconds, "loads": sum(log.outcomes.values()), "outcomes": dict(log.outcomes),
+            "named_errors": dict(log.errors), "bad": log.bad[:20], "chaos": dict(log.chaos),
+            "max_cache_dir_mib": round(log.max_disk / MiB, 1), "disk_budget_mib": DISK // MiB,
+            "rss_budget_over_idle_mib": RSS_OVER_IDLE // MiB, "incarnations": lives}
+
+
+def check(r: dict) -> list[str]:
+    """What must hold at the end of a soak; returns the broken rules (empty: it passed)."""
+    broken = [f"bad load: {b}" for b in r["bad"]]
+    if r["outcomes"].get("ok", 0) == 0:
+        broken.append("no load succeeded")
+    if r["max_cache_dir_mib"] > r["disk_budget_mib"]:
+        broken.append(f"cache dir reached {r['max_cache_dir_mib']} MiB > --disk {r['disk_budget_mib']} MiB")
+    for x in r["incarnations"]:
+        if x["rss_over_idle_mib"] > r["rss_budget_over_idle_mib"]:
+            broken.append(f"node {x['node']} (pid {x['pid']}) grew {x['rss_over_idle_mib']} MiB over idle "
+                          f"> {r['rss_budget_over_idle_mib']} MiB")
+    last = {}
+    for x in r["incarnations"]:
+        last[x["node"]] = x
+    for x in last.values():  # the incarnations alive at the end, after the quiet period
+        if x["fds_end"] > x["fds_start"] + FD_GROWTH:
+            broken.append(f"node {x['node']} descriptors {x['fds_start']} -> {x['fds_end']}")
+    return broken

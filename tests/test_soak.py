@@ -1,0 +1,41 @@
+"""The soak: a short run of `cachebench soak` passes, and its check catches each kind of breach."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from cachenode.bench.soak import check
+
+
+def test_a_short_soak_passes_with_every_kind_of_chaos(tmp_path):
+    out = tmp_path / "soak.json"
+    r = subprocess.run([sys.executable, "-m", "cachenode.bench.cli", "soak", "--duration", "20s",
+                        "--chaos-every", "3", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["broken"] == [] and res["bad"] == []
+    assert res["outcomes"]["ok"] >= 20
+    assert {"kill", "outage", "warm"} <= res["chaos"].keys()
+    assert len(res["incarnations"]) >= 4  # 3 nodes + at least one restart
+    assert "Traceback" not in r.stderr
+
+
+def _result(**over) -> dict:
+    r = {"bad": [], "outcomes": {"ok": 5}, "max_cache_dir_mib": 10, "disk_budget_mib": 64,
+         "rss_budget_over_idle_mib": 100,
+         "incarnations": [{"node": 0, "pid": 1, "rss_over_idle_mib": 20, "fds_start": 10, "fds_end": 12}]}
+    r.update(over)
+    return r
+
+
+def test_the_soak_check_names_each_breach():
+    assert check(_result()) == []
+    assert check(_result(bad=["m0: bytes differ"])) == ["bad load: m0: bytes differ"]
+    assert check(_result(outcomes={"named": 3})) == ["no load succeeded"]
+    assert "cache dir reached 65 MiB" in check(_result(max_cache_dir_mib=65))[0]
+    big = [{"node": 0, "pid": 7, "rss_over_idle_mib": 101, "fds_start": 10, "fds_end": 12}]
+    assert "grew 101 MiB" in check(_result(incarnations=big))[0]
+    leak = [{"node": 0, "pid": 7, "rss_over_idle_mib": 1, "fds_start": 10, "fds_end": 40}]
+    assert check(_result(incarnations=leak)) == ["node 0 descriptors 10 -> 40"]
