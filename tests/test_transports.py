@@ -142,3 +142,25 @@ def test_peer_dies_mid_transfer(blobs, transport, io_loop):
         io_loop.run(asyncio.wait_for(read_until_dead(), 30))
     assert done == list(range(8))
     assert bytes(out[:8 * BS]) == data[:8 * BS]
+
+
+def test_a_node_that_is_not_listening_is_named_as_refusing_not_as_failing_mid_transfer():
+    """The fallback log line tells an operator what happened: no transfer began."""
+    import aiohttp
+
+    from cachenode.bench.services import free_port
+    from cachenode.blocks import BlockRequest
+    from cachenode.source import parse_source
+    from cachenode.transport.http_client import HttpNodeClient
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    req = BlockRequest(parse_source("az://models/x.bin", default_account="acct"), '"e"', 10, 1 << 20, 0)
+
+    async def main():
+        async with aiohttp.ClientSession() as s:
+            with pytest.raises(PeerUnavailable) as info:
+                await HttpNodeClient(dead, None, s).read_block(req, memoryview(bytearray(10)))
+        return str(info.value)
+
+    msg = asyncio.run(main())
+    assert f"cache node {dead} refused the connection" in msg and "mid-transfer" not in msg, msg
