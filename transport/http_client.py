@@ -14,7 +14,7 @@ from cachenode.placement import Member
 from cachenode.source import SourceRef
 
 from . import wire
-from .http_fastpath import FastBlockGetter
+from .http_fastpath import ConnectFailed, FastBlockGetter
 from .wire import AVOID_HEADER, DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, request_params
 
 
@@ -86,8 +86,8 @@ class HttpNodeClient:
         try:
             status, headers, body, got_digest = await self._fast.get(
                 wire.BLOCK_PATH, request_params(req, verify), dest, extra, self._read_timeout)
-        except ConnectionRefusedError as exc:  # nothing listens there (yet): no transfer began
-            raise PeerUnavailable(f"cache node {self.base_url} refused the connection: {exc!r}") from exc
+        except ConnectFailed as exc:  # down, restarting or unreachable: no transfer began
+            raise PeerUnavailable(f"cache node {self.base_url} not reachable: {exc.__cause__!r}") from exc
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
             raise PeerUnavailable(f"cache node {self.base_url} failed mid-transfer: {exc!r}") from exc
         if status != 200:

@@ -129,6 +129,10 @@ class _BlockProtocol(asyncio.BufferedProtocol):
         self.transport.abort()
 
 
+class ConnectFailed(ConnectionError):
+    """No connection could be made: nothing was sent, nothing landed in the buffer."""
+
+
 class FastBlockGetter:
     """A small keep-alive pool of raw connections to one node, for block GETs only."""
 
@@ -151,8 +155,11 @@ class FastBlockGetter:
                 break
         if proto is None:
             loop = asyncio.get_running_loop()
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(_BlockProtocol, self.host, self.port), timeout)
+            try:
+                _, proto = await asyncio.wait_for(
+                    loop.create_connection(_BlockProtocol, self.host, self.port), timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc!r}") from exc
         resp = _Response(dest)
         proto.begin(resp)
         lines = [f"GET {path}?{urlencode(params)} HTTP/1.1", f"Host: {self._host_header}"]
