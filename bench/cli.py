@@ -268,6 +268,8 @@ def soak(duration, loaders, chaos_every, workdir, json_path) -> None:
 
     r = run_soak(seconds, loaders=loaders, chaos_every=chaos_every, workdir=workdir, progress=progress)
     click.echo(f"{r['loads']} loads in {seconds:.0f}s: {r['outcomes']}; named errors {r['named_errors']}")
+    for kind, text in r["error_examples"].items():
+        click.echo(f"  e.g. {text}")
     click.echo(f"chaos {r['chaos']}; cache dir peak {r['max_cache_dir_mib']} MiB (--disk {r['disk_budget_mib']} MiB)")
     for x in r["incarnations"]:
         click.echo(f"  node {x['node']} pid {x['pid']}: idle {x['idle_rss_mib']} MiB, +{x['rss_over_idle_mib']} MiB "

@@ -67,6 +67,7 @@ class Incarnation:
 class SoakLog:
     outcomes: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)     # named errors, by type
+    examples: dict[str, str] = field(default_factory=dict)  # the first message of each type
     bad: list[str] = field(default_factory=list)          # wrong bytes or unnamed errors
     chaos: Counter = field(default_factory=Counter)
     max_disk: int = 0
@@ -77,7 +78,9 @@ class SoakLog:
         with self.lock:
             self.outcomes[kind] += 1
             if kind == "named":
-                self.errors[detail.split(":", 1)[0]] += 1
+                kind_name = detail.split(":", 1)[0]
+                self.errors[kind_name] += 1
+                self.examples.setdefault(kind_name, detail[:500])
             elif kind != "ok":
                 self.bad.append(detail)
 
@@ -239,7 +242,7 @@ def _figures(log: SoakLog, seconds: float) -> dict:
               "rss_over_idle_mib": round(max(0, x.peak_rss - x.idle_rss) / MiB, 1),
               "fds_start": x.fds_start, "fds_end": x.fds_end} for x in log.lives]
     return {"seconds": seconds, "loads": sum(log.outcomes.values()), "outcomes": dict(log.outcomes),
-            "named_errors": dict(log.errors), "bad": log.bad[:20], "chaos": dict(log.chaos),
+            "named_errors": dict(log.errors), "error_examples": log.examples, "bad": log.bad[:20], "chaos": dict(log.chaos),
             "max_cache_dir_mib": round(log.max_disk / MiB, 1), "disk_budget_mib": DISK // MiB,
             "rss_budget_over_idle_mib": RSS_OVER_IDLE // MiB, "incarnations": lives}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Awaitable, Callable, Iterable, TypeVar
 
 from cachenode.blocks import BlockRequest, ObjectInfo
-from cachenode.errors import CacheError, PeerUnavailable
+from cachenode.errors import CacheError
 from cachenode.placement import Member
 from cachenode.source import SourceRef, parse_source
 
@@ -42,16 +42,12 @@ class AsyncClient:
 
     async def _resolve(self, ref: SourceRef):
         """(size+ETag, block size, node URL or "origin", route or None) for an open."""
-        first = await self.cluster.first()
-        if first is not None:
-            node, members = first
-            try:
-                info, block_size = await node.stat(ref)
-                return info, block_size, node.base_url, self.cluster.route(members)
-            except PeerUnavailable as exc:
-                why = f": {exc}"
-        else:
-            why = ""
+        failures: list[str] = []
+        answer = await self.cluster.ask(lambda node: node.stat(ref), failures)
+        if answer is not None:
+            node, members, (info, block_size) = answer
+            return info, block_size, node.base_url, self.cluster.route(members)
+        why = f": {'; '.join(failures)}" if failures else ""
         nodes = self.config.nodes
         self._bypass.warn(f"no cache node answered (tried {', '.join(nodes)}){why}" if nodes
                           else "no cache node configured (CACHENODE_NODES)")

@@ -55,6 +55,19 @@ class Cluster:
                 continue
         return None
 
+    async def ask(self, question, failures: list[str]):
+        """(node, its members, `question(node)`) from the first configured node that answers
+        both; a node that dies between the two is skipped like one that never answered (its
+        reason goes to `failures`). None when no node answered."""
+        for url in self.config.nodes:
+            node = self.node(url)
+            try:
+                members = await node.members()
+                return node, members, await question(node)
+            except PeerUnavailable as exc:
+                failures.append(str(exc))
+        return None
+
     async def require(self) -> tuple[HttpNodeClient, list[Member]]:
         first = await self.first()
         if first is None:

@@ -195,3 +195,49 @@ def test_when_no_node_answers_the_bypass_error_says_so_and_why_the_direct_read_f
     msg = str(info.value)
     assert "no cache node answered" in msg and dead in msg, msg
     assert "directly" in msg and "failed" in msg, msg
+
+
+def test_a_node_that_dies_between_members_and_stat_is_skipped_not_a_bypass(blobs, node):
+    """The first listed node answers the member list, then its connection resets on the stat (it
+    died in between, as a SIGKILL mid-open does): the next listed node serves the open; the
+    loader must not bypass the cache with "no cache node answered"."""
+    import json
+    import socket
+    import struct
+    import threading
+    import warnings
+
+    from cachenode.transport.wire import MEMBERS_PATH
+
+    members = json.dumps(_get(f"{node.url}{MEMBERS_PATH}")[1]).encode()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(30)
+
+    def dying_node():
+        try:
+            while True:
+                c, _ = srv.accept()
+                head = c.recv(65536)
+                if MEMBERS_PATH.encode() in head.split(b"\r\n", 1)[0]:
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                              b"Content-Length: %d\r\n\r\n%s" % (len(members), members))
+                else:  # reset, as a killed process's socket does
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()
+        except OSError:
+            return
+
+    threading.Thread(target=dying_node, daemon=True).start()
+    data = os.urandom(2 * BS)
+    url = blobs.put("dies.bin", data)
+    dying = f"http://127.0.0.1:{srv.getsockname()[1]}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", BypassWarning)
+            with cachenode.open(url, nodes=[dying, node.url], token=TOKEN) as f:
+                assert f.via == node.url
+                assert f.read() == data
+    finally:
+        srv.close()
