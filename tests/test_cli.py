@@ -69,3 +69,13 @@ def test_admin_commands_report_errors_without_tracebacks():
     assert r.returncode == 1
     assert "Error: unsupported URL scheme in 's3://bucket/key'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_ucx_that_cannot_start_is_one_clear_error_and_nothing_left_open(tmp_path):
+    """A UCX misconfiguration (here a network device that does not exist) ends the node with one
+    line naming UCX and the setting to check: no traceback, no unclosed session."""
+    r = _serve("--no-auth", "--ucx", "--cache-dir", str(tmp_path),
+               env={"UCX_TLS": "tcp", "UCX_NET_DEVICES": "nosuchdev0"})
+    assert r.returncode == 1
+    assert "Error: cannot start UCX" in r.stderr and "UCX_NET_DEVICES=nosuchdev0" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "Unclosed" not in r.stderr, r.stderr

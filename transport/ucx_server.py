@@ -35,7 +35,8 @@ class UcxServer:
         for t in self._tasks:
             t.cancel()
         # A receive posted on the worker does not always notice the cancel: do not wait forever.
-        await asyncio.wait(self._tasks, timeout=1.0)
+        if self._tasks:  # nothing to wait for when start() never got that far
+            await asyncio.wait(self._tasks, timeout=1.0)
 
     async def _serve(self) -> None:
         while True:

@@ -63,7 +63,7 @@ class _CappedSite(web.TCPSite):
 
 
 class CannotListen(Exception):
-    """The node's address could not be bound (in use, not ours, no permission)."""
+    """The node's address could not be bound (in use, not ours, no permission), or UCX not started."""
 
 
 class NodeServer:
@@ -101,8 +101,14 @@ class NodeServer:
         if self.config.ucx:
             from ..transport.ucx_server import UcxServer
 
-            self._ucx = UcxServer(self.service)
-            self.service.transports["ucx"] = base64.b64encode(await self._ucx.start()).decode()
+            ucx = UcxServer(self.service)
+            try:
+                address = await ucx.start()
+            except Exception as exc:  # noqa: BLE001 - ucxx raises its own types; all mean the same here
+                raise CannotListen(f"cannot start UCX ({type(exc).__name__}: {exc}); check UCX_TLS and "
+                                   f"UCX_NET_DEVICES={os.environ.get('UCX_NET_DEVICES', '(unset)')}") from exc
+            self._ucx = ucx
+            self.service.transports["ucx"] = base64.b64encode(address).decode()
         site = _CappedSite(self._runner, self.config.host, self.config.port, backlog=1024,
                            max_connections=self.config.max_connections)
         try:
