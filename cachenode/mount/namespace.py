@@ -92,14 +92,25 @@ class Namespace:
             ino = self._inodes[path] = len(self._inodes) + 1
         return ino
 
-    async def refresh(self, *, force: bool = False) -> None:
-        """List every source again if the cached listing is older than the TTL."""
-        if not force and self._clock() < self._expires:
+    async def refresh(self, *, wait: bool = True) -> None:
+        """List every source again if the cached listing is older than the TTL.
+
+        With `wait=False` an expired listing is still answered at once and refreshed in the
+        background: a slow origin listing (seconds, under load) must not stall every lookup of
+        a loader that is busy reading files it already has.
+        """
+        if self._clock() < self._expires:
             return
         if self._refreshing is None:
             self._refreshing = asyncio.ensure_future(self._relist())
-            self._refreshing.add_done_callback(lambda _: setattr(self, "_refreshing", None))
-        await asyncio.shield(self._refreshing)
+            self._refreshing.add_done_callback(self._refreshed)
+        if wait or self._expires == float("-inf"):
+            await asyncio.shield(self._refreshing)
+
+    def _refreshed(self, task: asyncio.Future) -> None:
+        self._refreshing = None
+        if not task.cancelled() and task.exception() is not None and self._expires != float("-inf"):
+            log.warning("listing failed: %s", task.exception())
 
     async def _relist(self) -> None:
         try:
@@ -108,7 +119,7 @@ class Namespace:
             if self._expires == float("-inf"):
                 raise
             # Keep serving the last listing: an open model must not vanish in a short outage.
-            log.warning("listing failed, keeping the previous one for %.0f s: %s", self._ttl, exc)
+            log.warning("listing failed, keeping the previous one for %g s: %s", self._ttl, exc)
             self._expires = self._clock() + self._ttl
             return
         files, dirs = blob_tree("", (item for listing in listings for item in listing))
@@ -136,7 +147,7 @@ class Namespace:
         return self._last.get(inode)
 
     async def lookup(self, parent: int, name: str) -> tuple[int, Entry] | None:
-        await self.refresh()
+        await self.refresh(wait=False)
         base = self._last.get(parent)
         if base is None:
             return None
@@ -146,7 +157,7 @@ class Namespace:
 
     async def children(self, inode: int) -> list[tuple[str, int, Entry]]:
         """(name, inode, entry) of a directory's entries, sorted by name."""
-        await self.refresh()
+        await self.refresh(wait=False)
         base = self._last.get(inode)
         if base is None:
             return []

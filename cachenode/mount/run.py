@@ -67,6 +67,13 @@ def check_mountpoint(path: str) -> None:
     if not os.path.isdir(path) or not (st.st_mode & 0o040000):
         raise MountError(f"mountpoint {path} is not a directory")
     mounted = mount_at(path)
+    if mounted is not None and mounted[1].startswith("fuse"):
+        try:
+            os.listdir(path)  # the root's attributes may still answer; a dead connection does not
+        except OSError as exc:
+            if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+                raise MountError(f"{path} is a stale FUSE mount (its process has died): clean it up with "
+                                 f"`cachenode unmount {path}` (or fusermount3 -u {path})") from None
     if mounted is not None:
         raise MountError(f"{path} is busy: a {mounted[1]} filesystem is already mounted there "
                          f"(unmount it first: `cachenode unmount {path}`)")
