@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import itertools
 import logging
@@ -37,8 +38,9 @@ class CacheFS(pyfuse3.Operations):
     """Directories are containers and blob-name prefixes, files are blobs (read-only)."""
 
     def __init__(self, namespace: Namespace, client: AsyncClient, *, attr_timeout: float,
-                 uid: int | None = None, gid: int | None = None) -> None:
+                 uid: int | None = None, gid: int | None = None, on_init=None) -> None:
         super().__init__()
+        self._on_init = on_init
         self.ns = namespace
         self.client = client
         self.attr_timeout = attr_timeout
@@ -50,6 +52,12 @@ class CacheFS(pyfuse3.Operations):
         # The ETag each inode was last opened at: the kernel's page cache holds that version's
         # bytes, kept across opens while it stays the newest and dropped when it changes.
         self._current: dict[int, str] = {}
+
+    def init(self) -> None:
+        # Called while the kernel's INIT request is answered; the kernel applies its reply
+        # (which resets the mount's readahead) right after, so per-mount tuning runs next.
+        if self._on_init is not None:
+            asyncio.get_running_loop().call_soon(self._on_init)
 
     # -- attributes ---------------------------------------------------------------------------
 

@@ -116,7 +116,8 @@ async def serve(config: MountConfig, client_config: ClientConfig,
         sources = parse_sources(client, list(config.sources))
         ns = Namespace(client, sources, config.listing_ttl)
         await ns.refresh()  # an unreachable cluster or a refused source fails here, before mounting
-        fs = CacheFS(ns, client, attr_timeout=config.listing_ttl)
+        fs = CacheFS(ns, client, attr_timeout=config.listing_ttl,
+                     on_init=lambda: _set_readahead(mountpoint, config.readahead))
         options = set(pyfuse3.default_options) | {"fsname=cachenode", "subtype=cachenode", "ro"}
         if config.allow_other:
             options.add("allow_other")
@@ -137,7 +138,6 @@ async def serve(config: MountConfig, client_config: ClientConfig,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop, sig)
         try:
-            _set_readahead(mountpoint, config.readahead)
             if ready is not None:
                 ready(mountpoint)
             await pyfuse3.main(max_tasks=config.max_tasks)
