@@ -284,13 +284,15 @@ def _daemonize(mountpoint: str, log_file: str | None) -> None:
     args = [a for a in sys.argv[1:] if a != "--daemon"]
     log_file = log_file or os.path.join(os.path.dirname(os.path.abspath(mountpoint)), ".cachenode-mount.log")
     with open(log_file, "ab") as log:
+        start = log.seek(0, os.SEEK_END)  # this mount's own lines begin here
         child = subprocess.Popen([sys.executable, "-m", "cachenode", *args], stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + 60
     while mount_at(mountpoint) is None:
         if child.poll() is not None or time.monotonic() > deadline:
-            with open(log_file, errors="replace") as f:
-                tail = f.read()[-2000:]
+            with open(log_file, "rb") as f:
+                f.seek(start)
+                tail = f.read().decode(errors="replace")[-2000:]
             raise click.ClickException(f"the mount did not come up (see {log_file}):\n{tail}")
         time.sleep(0.1)
     click.echo(f"cachenode: mounted at {os.path.abspath(mountpoint)} by process {child.pid} (log {log_file})")

@@ -236,3 +236,23 @@ def test_unmount_leaves_nothing_after_sigterm_or_sigkill(world, scratch_mountpoi
     assert mount_at(str(mp)) is None and os.listdir(mp) == []
     again = cli("unmount", str(mp))
     assert again.returncode != 0 and "nothing is mounted" in again.stderr
+
+
+def test_daemon_mode_returns_once_mounted_and_unmount_ends_it(world, scratch_mountpoint):
+    _, _, cluster, _, container = world
+    mp = scratch_mountpoint
+    mp.mkdir()
+    env = {**os.environ, "CACHENODE_TOKEN": TOKEN, "AZURE_STORAGE_ACCOUNT_NAME": "devstoreaccount1"}
+    log = mp.parent / "daemon.log"
+    r = subprocess.run([sys.executable, "-m", "cachenode", "mount", str(mp), "--source", f"az://{container}",
+                        "--node", cluster.urls[0], "--daemon", "--log-file", str(log)],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    pid = int(r.stdout.split("by process ")[1].split()[0])
+    assert os.listdir(mp) == [container]  # mounted when the command returned
+    assert subprocess.run([sys.executable, "-m", "cachenode", "unmount", str(mp)]).returncode == 0
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the daemon outlived its unmount"
+        time.sleep(0.05)
+    assert mount_at(str(mp)) is None and os.listdir(mp) == []
