@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 
 import pyfuse3
@@ -41,6 +42,7 @@ class CacheFS(pyfuse3.Operations):
                  uid: int | None = None, gid: int | None = None, on_init=None) -> None:
         super().__init__()
         self._on_init = on_init
+        self._mounted_ns = time.time_ns()  # directories have no time of their own in blob storage
         self.ns = namespace
         self.client = client
         self.attr_timeout = attr_timeout
@@ -71,7 +73,7 @@ class CacheFS(pyfuse3.Operations):
             a.st_mode = stat.S_IFDIR | 0o555
             a.st_nlink = 2
             a.st_size = 0
-            mtime = 0
+            mtime = self._mounted_ns
         else:
             a.st_mode = stat.S_IFREG | 0o444
             a.st_nlink = 1
