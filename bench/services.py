@@ -323,3 +323,56 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class MountProcess:
+    """`cachenode mount` as a child process (foreground); started once the mount is up."""
+
+    def __init__(self, mountpoint: str | Path, sources: list[str], nodes: list[str], *,
+                 token: str | None, account: str = AZURITE_ACCOUNT, args: tuple[str, ...] = (),
+                 log_path: str | Path | None = None) -> None:
+        self.mountpoint = Path(mountpoint)
+        self.cmd = [sys.executable, "-m", "cachenode", "mount", str(self.mountpoint),
+                    *(a for s in sources for a in ("--source", s)),
+                    *(a for n in nodes for a in ("--node", n)), *args]
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CACHENODE_", "AZURE_STORAGE_"))}
+        self.env["AZURE_STORAGE_ACCOUNT_NAME"] = account  # az://container names no account
+        if token:
+            self.env["CACHENODE_TOKEN"] = token
+        self.log_path = Path(log_path or f"{self.mountpoint}.log")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> "MountProcess":
+        from cachenode.mount.run import mount_at
+
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         env=self.env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while mount_at(str(self.mountpoint)) is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mount did not come up: {self.log_path.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop the mount process (SIGTERM unmounts; SIGKILL leaves a stale mount); its exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        code, self.proc = self.proc.returncode, None
+        return code
+
+    def __enter__(self) -> "MountProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

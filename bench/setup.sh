@@ -13,11 +13,15 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv
 fi
 # The network-namespace tests and `cachebench links|qos` need root, iproute2 (ip, tc) and iperf3
-# (the QoS test's competing flow): installed from Debian when we are root and they are missing.
+# (the QoS test's competing flow); `cachenode mount` needs fuse3 (fusermount3) and, to build
+# pyfuse3, libfuse3-dev and pkg-config: installed from Debian when we are root and they are missing.
 if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
   missing=()
   command -v ip >/dev/null && command -v tc >/dev/null || missing+=(iproute2)
   command -v iperf3 >/dev/null || missing+=(iperf3)
+  command -v fusermount3 >/dev/null || missing+=(fuse3)
+  dpkg -s libfuse3-dev >/dev/null 2>&1 || missing+=(libfuse3-dev)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
   if (( ${#missing[@]} )); then
     echo "== apt: ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -27,7 +31,7 @@ echo "== pip: torch 2.13.0 (CPU wheel), then cachenode and its dependencies"
 .venv/bin/python -m pip install "${quiet[@]}" --upgrade pip
 # Pinned first: an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install "${quiet[@]}" "torch==2.13.0"
-.venv/bin/python -m pip install "${quiet[@]}" -e '.[test,bench,ucx]'
+.venv/bin/python -m pip install "${quiet[@]}" -e '.[test,bench,ucx,mount]'
 
 echo "== npm: Azurite (Azure Blob emulator) into ./node_modules"
 command -v npm >/dev/null || { echo "npm not found: install Node.js 18+ (apt-get install nodejs npm)" >&2; exit 1; }

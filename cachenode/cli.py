@@ -231,6 +231,83 @@ def status(nodes, token, as_json) -> None:
     click.echo(json.dumps(rows, indent=2) if as_json else render(rows))
 
 
+@main.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--source", "sources", multiple=True, required=True, metavar="URL",
+              help="Container or prefix to show, e.g. az://models/llama (repeatable). Appears as "
+                   "MOUNTPOINT/<container>/<prefix>/...")
+@click.option("--node", "nodes", multiple=True, help="Node URL [env CACHENODE_NODES].")
+@click.option("--token", help="Cluster token [env CACHENODE_TOKEN].")
+@click.option("--listing-ttl", default=10.0, show_default=True, type=click.FloatRange(0, 86400),
+              help="Seconds a listing (names, sizes) is cached before the nodes are asked again.")
+@click.option("--readahead", default="32MiB", show_default=True, type=Size(),
+              help="Kernel readahead for the mount: how far ahead of a reader blocks are fetched.")
+@click.option("--allow-other", is_flag=True,
+              help="Let other users read the mount (non-root: needs user_allow_other in /etc/fuse.conf).")
+@click.option("--daemon", is_flag=True, help="Mount, then return and serve in the background.")
+@click.option("--log-file", type=click.Path(dir_okay=False),
+              help="With --daemon: where the background process logs [default: MOUNTPOINT's parent/.cachenode-mount.log].")
+def mount(mountpoint, sources, nodes, token, listing_ttl, readahead, allow_other, daemon, log_file) -> None:
+    """Mount the cluster cache read-only at MOUNTPOINT: blobs are files, prefixes directories.
+
+    Any program that reads a local path (from_pretrained, vllm serve, safe_open, cat) then reads
+    through the cache; a file is pinned to its ETag when opened. Runs in the foreground until
+    SIGTERM/Ctrl-C (then unmounts) unless --daemon. A mount whose process was killed is stale:
+    `cachenode unmount MOUNTPOINT` cleans it up.
+    """
+    from .client.config import ClientConfig
+    from .mount.run import MountConfig, check_mountpoint, serve as serve_mount
+
+    config = MountConfig(mountpoint=mountpoint, sources=tuple(sources), listing_ttl=listing_ttl,
+                         readahead=readahead, allow_other=allow_other)
+    client_config = ClientConfig.resolve(nodes or None, token)
+    if not client_config.nodes:
+        raise click.UsageError("no cache node: pass --node URL or set CACHENODE_NODES")
+    if daemon:
+        check_mountpoint(mountpoint)
+        _daemonize(mountpoint, log_file)
+        return
+
+    def ready(mp: str) -> None:
+        click.echo(f"cachenode: mounted {', '.join(sources)} at {mp} (Ctrl-C or SIGTERM unmounts)", err=True)
+
+    asyncio.run(serve_mount(config, client_config, ready=ready))
+
+
+def _daemonize(mountpoint: str, log_file: str | None) -> None:
+    """Run this same command without --daemon in a new session; return once it has mounted."""
+    import subprocess
+    import time
+
+    from .mount.run import mount_at
+
+    args = [a for a in sys.argv[1:] if a != "--daemon"]
+    log_file = log_file or os.path.join(os.path.dirname(os.path.abspath(mountpoint)), ".cachenode-mount.log")
+    with open(log_file, "ab") as log:
+        start = log.seek(0, os.SEEK_END)  # this mount's own lines begin here
+        child = subprocess.Popen([sys.executable, "-m", "cachenode", *args], stdin=subprocess.DEVNULL,
+                                 stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while mount_at(mountpoint) is None:
+        if child.poll() is not None or time.monotonic() > deadline:
+            with open(log_file, "rb") as f:
+                f.seek(start)
+                tail = f.read().decode(errors="replace")[-2000:]
+            raise click.ClickException(f"the mount did not come up (see {log_file}):\n{tail}")
+        time.sleep(0.1)
+    click.echo(f"cachenode: mounted at {os.path.abspath(mountpoint)} by process {child.pid} (log {log_file})")
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--lazy", is_flag=True, help="Detach now even if busy; it goes away when the last user closes it.")
+def unmount(mountpoint, lazy) -> None:
+    """Unmount a cachenode mount, also a stale one left by a killed mount process (fusermount3 -u)."""
+    from .mount.run import unmount as do_unmount
+
+    do_unmount(mountpoint, lazy=lazy)
+
+
 def _register_deploy() -> None:
     # Lazy: the deploy group's YAML and templates are loaded only when it runs.
     from .deploy.cli import deploy

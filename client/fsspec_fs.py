@@ -14,6 +14,7 @@ from cachenode.errors import InvalidSource, PeerUnavailable, SourceNotFound
 from cachenode.source import AZURE, SourceRef
 
 from .api import Client
+from .listing import blob_tree
 
 
 class CachenodeFileSystem(AbstractFileSystem):
@@ -87,15 +88,9 @@ class CachenodeFileSystem(AbstractFileSystem):
     def _tree(self, path: str) -> tuple[dict[str, dict], dict[str, dict]]:
         """Files and directories below directory `path`, full names -> entries (one listing)."""
         container, listing = self._under(path)
-        files, dirs = {}, {}
-        for blob, info in listing:
-            full = f"{container}/{blob}"
-            files[full] = self._file_entry(full, info)
-            parent = full.rsplit("/", 1)[0]
-            while len(parent) > len(path) and parent not in dirs:
-                dirs[parent] = self._dir_entry(parent)
-                parent = parent.rsplit("/", 1)[0]
-        return files, dirs
+        files, dirs = blob_tree(path, ((f"{container}/{blob}", info) for blob, info in listing))
+        return ({n: self._file_entry(n, info) for n, info in files.items()},
+                {d: self._dir_entry(d) for d in dirs})
 
     def ls(self, path, detail=True, **kwargs):
         path = self._strip_protocol(path)

@@ -37,6 +37,13 @@ def test_compare_small(tmp_path):
         assert s["runai_streamer"]["skipped"] == unavailable()
     assert s["cache_cold_concurrent"]["origin_bytes"] == res["model_bytes"]
     assert s["cache_warm"]["origin_bytes"] == 0
+    from cachenode.bench.compare import mount_unavailable
+
+    if mount_unavailable() is None:  # /dev/fuse and the mount extra: the cluster through a FUSE mount
+        assert s["cache_warm_mount"]["verified"] and s["cache_warm_mount"]["origin_bytes"] == 0
+        assert "mount_over_warm" in res["ratios"]
+    else:
+        assert s["cache_warm_mount"]["skipped"] == mount_unavailable()
     assert png.stat().st_size > 1000
 
 

@@ -1,0 +1,1 @@
+"""`cachenode mount`: the cluster cache as a read-only FUSE filesystem."""
