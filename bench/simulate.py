@@ -1,0 +1,345 @@
+"""A flow-level model of readers loading one checkpoint through a cachenode cluster.
+
+What is real: block geometry and keys (cachenode/blocks.py), owners and fallbacks by rendezvous
+rank (cachenode/placement.py), the loader's window (client/config.py) and its header-first read,
+and the node's policies: only the owner fills a block from the origin, once, while every reader
+waiting for it waits on that one fill (single-flight); readers ask each block's owner directly;
+when owners die, the next live member in rank takes their blocks over and fills them again.
+
+What is modelled: bytes move as fluid flows over links (each host's NIC in and out, the origin
+account's egress), shared max-min fairly per connection (bench/flowmodel.py), recomputed at
+every event (a reader crossing a stretch of blocks, catching up with the readers ahead of it,
+finishing; nodes dying). A reader is one flow spread over the owners of the blocks it reads
+next, in proportion to the bytes each owns, so a cluster of 1024 nodes and a 270 GB model runs
+in seconds. Readers on one host move as one group (they would share everything equally).
+
+Readers that start together and wait on the same fills move together (the "front"), and the
+front carries the fills of the stretch it is reading: for every byte it reads, `pending/left`
+bytes come from the origin into their owners. A reader behind the front reads what the front
+has filled. Per-block latency and the pipeline of one block (fill, then forward) are left out:
+they are milliseconds against the seconds links take, which `--validate` checks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cachenode.blocks import DEFAULT_BLOCK_SIZE, block_count, block_key, block_span
+from cachenode.client.config import ClientConfig
+from cachenode.placement import rank, score
+from cachenode.source import parse_source
+
+from .flowmodel import Flow, fair_rates
+
+# Payload bytes per byte on an Ethernet wire at MTU 1500: 1448 bytes of TCP payload (with the
+# timestamp option) in a 1514-byte frame. tc and NICs count frames, loaders count payload.
+PAYLOAD_PER_WIRE_BYTE = 1448 / 1514
+SOURCE = "https://demo.blob.core.windows.net/models/llama-3-70b/model.safetensors"  # any name: it only seeds the block keys
+EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Host:
+    """A machine: its NIC's payload bytes/s each way (inf: not a bottleneck)."""
+
+    name: str
+    nic_in: float
+    nic_out: float
+    # a reader's reads from the node on its own host (loopback TCP; aiohttp streamed 2.5 GB/s
+    # into preallocated buffers on this VM, DESIGN.md)
+    local: float = 2.5e9
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where nodes and readers sit, and what the origin gives (payload bytes/s)."""
+
+    hosts: tuple[Host, ...]
+    node_hosts: tuple[str, ...]      # host of node i (member id `member_id(i)`)
+    reader_hosts: tuple[str, ...]    # host of each reader
+    origin_rate: float               # the storage account's egress, all connections together
+    conn_rate: float = math.inf      # one origin connection (one range GET at a time)
+
+
+@dataclass(frozen=True)
+class LoadParams:
+    """The checkpoint and the loader's behaviour."""
+
+    model_bytes: int
+    block_size: int = DEFAULT_BLOCK_SIZE
+    window: int = ClientConfig.window   # blocks in flight per reader (the loader's default)
+    sdk_concurrency: int = 8            # connections of a direct blob download (blob_direct_sdk)
+    setup_s: float = 0.02               # open: member list and stat round trips (measured ~0.01-0.05 s)
+    stretches: int = 128                # the model is cut into this many stretches of blocks (events)
+    fail: int = 0                       # nodes that die ...
+    fail_at: float = 1.0                # ... when the cold front has read this share of the model (1: after it)
+
+
+def member_id(i: int) -> str:
+    return f"node-{i:04d}"
+
+
+def gbit(x: float) -> float:
+    """Payload bytes/s of a link of `x` Gbit/s on the wire."""
+    return x * 1e9 / 8 * PAYLOAD_PER_WIRE_BYTE
+
+
+def cluster_of(nodes: int, readers: int, nic_gbit: float, origin_gbit: float, conn_mbyte: float) -> Cluster:
+    """A GPU cluster: each node on its own host with one NIC, readers spread round-robin over them."""
+    hosts = tuple(Host(f"h{i}", gbit(nic_gbit), gbit(nic_gbit)) for i in range(nodes))
+    return Cluster(hosts, tuple(h.name for h in hosts), tuple(hosts[r % nodes].name for r in range(readers)),
+                   gbit(origin_gbit), conn_mbyte * 1e6)
+
+
+class Placement:
+    """Owners of every block by the real rendezvous rank; `fail` moves blocks to their fallbacks."""
+
+    def __init__(self, params: LoadParams, members: list[str]) -> None:
+        ref = parse_source(SOURCE)
+        n = block_count(params.model_bytes, params.block_size)
+        self.keys = [block_key(ref, '"0x8DC0FFEE"', params.model_bytes, params.block_size, i) for i in range(n)]
+        self.sizes = np.array([block_span(params.model_bytes, params.block_size, i)[1] for i in range(n)], float)
+        self.members = members
+        self.live = list(members)
+        index = {m: i for i, m in enumerate(members)}
+        # rank(key, members)[0] without sorting every member list: the same order, (score, id)
+        self.owner = np.array([index[max(members, key=lambda m, k=k: (score(k, m), m))] for k in self.keys])
+
+    def fail(self, dead: set[str]) -> np.ndarray:
+        """Remove `dead` members; returns the indices of the blocks that moved to a fallback."""
+        self.live = [m for m in self.live if m not in dead]
+        if not self.live:
+            raise ValueError("every node died: nothing left to place blocks on")
+        index = {m: i for i, m in enumerate(self.members)}
+        moved = np.flatnonzero(np.isin(self.owner, [index[d] for d in dead]))
+        for b in moved:
+            self.owner[b] = index[rank(self.keys[b], self.live)[0]]  # the next live member in rank
+        return moved
+
+
+@dataclass
+class _Group:
+    """Readers on one host: where they are (stretch, share of it read) and when they finished."""
+
+    host: int
+    readers: int
+    stretch: int = 0
+    q: float = 0.0
+    done: float | None = None
+
+
+@dataclass
+class PhaseResult:
+    seconds: float
+    reader_seconds: list[float]
+    origin_bytes: float
+    egress: np.ndarray      # bytes each node served to readers
+    steps: int
+    deaths_at: float | None = None
+
+
+@dataclass
+class Simulation:
+    """One cluster loading one checkpoint: `cold()` on an empty cache, then `warm()` on what it left."""
+
+    cluster: Cluster
+    params: LoadParams
+    placement: Placement = field(init=False)
+
+    def __post_init__(self) -> None:
+        c, p = self.cluster, self.params
+        self.host_index = {h.name: i for i, h in enumerate(c.hosts)}
+        self.node_host = np.array([self.host_index[h] for h in c.node_hosts])
+        self.capacity = {"origin": c.origin_rate}
+        for i, h in enumerate(c.hosts):
+            self.capacity[f"in:{i}"], self.capacity[f"out:{i}"] = h.nic_in, h.nic_out
+            self.capacity[f"local:{i}"] = h.local
+        self.placement = Placement(p, [member_id(i) for i in range(len(c.node_hosts))])
+        n = len(self.placement.sizes)
+        step = max(p.window, -(-(n - 1) // max(1, p.stretches)))
+        # the loader reads the safetensors header (block 0) on its own before the data blocks
+        self.bounds = [(0, min(1, n))] + [(b, min(n, b + step)) for b in range(1, n, step)]
+        self.cached = np.zeros(n, dtype=bool)
+        self.dead: set[str] = set()
+
+    # -- per-stretch views -------------------------------------------------------------------
+    def _by_node(self, blocks: slice, mask: np.ndarray | None = None) -> np.ndarray:
+        sizes = self.placement.sizes[blocks] if mask is None else self.placement.sizes[blocks] * mask
+        return np.bincount(self.placement.owner[blocks], weights=sizes, minlength=len(self.node_host))
+
+    def _stretch_views(self) -> tuple[list[np.ndarray], list[float]]:
+        """Per stretch: bytes each node serves from it, and its size."""
+        served = [self._by_node(slice(a, b)) for a, b in self.bounds]
+        return served, [float(s.sum()) for s in served]
+
+    def _reader_usage(self, g: _Group, served: np.ndarray, size: float) -> dict[str, float]:
+        """Link bytes per byte read by each of the group's readers, times its readers: owners'
+        NICs out, the group's NIC in; blocks owned on the reader's own host cross no NIC."""
+        per_host = np.bincount(self.node_host, weights=served, minlength=len(self.cluster.hosts)) / size
+        usage = {f"out:{h}": g.readers * f for h, f in enumerate(per_host) if f > 0 and h != g.host}
+        if per_host[g.host] > 0:
+            usage[f"local:{g.host}"] = g.readers * per_host[g.host]
+        remote = 1.0 - per_host[g.host]
+        if remote > EPS:
+            usage[f"in:{g.host}"] = g.readers * remote
+        return usage
+
+    def _kill(self, pending: list[np.ndarray]) -> None:
+        """The first `fail` live nodes die: their blocks (cached or being filled) are lost and
+        move to the next member in rank, which fills them again when they are next read."""
+        dead = set(self.placement.live[:self.params.fail])
+        idx = [self.placement.members.index(d) for d in dead]
+        moved = self.placement.fail(dead)
+        self.dead |= dead
+        self.cached[moved] = False
+        mask = np.zeros(len(self.cached))
+        mask[moved] = 1.0
+        for s, (a, b) in enumerate(self.bounds):
+            pending[s][idx] = 0.0
+            pending[s] += self._by_node(slice(a, b), mask[a:b])
+
+    # -- a load ------------------------------------------------------------------------------
+    def _load(self, direct: bool, kill_at: float | None) -> PhaseResult:
+        p, c = self.params, self.cluster
+        counts: dict[int, int] = {}
+        for h in c.reader_hosts:
+            counts[self.host_index[h]] = counts.get(self.host_index[h], 0) + 1
+        groups = [_Group(h, m) for h, m in sorted(counts.items())]
+        if direct:
+            bounds_sizes = [float(self.placement.sizes.sum())]
+            served, sizes = [], bounds_sizes
+        else:
+            served, sizes = self._stretch_views()
+        pending = [] if direct else [self._by_node(slice(a, b), ~self.cached[a:b]) for a, b in self.bounds]
+        egress = np.zeros(len(self.node_host))
+        t, origin, steps, deaths_at = 0.0, 0.0, 0, None
+        total = float(self.placement.sizes.sum())
+        while any(g.done is None for g in groups):
+            steps += 1
+            live = [g for g in groups if g.done is None]
+            flows: list[Flow] = []
+            members: list[list[_Group]] = []
+            fills: list[tuple[int, float]] = []  # per flow: (stretch, origin bytes per byte read) of a front
+            if direct:
+                for g in live:
+                    flows.append(Flow({"origin": g.readers, f"in:{g.host}": g.readers}, p.sdk_concurrency,
+                                      p.sdk_concurrency * c.conn_rate))
+                    members.append([g])
+                    fills.append((0, 0.0))
+            else:
+                by_stretch: dict[int, list[_Group]] = {}
+                for g in live:
+                    by_stretch.setdefault(g.stretch, []).append(g)
+                for s, gs in by_stretch.items():
+                    window = 1 if s == 0 else p.window
+                    need = float(pending[s].sum())
+                    lead = max(g.q for g in gs)
+                    front = [g for g in gs if need > EPS and g.q >= lead - EPS]
+                    for g in gs:
+                        if g not in front:
+                            flows.append(Flow(self._reader_usage(g, served[s], sizes[s]), window))
+                            members.append([g])
+                            fills.append((s, 0.0))
+                    if front:
+                        # readers at the front wait on the fills of what they read next
+                        per_byte = need / max(EPS, (1 - lead) * sizes[s])
+                        usage: dict[str, float] = {"origin": per_byte}
+                        into = np.bincount(self.node_host, weights=pending[s], minlength=len(c.hosts)) / need
+                        for h, f in enumerate(into):
+                            if f > 0:
+                                usage[f"in:{h}"] = usage.get(f"in:{h}", 0.0) + per_byte * f
+                        for g in front:
+                            for k, v in self._reader_usage(g, served[s], sizes[s]).items():
+                                usage[k] = usage.get(k, 0.0) + v
+                        blocks_left = need / p.block_size
+                        fills_in_flight = max(1.0, min(window, math.ceil(blocks_left - EPS)))
+                        flows.append(Flow(usage, window, fills_in_flight * c.conn_rate / per_byte))
+                        members.append(front)
+                        fills.append((s, per_byte))
+            rates = fair_rates(flows, self.capacity)
+
+            # the next event: a flow reaching the end of its stretch, a reader catching up with
+            # the front, nodes dying
+            dt = math.inf
+            front_rate = {fl[0]: r for fl, r in zip(fills, rates) if fl[1] > 0}
+            for gs, r, (s, _) in zip(members, rates, fills):
+                if r > 0:
+                    dt = min(dt, (1 - gs[0].q) * sizes[s] / r)
+                    fr = front_rate.get(s)
+                    if fr is not None and len(gs) == 1 and r > fr and gs[0].stretch == s:
+                        lead = max(g.q for g in groups if g.done is None and g.stretch == s)
+                        if gs[0].q < lead - EPS:
+                            dt = min(dt, (lead - gs[0].q) * sizes[s] / (r - fr))
+            if kill_at is not None and deaths_at is None:
+                for gs, r in zip(members, rates):
+                    if r > 0:
+                        dt = min(dt, max(0.0, (kill_at * total - self._position(gs[0], sizes)) / r))
+            if not math.isfinite(dt):
+                raise RuntimeError("simulation stalled: no flow can move (a link of zero capacity?)")
+
+            t += dt
+            for gs, r, (s, per_byte) in zip(members, rates, fills):
+                moved = r * dt
+                for g in gs:
+                    if not direct:
+                        egress += g.readers * served[s] / sizes[s] * moved
+                    g.q = min(1.0, g.q + moved / sizes[s])
+                if per_byte > 0:
+                    filled = min(float(pending[s].sum()), per_byte * moved)
+                    origin += filled
+                    need = float(pending[s].sum())
+                    pending[s] *= (1 - filled / need) if need > 0 else 0.0
+                if direct:
+                    origin += moved * gs[0].readers
+            self._catch_up(groups)
+            for g in groups:
+                if g.done is None and g.q >= 1 - EPS:
+                    if not direct and pending[g.stretch].sum() <= EPS * sizes[g.stretch]:
+                        a, b = self.bounds[g.stretch]
+                        self.cached[a:b] = True
+                        pending[g.stretch][:] = 0.0
+                    g.stretch, g.q = g.stretch + 1, 0.0
+                    if g.stretch == len(sizes):
+                        g.done = t + p.setup_s
+            if kill_at is not None and deaths_at is None and \
+                    max((self._position(g, sizes) for g in groups if g.done is None), default=total) \
+                    >= kill_at * total * (1 - EPS):
+                deaths_at = t
+                self._kill(pending)
+                served, sizes = self._stretch_views()
+        reader_s = [g.done for g in groups for _ in range(g.readers)]
+        return PhaseResult(max(reader_s), reader_s, origin, egress, steps, deaths_at)
+
+    def _position(self, g: _Group, sizes: list[float]) -> float:
+        return sum(sizes[:g.stretch]) + g.q * (sizes[g.stretch] if g.stretch < len(sizes) else 0)
+
+    @staticmethod
+    def _catch_up(groups: list[_Group]) -> None:
+        """A reader that reached the front (within rounding) joins it."""
+        by: dict[int, list[_Group]] = {}
+        for g in groups:
+            if g.done is None:
+                by.setdefault(g.stretch, []).append(g)
+        for gs in by.values():
+            lead = max(g.q for g in gs)
+            for g in gs:
+                if lead - g.q < 1e-7:
+                    g.q = lead
+
+    def cold(self) -> PhaseResult:
+        """Every reader starts at once on an empty cache; `fail` nodes die at `fail_at`."""
+        kill = self.params.fail and self.params.fail_at < 1
+        return self._load(False, self.params.fail_at if kill else None)
+
+    def warm(self) -> PhaseResult:
+        """Every reader starts at once on what the cold load left (after `fail` nodes died)."""
+        if self.params.fail and not self.dead:
+            self._kill([np.zeros(len(self.node_host)) for _ in self.bounds])
+        return self._load(False, None)
+
+    def blob_direct(self) -> PhaseResult:
+        """Every reader downloads the blob itself (the SDK, `sdk_concurrency` connections)."""
+        return self._load(True, None)
