@@ -160,8 +160,15 @@ class Simulation:
         self.placement = Placement(p, [member_id(i) for i in range(len(c.node_hosts))])
         n = len(self.placement.sizes)
         step = max(p.window, -(-(n - 1) // max(1, p.stretches)))
-        # the loader reads the safetensors header (block 0) on its own before the data blocks
-        self.bounds = [(0, min(1, n))] + [(b, min(n, b + step)) for b in range(1, n, step)]
+        # The loader reads the safetensors header (block 0) on its own, then asks for a window
+        # of data blocks at once. The fills of one such batch share the origin fairly and end
+        # together, and a node forwards a block only once it is whole: those two stretches are
+        # filled first, then read ("waves"). Later the window slides a block at a time and fills
+        # overlap forwards, which the front's shared flow models.
+        first = min(n, 1 + p.window)
+        self.waves = 2
+        self.bounds = [(0, min(1, n)), (1, first)] + [(b, min(n, b + step)) for b in range(first, n, step)]
+        self.bounds = [(a, b) for a, b in self.bounds if b > a]
         self.cached = np.zeros(n, dtype=bool)
         self.dead: set[str] = set()
 
@@ -237,7 +244,16 @@ class Simulation:
                     window = 1 if s == 0 else p.window
                     need = float(pending[s].sum())
                     lead = max(g.q for g in gs)
-                    front = [g for g in gs if need > EPS and g.q >= lead - EPS]
+                    if s < self.waves and need > EPS * sizes[s]:
+                        # a wave: its readers wait until every block of it is filled
+                        into = np.bincount(self.node_host, weights=pending[s], minlength=len(c.hosts)) / need
+                        usage = {"origin": 1.0, **{f"in:{h}": f for h, f in enumerate(into) if f > 0}}
+                        n_fill = max(1.0, min(window, math.ceil(need / p.block_size - EPS)))
+                        flows.append(Flow(usage, n_fill, n_fill * c.conn_rate))
+                        members.append([])
+                        fills.append((s, -1.0))
+                        continue
+                    front = [g for g in gs if need > EPS * sizes[s] and g.q >= lead - EPS]
                     for g in gs:
                         if g not in front:
                             flows.append(Flow(self._reader_usage(g, served[s], sizes[s]), window))
@@ -265,8 +281,10 @@ class Simulation:
             # the front, nodes dying
             dt = math.inf
             front_rate = {fl[0]: r for fl, r in zip(fills, rates) if fl[1] > 0}
-            for gs, r, (s, _) in zip(members, rates, fills):
-                if r > 0:
+            for gs, r, (s, per_byte) in zip(members, rates, fills):
+                if r > 0 and per_byte < 0:
+                    dt = min(dt, float(pending[s].sum()) / r)
+                elif r > 0:
                     dt = min(dt, (1 - gs[0].q) * sizes[s] / r)
                     fr = front_rate.get(s)
                     if fr is not None and len(gs) == 1 and r > fr and gs[0].stretch == s:
@@ -275,7 +293,7 @@ class Simulation:
                             dt = min(dt, (lead - gs[0].q) * sizes[s] / (r - fr))
             if kill_at is not None and deaths_at is None:
                 for gs, r in zip(members, rates):
-                    if r > 0:
+                    if r > 0 and gs:
                         dt = min(dt, max(0.0, (kill_at * total - self._position(gs[0], sizes)) / r))
             if not math.isfinite(dt):
                 raise RuntimeError("simulation stalled: no flow can move (a link of zero capacity?)")
@@ -287,8 +305,8 @@ class Simulation:
                     if not direct:
                         egress += g.readers * served[s] / sizes[s] * moved
                     g.q = min(1.0, g.q + moved / sizes[s])
-                if per_byte > 0:
-                    filled = min(float(pending[s].sum()), per_byte * moved)
+                if per_byte != 0:
+                    filled = min(float(pending[s].sum()), moved if per_byte < 0 else per_byte * moved)
                     origin += filled
                     need = float(pending[s].sum())
                     pending[s] *= (1 - filled / need) if need > 0 else 0.0

@@ -9,7 +9,7 @@ from .simulate import Cluster, Host, LoadParams, Simulation, gbit
 SCENARIOS = ("cache_cold", "cache_warm", "blob_direct_sdk")
 
 
-def testbed_cluster(nodes: int, origin_gbit: float, peer_gbit: float) -> Cluster:
+def links_cluster(nodes: int, origin_gbit: float, peer_gbit: float) -> Cluster:
     """The `links` testbed as the model sees it: every node in one namespace behind one veth
     link of `peer_gbit` (tbf both ways), the loader in the root namespace (no shaping), the
     origin behind a link of `origin_gbit`. Azurite has no per-connection limit worth the name
@@ -22,7 +22,7 @@ def testbed_cluster(nodes: int, origin_gbit: float, peer_gbit: float) -> Cluster
 def predict_links(model_bytes: int, nodes: int, origin_gbit: float, peer_gbit: float, block_size: int,
                   sdk_concurrency: int) -> dict[str, dict]:
     """Seconds and origin bytes of `links`' three loads, one after another as it runs them."""
-    sim = Simulation(testbed_cluster(nodes, origin_gbit, peer_gbit),
+    sim = Simulation(links_cluster(nodes, origin_gbit, peer_gbit),
                      LoadParams(model_bytes, block_size, sdk_concurrency=sdk_concurrency))
     direct = sim.blob_direct()
     cold = sim.cold()
