@@ -31,18 +31,21 @@ def _scenario(r, model_bytes: int, readers: int) -> dict:
 
 
 def run_simulation(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte, window, fail,
-                   fail_at, stretches) -> dict:
+                   fail_at, stretches, busy) -> dict:
     from .simulate import LoadParams, Simulation, cluster_of
 
-    params = LoadParams(size, block_size, window=window, fail=fail, fail_at=fail_at, stretches=stretches)
+    params = LoadParams(size, block_size, window=window, fail=fail, fail_at=fail_at, stretches=stretches,
+                        busy=busy)
     sim = Simulation(cluster_of(nodes, readers, nic_gbit, origin_gbit, conn_mbyte), params)
-    direct, cold, warm = sim.blob_direct(), sim.cold(), sim.warm()
+    direct, prewarm, cold, warm = sim.blob_direct(), sim.prewarm(), sim.cold(), sim.warm()
     return {"model_bytes": size, "nodes": nodes, "readers": readers, "block_size": block_size,
             "nic_gbit": nic_gbit, "origin_gbit": origin_gbit, "origin_conn_mbyte_per_s": conn_mbyte,
             "window": window, "sdk_concurrency": params.sdk_concurrency, "setup_s": params.setup_s,
-            "fail": fail, "fail_at": fail_at, "stretches": stretches, "dead": sorted(sim.dead),
-            "scenarios": {name: _scenario(r, size, readers) for name, r in
-                          (("blob_direct_sdk", direct), ("cache_cold", cold), ("cache_warm", warm))}}
+            "fail": fail, "fail_at": fail_at, "stretches": stretches, "busy": busy,
+            "warm_concurrency": params.warm_concurrency, "dead": sorted(sim.dead),
+            "scenarios": {"blob_direct_sdk": _scenario(direct, size, readers),
+                          "cache_prewarm": _scenario(prewarm, size, 1),
+                          "cache_cold": _scenario(cold, size, readers), "cache_warm": _scenario(warm, size, readers)}}
 
 
 def _show(result: dict) -> None:
@@ -91,6 +94,9 @@ def _show_validation(v: dict) -> None:
               help="Nodes that die during the run (the first K member ids).")
 @click.option("--fail-at", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="...when the cold load's front has read this share of the model (1: between cold and warm).")
+@click.option("--busy", default=0.0, show_default=True, type=click.FloatRange(0, 0.95),
+              help="Share of every NIC the GPU jobs' own traffic holds: loads get the rest; warming gets "
+                   "what the node's idle-bandwidth governor (cachenode/node/qos.py) grants beside it.")
 @click.option("--stretches", default=128, show_default=True, type=click.IntRange(1, 4096),
               help="Events per load: the model is cut into this many stretches of blocks.")
 @click.option("--validate", is_flag=True,
@@ -106,15 +112,16 @@ def _show_validation(v: dict) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG bar chart.")
 def simulate(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte, window, fail, fail_at,
-             stretches, validate, validate_size, validate_origin_gbit, validate_peer_gbit, validate_nodes,
+             busy, stretches, validate, validate_size, validate_origin_gbit, validate_peer_gbit, validate_nodes,
              workdir, json_path, plot_path) -> None:
     """Predict load times at scales this machine cannot run: a flow-level model of the cluster.
 
     The model places blocks with the real rendezvous hashing and block keys, fills each block
     once from the origin by its owner, routes readers to owners and, when nodes die, to the next
     member in rank; bytes flow over each host's NIC and the storage account's egress, shared
-    max-min fairly per connection. It prints blob-direct, cold and warm load times, origin
-    bytes and how evenly the nodes serve. With --validate it instead runs a small `cachebench
+    max-min fairly per connection. It prints the load times of a direct blob download, of
+    warming the cluster ahead (`cachenode warm`, background traffic), of a cold and of a warm
+    load, origin bytes and how evenly the nodes serve. With --validate it instead runs a small `cachebench
     links` here and prints its measured times beside the model's prediction of that run.
     """
     from cachenode.client.config import ClientConfig
@@ -142,7 +149,7 @@ def simulate(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte
                    f"model, origin {origin_gbit:g} Gbit/s ({conn_mbyte:g} MB/s per connection)"
                    + (f", {fail} nodes die at {fail_at:.0%} of the cold load" if fail else ""))
         result = run_simulation(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte,
-                                window or ClientConfig.window, fail, fail_at, stretches)
+                                window or ClientConfig.window, fail, fail_at, stretches, busy)
         _show(result)
         title = (f"cachebench simulate: {nodes} nodes x {nic_gbit:g} Gbit/s, {readers} readers, "
                  f"{format_size(size)}")

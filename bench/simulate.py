@@ -29,16 +29,22 @@ import numpy as np
 
 from cachenode.blocks import DEFAULT_BLOCK_SIZE, block_count, block_key, block_span
 from cachenode.client.config import ClientConfig
+from cachenode.node.config import NodeConfig
 from cachenode.placement import rank, score
 from cachenode.source import parse_source
 
 from .flowmodel import Flow, fair_rates
+from .simqos import background_rate
 
 # Payload bytes per byte on an Ethernet wire at MTU 1500: 1448 bytes of TCP payload (with the
 # timestamp option) in a 1514-byte frame. tc and NICs count frames, loaders count payload.
 PAYLOAD_PER_WIRE_BYTE = 1448 / 1514
 SOURCE = "https://demo.blob.core.windows.net/models/llama-3-70b/model.safetensors"  # any name: it only seeds the block keys
 EPS = 1e-9
+# Readers on up to this many hosts are followed host by host; beyond it they move in lockstep
+# (one flow over every reader host): the slowest host then paces all of them, so the last
+# reader's time is an upper bound, and a step costs one flow instead of one per host.
+LOCKSTEP_ABOVE = 64
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,10 @@ class LoadParams:
     stretches: int = 128                # the model is cut into this many stretches of blocks (events)
     fail: int = 0                       # nodes that die ...
     fail_at: float = 1.0                # ... when the cold front has read this share of the model (1: after it)
+    # Share of every NIC (each way) the GPU jobs' own traffic holds: loads get the rest, and
+    # warming (background) gets what the node's idle-bandwidth governor grants beside it.
+    busy: float = 0.0
+    warm_concurrency: int = NodeConfig.warm_concurrency  # fills at a time per node when warming
 
 
 def member_id(i: int) -> str:
@@ -120,12 +130,12 @@ class Placement:
         return moved
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a group is one set of readers
 class _Group:
-    """Readers on one host: where they are (stretch, share of it read) and when they finished."""
+    """Readers moving together (readers per host): where they are (stretch, share of it read)
+    and when they finished."""
 
-    host: int
-    readers: int
+    readers: np.ndarray
     stretch: int = 0
     q: float = 0.0
     done: float | None = None
@@ -155,7 +165,8 @@ class Simulation:
         self.node_host = np.array([self.host_index[h] for h in c.node_hosts])
         self.capacity = {"origin": c.origin_rate}
         for i, h in enumerate(c.hosts):
-            self.capacity[f"in:{i}"], self.capacity[f"out:{i}"] = h.nic_in, h.nic_out
+            free = 1 - p.busy
+            self.capacity[f"in:{i}"], self.capacity[f"out:{i}"] = h.nic_in * free, h.nic_out * free
             self.capacity[f"local:{i}"] = h.local
         self.placement = Placement(p, [member_id(i) for i in range(len(c.node_hosts))])
         n = len(self.placement.sizes)
@@ -183,15 +194,14 @@ class Simulation:
         return served, [float(s.sum()) for s in served]
 
     def _reader_usage(self, g: _Group, served: np.ndarray, size: float) -> dict[str, float]:
-        """Link bytes per byte read by each of the group's readers, times its readers: owners'
-        NICs out, the group's NIC in; blocks owned on the reader's own host cross no NIC."""
-        per_host = np.bincount(self.node_host, weights=served, minlength=len(self.cluster.hosts)) / size
-        usage = {f"out:{h}": g.readers * f for h, f in enumerate(per_host) if f > 0 and h != g.host}
-        if per_host[g.host] > 0:
-            usage[f"local:{g.host}"] = g.readers * per_host[g.host]
-        remote = 1.0 - per_host[g.host]
-        if remote > EPS:
-            usage[f"in:{g.host}"] = g.readers * remote
+        """Link bytes per byte read by each of the group's readers, summed over its readers:
+        owners' NICs out, the readers' NICs in; blocks owned on a reader's own host cross no NIC."""
+        share = np.bincount(self.node_host, weights=served, minlength=len(self.cluster.hosts)) / size
+        m = g.readers
+        usage: dict[str, float] = {}
+        for kind, load in (("out", (m.sum() - m) * share), ("in", m * (1 - share)), ("local", m * share)):
+            for h in np.flatnonzero(load > EPS):
+                usage[f"{kind}:{h}"] = float(load[h])
         return usage
 
     def _kill(self, pending: list[np.ndarray]) -> None:
@@ -211,10 +221,12 @@ class Simulation:
     # -- a load ------------------------------------------------------------------------------
     def _load(self, direct: bool, kill_at: float | None) -> PhaseResult:
         p, c = self.params, self.cluster
-        counts: dict[int, int] = {}
-        for h in c.reader_hosts:
-            counts[self.host_index[h]] = counts.get(self.host_index[h], 0) + 1
-        groups = [_Group(h, m) for h, m in sorted(counts.items())]
+        counts = np.bincount([self.host_index[h] for h in c.reader_hosts], minlength=len(c.hosts)).astype(float)
+        hosts = np.flatnonzero(counts)
+        if len(hosts) > LOCKSTEP_ABOVE:
+            groups = [_Group(counts)]
+        else:
+            groups = [_Group(np.where(np.arange(len(counts)) == h, counts, 0.0)) for h in hosts]
         if direct:
             bounds_sizes = [float(self.placement.sizes.sum())]
             served, sizes = [], bounds_sizes
@@ -232,7 +244,8 @@ class Simulation:
             fills: list[tuple[int, float]] = []  # per flow: (stretch, origin bytes per byte read) of a front
             if direct:
                 for g in live:
-                    flows.append(Flow({"origin": g.readers, f"in:{g.host}": g.readers}, p.sdk_concurrency,
+                    usage = {f"in:{h}": float(g.readers[h]) for h in np.flatnonzero(g.readers)}
+                    flows.append(Flow({"origin": float(g.readers.sum()), **usage}, p.sdk_concurrency,
                                       p.sdk_concurrency * c.conn_rate))
                     members.append([g])
                     fills.append((0, 0.0))
@@ -303,7 +316,7 @@ class Simulation:
                 moved = r * dt
                 for g in gs:
                     if not direct:
-                        egress += g.readers * served[s] / sizes[s] * moved
+                        egress += g.readers.sum() * served[s] / sizes[s] * moved
                     g.q = min(1.0, g.q + moved / sizes[s])
                 if per_byte != 0:
                     filled = min(float(pending[s].sum()), moved if per_byte < 0 else per_byte * moved)
@@ -311,7 +324,7 @@ class Simulation:
                     need = float(pending[s].sum())
                     pending[s] *= (1 - filled / need) if need > 0 else 0.0
                 if direct:
-                    origin += moved * gs[0].readers
+                    origin += moved * gs[0].readers.sum()
             self._catch_up(groups)
             for g in groups:
                 if g.done is None and g.q >= 1 - EPS:
@@ -328,7 +341,7 @@ class Simulation:
                 deaths_at = t
                 self._kill(pending)
                 served, sizes = self._stretch_views()
-        reader_s = [g.done for g in groups for _ in range(g.readers)]
+        reader_s = [g.done for g in groups for _ in range(int(g.readers.sum()))]
         return PhaseResult(max(reader_s), reader_s, origin, egress, steps, deaths_at)
 
     def _position(self, g: _Group, sizes: list[float]) -> float:
@@ -357,6 +370,33 @@ class Simulation:
         if self.params.fail and not self.dead:
             self._kill([np.zeros(len(self.node_host)) for _ in self.bounds])
         return self._load(False, None)
+
+    def prewarm(self) -> PhaseResult:
+        """`cachenode warm` before anyone reads: every owner fills its own blocks, a few at a
+        time, as background traffic paced by the node's governor beside the jobs' traffic.
+        Leaves the cache as it found it (a separate scenario)."""
+        p, c = self.params, self.cluster
+        pending = np.bincount(self.placement.owner, weights=self.placement.sizes * ~self.cached,
+                              minlength=len(self.node_host))
+        demand = p.warm_concurrency * c.conn_rate
+        caps = []
+        for n, h in enumerate(self.node_host):
+            link = c.hosts[h].nic_in
+            caps.append(min(demand, background_rate(link, p.busy * link, demand)) if math.isfinite(link) else demand)
+        t, origin, steps = 0.0, 0.0, 0
+        while pending.sum() > EPS * self.placement.sizes.sum():
+            steps += 1
+            nodes = np.flatnonzero(pending > EPS * p.block_size)
+            flows = [Flow({"origin": 1.0, f"in:{self.node_host[n]}": 1.0}, p.warm_concurrency, caps[n])
+                     for n in nodes]
+            rates = np.array(fair_rates(flows, self.capacity))
+            dt = float(np.min(pending[nodes] / rates))
+            moved = np.minimum(pending[nodes], rates * dt)
+            pending[nodes] -= moved
+            pending[pending <= EPS * p.block_size] = 0.0
+            origin += float(moved.sum())
+            t += dt
+        return PhaseResult(t, [t], origin, np.zeros(len(self.node_host)), steps)
 
     def blob_direct(self) -> PhaseResult:
         """Every reader downloads the blob itself (the SDK, `sdk_concurrency` connections)."""

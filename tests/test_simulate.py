@@ -124,6 +124,43 @@ def test_nodes_dying_mid_load_cost_what_they_held_again():
     assert sim.warm().origin_bytes == 0  # and then nothing more
 
 
+def test_readers_on_many_hosts_move_in_lockstep_and_still_fill_once():
+    size = 64 * MiB
+    sim = Simulation(cluster_of(100, 100, 10, 5, 100), LoadParams(size, MiB))
+    cold = sim.cold()
+    assert cold.origin_bytes == pytest.approx(size, rel=1e-9) and len(cold.reader_seconds) == 100
+    warm = sim.warm()
+    # no faster than the busiest owner's NIC out can serve all 100 readers its blocks
+    busiest = np.bincount(sim.placement.owner, weights=sim.placement.sizes).max()
+    assert warm.seconds >= 99 * busiest / sim.cluster.hosts[0].nic_out  # one reader is local
+    assert warm.egress.sum() == pytest.approx(100 * size, rel=1e-6)
+
+
+def test_the_governor_leaves_headroom_and_backs_off_beside_other_traffic():
+    from cachenode.bench.simqos import background_rate
+    from cachenode.node.qos import QosConfig
+
+    link = 1e9
+    alone = background_rate(link, 0.0, link)
+    assert alone == pytest.approx(link * (1 - QosConfig.headroom))
+    beside = background_rate(link, 0.5 * link, link)
+    assert link * QosConfig.min_share <= beside < 0.5 * link * (1 - QosConfig.headroom) + 1
+
+
+def test_warming_ahead_fills_each_owners_share_at_the_governors_pace():
+    size = 256 * MiB
+    cluster = cluster_of(4, 1, 1.0, 100, 1000)  # the NICs are what warming waits for
+    sim = Simulation(cluster, LoadParams(size, 4 * MiB))
+    r = sim.prewarm()
+    assert r.origin_bytes == pytest.approx(size, rel=1e-9)
+    busiest = np.bincount(sim.placement.owner, weights=sim.placement.sizes).max()
+    from cachenode.node.qos import QosConfig
+    assert r.seconds == pytest.approx(busiest / (cluster.hosts[0].nic_in * (1 - QosConfig.headroom)), rel=1e-6)
+    assert not sim.cached.any()  # a scenario of its own: the cold load still starts empty
+    busy = Simulation(cluster, LoadParams(size, 4 * MiB, busy=0.5)).prewarm()
+    assert busy.seconds > 2 * r.seconds
+
+
 def _bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cachenode.bench.cli", *args], capture_output=True,
                           text=True, timeout=timeout)
