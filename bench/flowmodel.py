@@ -30,9 +30,9 @@ class Flow:
 def fair_rates(flows: Sequence[Flow], capacity: Mapping[str, float]) -> list[float]:
     """Weighted max-min fair rates (bytes/s) of `flows` over links of `capacity` (bytes/s).
 
-    Links missing from `capacity`, or with infinite capacity, constrain nothing. A flow that
-    meets no finite link and has no cap gets an infinite rate (ValueError: the model is missing
-    a link), as does a flow of weight 0 or less.
+    Links missing from `capacity`, or with infinite capacity, constrain nothing: a flow that
+    meets no finite link and has no cap gets an infinite rate. A flow needs a positive weight
+    (ValueError).
     """
     names = sorted({name for f in flows for name in f.usage
                     if math.isfinite(capacity.get(name, math.inf))})
@@ -50,9 +50,8 @@ def fair_rates(flows: Sequence[Flow], capacity: Mapping[str, float]) -> list[flo
     rate = np.zeros(len(flows))
     active = np.ones(len(flows), dtype=bool)
     unbounded = (usage.sum(axis=1) == 0) & ~np.isfinite(cap_level)
-    if unbounded.any():
-        raise ValueError(f"flow {int(np.argmax(unbounded))} crosses no limited link and has no cap: "
-                         "its rate would be infinite")
+    rate[unbounded] = math.inf
+    active &= ~unbounded
     level = 0.0
     while active.any():
         # per link: capacity used per unit of level by the flows still rising

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import click
@@ -31,18 +32,18 @@ def _scenario(r, model_bytes: int, readers: int) -> dict:
 
 
 def run_simulation(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte, window, fail,
-                   fail_at, stretches, busy) -> dict:
+                   fail_at, stretches, busy, reader_gbyte=0.0) -> dict:
     from .simulate import LoadParams, Simulation, cluster_of
 
     params = LoadParams(size, block_size, window=window, fail=fail, fail_at=fail_at, stretches=stretches,
-                        busy=busy)
+                        busy=busy, reader_rate=reader_gbyte * 1e9 if reader_gbyte else math.inf)
     sim = Simulation(cluster_of(nodes, readers, nic_gbit, origin_gbit, conn_mbyte), params)
     direct, prewarm, cold, warm = sim.blob_direct(), sim.prewarm(), sim.cold(), sim.warm()
     return {"model_bytes": size, "nodes": nodes, "readers": readers, "block_size": block_size,
             "nic_gbit": nic_gbit, "origin_gbit": origin_gbit, "origin_conn_mbyte_per_s": conn_mbyte,
             "window": window, "sdk_concurrency": params.sdk_concurrency, "setup_s": params.setup_s,
             "fail": fail, "fail_at": fail_at, "stretches": stretches, "busy": busy,
-            "warm_concurrency": params.warm_concurrency, "dead": sorted(sim.dead),
+            "warm_concurrency": params.warm_concurrency, "reader_gbyte_per_s": reader_gbyte or None, "dead": sorted(sim.dead),
             "scenarios": {"blob_direct_sdk": _scenario(direct, size, readers),
                           "cache_prewarm": _scenario(prewarm, size, 1),
                           "cache_cold": _scenario(cold, size, readers), "cache_warm": _scenario(warm, size, readers)}}
@@ -97,6 +98,8 @@ def _show_validation(v: dict) -> None:
 @click.option("--busy", default=0.0, show_default=True, type=click.FloatRange(0, 0.95),
               help="Share of every NIC the GPU jobs' own traffic holds: loads get the rest; warming gets "
                    "what the node's idle-bandwidth governor (cachenode/node/qos.py) grants beside it.")
+@click.option("--reader-gbyte", default=0.0, show_default=True, type=click.FloatRange(0, 1e6),
+              help="GB/s one reader process can take in (copies, PCIe); 0: no limit but the links.")
 @click.option("--stretches", default=128, show_default=True, type=click.IntRange(1, 4096),
               help="Events per load: the model is cut into this many stretches of blocks.")
 @click.option("--validate", is_flag=True,
@@ -112,7 +115,7 @@ def _show_validation(v: dict) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG bar chart.")
 def simulate(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte, window, fail, fail_at,
-             busy, stretches, validate, validate_size, validate_origin_gbit, validate_peer_gbit, validate_nodes,
+             busy, reader_gbyte, stretches, validate, validate_size, validate_origin_gbit, validate_peer_gbit, validate_nodes,
              workdir, json_path, plot_path) -> None:
     """Predict load times at scales this machine cannot run: a flow-level model of the cluster.
 
@@ -149,7 +152,7 @@ def simulate(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte
                    f"model, origin {origin_gbit:g} Gbit/s ({conn_mbyte:g} MB/s per connection)"
                    + (f", {fail} nodes die at {fail_at:.0%} of the cold load" if fail else ""))
         result = run_simulation(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte,
-                                window or ClientConfig.window, fail, fail_at, stretches, busy)
+                                window or ClientConfig.window, fail, fail_at, stretches, busy, reader_gbyte)
         _show(result)
         title = (f"cachebench simulate: {nodes} nodes x {nic_gbit:g} Gbit/s, {readers} readers, "
                  f"{format_size(size)}")

@@ -54,9 +54,9 @@ class Host:
     name: str
     nic_in: float
     nic_out: float
-    # a reader's reads from the node on its own host (loopback TCP; aiohttp streamed 2.5 GB/s
-    # into preallocated buffers on this VM, DESIGN.md)
-    local: float = 2.5e9
+    # all readers' reads from the node on this host (loopback: no NIC; by default unlimited,
+    # like the reader's own receive path, which `LoadParams.reader_rate` bounds instead)
+    local: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ class LoadParams:
     # warming (background) gets what the node's idle-bandwidth governor grants beside it.
     busy: float = 0.0
     warm_concurrency: int = NodeConfig.warm_concurrency  # fills at a time per node when warming
+    reader_rate: float = math.inf       # what one reader process can take in, bytes/s (copies, PCIe)
 
 
 def member_id(i: int) -> str:
@@ -246,7 +247,7 @@ class Simulation:
                 for g in live:
                     usage = {f"in:{h}": float(g.readers[h]) for h in np.flatnonzero(g.readers)}
                     flows.append(Flow({"origin": float(g.readers.sum()), **usage}, p.sdk_concurrency,
-                                      p.sdk_concurrency * c.conn_rate))
+                                      min(p.reader_rate, p.sdk_concurrency * c.conn_rate)))
                     members.append([g])
                     fills.append((0, 0.0))
             else:
@@ -269,7 +270,7 @@ class Simulation:
                     front = [g for g in gs if need > EPS * sizes[s] and g.q >= lead - EPS]
                     for g in gs:
                         if g not in front:
-                            flows.append(Flow(self._reader_usage(g, served[s], sizes[s]), window))
+                            flows.append(Flow(self._reader_usage(g, served[s], sizes[s]), window, p.reader_rate))
                             members.append([g])
                             fills.append((s, 0.0))
                     if front:
@@ -285,10 +286,12 @@ class Simulation:
                                 usage[k] = usage.get(k, 0.0) + v
                         blocks_left = need / p.block_size
                         fills_in_flight = max(1.0, min(window, math.ceil(blocks_left - EPS)))
-                        flows.append(Flow(usage, window, fills_in_flight * c.conn_rate / per_byte))
+                        flows.append(Flow(usage, window, min(p.reader_rate, fills_in_flight * c.conn_rate / per_byte)))
                         members.append(front)
                         fills.append((s, per_byte))
-            rates = fair_rates(flows, self.capacity)
+            # a flow nothing limits (readers reading only their own host's node) ends its
+            # stretch at once: a finite stand-in keeps the arithmetic below free of inf * 0
+            rates = [min(r, 1e30) for r in fair_rates(flows, self.capacity)]
 
             # the next event: a flow reaching the end of its stretch, a reader catching up with
             # the front, nodes dying

@@ -39,9 +39,10 @@ def test_max_min_gives_what_a_bottlenecked_flow_leaves_to_the_others():
     assert rates == pytest.approx([23, 2, 5])
 
 
-def test_a_flow_with_nothing_to_limit_it_is_refused():
-    with pytest.raises(ValueError, match="infinite"):
-        fair_rates([Flow({"nic": 1})], {"nic": math.inf})
+def test_a_flow_with_nothing_to_limit_it_is_infinitely_fast_and_takes_nothing_from_others():
+    assert fair_rates([Flow({"nic": 1}), Flow({"l": 1})], {"nic": math.inf, "l": 7}) == [math.inf, 7]
+    with pytest.raises(ValueError, match="weight"):
+        fair_rates([Flow({"l": 1}, weight=0)], {"l": 7})
 
 
 def test_placement_is_the_real_rendezvous_rank():
