@@ -151,6 +151,8 @@ def simulate(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte
         click.echo(f"simulating {nodes} nodes x {nic_gbit:g} Gbit/s, {readers} readers, {format_size(size)} "
                    f"model, origin {origin_gbit:g} Gbit/s ({conn_mbyte:g} MB/s per connection)"
                    + (f", {fail} nodes die at {fail_at:.0%} of the cold load" if fail else ""))
+        click.echo(f"placing {-(-size // block_size)} blocks on {nodes} nodes by rendezvous rank "
+                   "(a hash per block and node: seconds for a thousand nodes)...")
         result = run_simulation(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte,
                                 window or ClientConfig.window, fail, fail_at, stretches, busy, reader_gbyte)
         _show(result)

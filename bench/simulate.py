@@ -16,8 +16,11 @@ in seconds. Readers on one host move as one group (they would share everything e
 Readers that start together and wait on the same fills move together (the "front"), and the
 front carries the fills of the stretch it is reading: for every byte it reads, `pending/left`
 bytes come from the origin into their owners. A reader behind the front reads what the front
-has filled. Per-block latency and the pipeline of one block (fill, then forward) are left out:
-they are milliseconds against the seconds links take, which `--validate` checks.
+has filled. A node forwards a block only once it is whole; where that shows (the header block,
+then the first window of blocks, whose fills share the origin and end together) those stretches
+are filled first and read after. Later the window slides a block at a time and fills overlap
+forwards. Per-request latency and CPU are left out: milliseconds against the seconds links take
+(`--validate` measures how far that holds).
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from .simqos import background_rate
 # Payload bytes per byte on an Ethernet wire at MTU 1500: 1448 bytes of TCP payload (with the
 # timestamp option) in a 1514-byte frame. tc and NICs count frames, loaders count payload.
 PAYLOAD_PER_WIRE_BYTE = 1448 / 1514
-SOURCE = "https://demo.blob.core.windows.net/models/llama-3-70b/model.safetensors"  # any name: it only seeds the block keys
+# any name: it only seeds the block keys
+SOURCE = "https://demo.blob.core.windows.net/models/llama-3-70b/model.safetensors"
 EPS = 1e-9
 # Readers on up to this many hosts are followed host by host; beyond it they move in lockstep
 # (one flow over every reader host): the slowest host then paces all of them, so the last
@@ -228,15 +232,12 @@ class Simulation:
             groups = [_Group(counts)]
         else:
             groups = [_Group(np.where(np.arange(len(counts)) == h, counts, 0.0)) for h in hosts]
-        if direct:
-            bounds_sizes = [float(self.placement.sizes.sum())]
-            served, sizes = [], bounds_sizes
-        else:
-            served, sizes = self._stretch_views()
+        total = float(self.placement.sizes.sum())
+        # a direct download is one stretch: the whole blob, from the origin
+        served, sizes = ([], [total]) if direct else self._stretch_views()
         pending = [] if direct else [self._by_node(slice(a, b), ~self.cached[a:b]) for a, b in self.bounds]
         egress = np.zeros(len(self.node_host))
         t, origin, steps, deaths_at = 0.0, 0.0, 0, None
-        total = float(self.placement.sizes.sum())
         while any(g.done is None for g in groups):
             steps += 1
             live = [g for g in groups if g.done is None]
