@@ -140,7 +140,7 @@ def simulate(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte
         click.echo()
         _show_validation(v)
         result = {"validation": v, "scenarios": {
-            f"{who} {k}": {"seconds": v[who][k]["seconds"], "gb_per_s": v["model_bytes"] / v[who][k]["seconds"] / 1e9}
+            f"{k} ({who})": {"seconds": v[who][k]["seconds"], "gb_per_s": v["model_bytes"] / v[who][k]["seconds"] / 1e9}
             for k in v["measured"] for who in ("measured", "predicted")}}
         title = (f"cachebench simulate --validate: links run vs model, {format_size(v['model_bytes'])}, "
                  f"origin {validate_origin_gbit:g} / peers {validate_peer_gbit:g} Gbit/s")
