@@ -107,7 +107,7 @@ def _show_validation(v: dict) -> None:
 @click.option("--validate-size", default="64MiB", show_default=True, type=Size(), help="Checkpoint size of --validate.")
 @click.option("--validate-origin-gbit", default=0.2, show_default=True, type=click.FloatRange(0.01, 100),
               help="Origin link of --validate, Gbit/s.")
-@click.option("--validate-peer-gbit", default=1.0, show_default=True, type=click.FloatRange(0.01, 100),
+@click.option("--validate-peer-gbit", default=0.5, show_default=True, type=click.FloatRange(0.01, 100),
               help="Peer link of --validate, Gbit/s.")
 @click.option("--validate-nodes", default=3, show_default=True, type=click.IntRange(1, 16),
               help="Nodes of --validate.")
