@@ -304,5 +304,9 @@ def _write(result: dict, json_path: str | None, plot_path: str | None, title: st
         click.echo(f"wrote {plot_path}")
 
 
+from .simcli import simulate  # noqa: E402  (a model, not a measurement: its own module)
+
+main.add_command(simulate)
+
 if __name__ == "__main__":
     main()
