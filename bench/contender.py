@@ -2,7 +2,8 @@
 
 A fresh process per load means fresh memory (first-touch page faults paid by every contender
 alike) and an honest peak RSS. It prints "ready" after its imports, waits for a line on stdin,
-loads, and prints one "RESULT <json>" line with seconds, peak RSS, the import baseline and a data digest.
+loads, and prints one "RESULT <json>" line with seconds, peak RSS, the import baseline and a data digest
+(and, for cache loads, the loader's own time breakdown).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main(spec: dict) -> dict:
     from cachenode.bench.loads import data_digest
 
     kind = spec["kind"]
+    extra: dict = {}
     if kind == "cache":
         from cachenode.bench.loads import cache_tensors
 
@@ -39,9 +41,14 @@ def main(spec: dict) -> dict:
 
             load_ucxx()
 
+        from cachenode.client.loadstats import LoadStats
+
+        stats = LoadStats()
+        extra["breakdown"] = stats
+
         def load():
             return cache_tensors(spec["url"], spec["nodes"], spec["token"],
-                                 transport=spec.get("transport", "tcp"))
+                                 transport=spec.get("transport", "tcp"), stats=stats)
     elif kind == "local":
         import safetensors.torch
 
@@ -54,6 +61,14 @@ def main(spec: dict) -> dict:
 
         def load():
             return blob_sdk_tensors(spec["conn_str"], spec["container"], spec["blob"], spec["concurrency"])
+    elif kind == "adlfs":
+        import adlfs  # noqa: F401  (imports before the clock, as for every contender)
+        import safetensors.torch  # noqa: F401
+
+        from cachenode.bench.loads import adlfs_tensors
+
+        def load():
+            return adlfs_tensors(spec["conn_str"], spec["container"], spec["blob"])
     elif kind == "runai":
         from runai_model_streamer import SafetensorsStreamer
 
@@ -72,8 +87,15 @@ def main(spec: dict) -> dict:
     tensors = load()
     seconds = time.perf_counter() - t0
     peak = _rss()
-    return {"seconds": seconds, "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
-            "tensors": len(tensors), "digest": data_digest(tensors)}
+    out = {"seconds": seconds, "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
+           "tensors": len(tensors), "digest": data_digest(tensors)}
+    if "breakdown" in extra:
+        b = extra["breakdown"].as_dict()
+        b.pop("bytes")
+        # what the loader's own phases do not cover: client set-up and tear-down
+        b["other_s"] = max(0.0, seconds - sum(v for k, v in b.items() if k != "first_touch_s"))
+        out["breakdown"] = b
+    return out
 
 
 if __name__ == "__main__":

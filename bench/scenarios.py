@@ -1,4 +1,4 @@
-"""Run contenders and record scenarios: what `compare` and `links` share."""
+"""Run contenders and record scenarios round by round: what `compare` and `links` share."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import click
 
 from cachenode.node.metrics import scrape
 
+from . import rounds
 from .runner import run_together
 
 
@@ -14,27 +15,49 @@ def scenario(results: list[dict], wall: float, model_bytes: int, reference: str,
     """One scenario's JSON from its contenders' results: with several readers, the wall time
     until the last one finished and the bytes all of them loaded."""
     seconds = wall if len(results) > 1 else results[0]["seconds"]
-    return {"seconds": seconds, "gb_per_s": model_bytes * len(results) / seconds / 1e9,
-            "origin_bytes": origin, "peak_rss_bytes": max(r["peak_rss_bytes"] for r in results),
-            "baseline_rss_bytes": max(r["baseline_rss_bytes"] for r in results),
-            "verified": all(r["digest"] == reference for r in results),
-            **({"reader_seconds": [r["seconds"] for r in results]} if len(results) > 1 else {}), **extra}
+    out = {"seconds": seconds, "gb_per_s": model_bytes * len(results) / seconds / 1e9,
+           "origin_bytes": origin, "peak_rss_bytes": max(r["peak_rss_bytes"] for r in results),
+           "baseline_rss_bytes": max(r["baseline_rss_bytes"] for r in results),
+           "verified": all(r["digest"] == reference for r in results),
+           **({"reader_seconds": [r["seconds"] for r in results]} if len(results) > 1 else {}), **extra}
+    if len(results) == 1 and "breakdown" in results[0]:
+        out["breakdown"] = results[0]["breakdown"]
+    return out
 
 
 class Recorder:
-    """Runs contender processes, records each scenario and prints a line per scenario."""
+    """Runs contender processes, records each scenario's run per round and prints a line per run.
+
+    `scenarios` summarises every scenario over the rounds recorded so far (bench/rounds.py);
+    `round(i)` is round i's own runs, for ratios taken within a round.
+    """
 
     def __init__(self, model_bytes: int, reference: str, node_urls: list[str], token: str) -> None:
         self.model_bytes, self.reference = model_bytes, reference
         self.node_urls, self.token = node_urls, token
-        self.scenarios: dict[str, dict] = {}
+        self.runs: dict[str, list[dict]] = {}
+        self.skipped: dict[str, str] = {}
+
+    @property
+    def scenarios(self) -> dict[str, dict]:
+        out = {name: rounds.summarize(runs) for name, runs in self.runs.items()}
+        out.update({name: {"skipped": why} for name, why in self.skipped.items()})
+        return out
+
+    def round(self, i: int) -> dict[str, dict]:
+        """Each scenario's run in round i (scenarios with fewer rounds left out)."""
+        return {name: runs[i] for name, runs in self.runs.items() if len(runs) > i}
+
+    def skip(self, name: str, why: str) -> None:
+        self.skipped[name] = why
 
     def origin_bytes(self) -> int:
         """Bytes the cluster's nodes have read from the origin so far."""
         return int(sum(scrape(u, self.token).get("cachenode_origin_bytes_total", 0) for u in self.node_urls))
 
     def record(self, name: str, results: list[dict], wall: float, origin: int, **extra) -> None:
-        s = self.scenarios[name] = scenario(results, wall, self.model_bytes, self.reference, origin, **extra)
+        s = scenario(results, wall, self.model_bytes, self.reference, origin, **extra)
+        self.runs.setdefault(name, []).append(s)
         click.echo(f"  {name:<24} {s['seconds']:7.2f} s  {s['gb_per_s']:.3f} GB/s")
 
     def run(self, name: str, specs: list[dict], origin: int | None = None, **extra) -> None:
