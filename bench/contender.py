@@ -48,7 +48,8 @@ def main(spec: dict) -> dict:
 
         def load():
             return cache_tensors(spec["url"], spec["nodes"], spec["token"],
-                                 transport=spec.get("transport", "tcp"), stats=stats)
+                                 transport=spec.get("transport", "tcp"), stats=stats,
+                                 window=spec.get("window"))
     elif kind == "local":
         import safetensors.torch
 
