@@ -37,10 +37,6 @@ def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_siz
     with testbed(workdir, "cachebench-") as bed:
         base, azurite, token = bed.base, bed.azurite, bed.token
         ckpt, model_bytes = bed.checkpoint(size, "a/model.safetensors")
-        # every round's cold loads need blobs the cache has never seen: copies made up front
-        for i in range(repeat):
-            for kind in ("cold", "conc"):
-                copy_blob(azurite.connection_string, "a/model.safetensors", f"{kind}{i}/model.safetensors")
         reference = reference_digest(ckpt)
         cluster = bed.cluster(n_nodes, "--block-size", block_size, "--memory", "8GiB",
                               *(("--ucx",) if transport == "ucx" else ()))
@@ -62,6 +58,9 @@ def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_siz
         cache = {"kind": "cache", "token": token, "transport": transport}
 
         def one_round(i: int) -> None:
+            # each round's cold loads need blobs the cache has never seen (copied, not timed)
+            for kind in ("cold", "conc"):
+                copy_blob(azurite.connection_string, "a/model.safetensors", f"{kind}{i}/model.safetensors")
             # every contender once, in the same order each round (bench/rounds.py says why)
             ckpt.read_bytes()  # into the page cache: local_safetensors is the single-machine ceiling
             rec.run("local_safetensors", [{"kind": "local", "path": str(ckpt)}], origin=0)
