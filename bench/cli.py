@@ -120,7 +120,7 @@ def compare(size, n_nodes, readers, transport, block_size, concurrencies, workdi
     Cache loads also report where their time went (measured by the loader).
     """
     from .compare import run_compare, target_lines
-    from .table import breakdown_line, print_table, spread_cell
+    from .table import breakdown_line, cpu_line, print_table, spread_cell
     from cachenode.units import format_size
 
     result = run_compare(size, n_nodes, readers, transport, block_size, concurrencies, workdir, repeat)
@@ -137,6 +137,10 @@ def compare(size, n_nodes, readers, transport, block_size, concurrencies, workdi
     for k, v in result["scenarios"].items():
         if "breakdown" in v:
             click.echo(breakdown_line(k, v["breakdown"]))
+    click.echo(f"\nCPU seconds during each load (medians; this machine has {os.cpu_count()} cores):")
+    for k, v in result["scenarios"].items():
+        if "cpu_seconds" in v:
+            click.echo(cpu_line(k, v["cpu_seconds"], v["seconds"]))
     click.echo("\ntargets (medians of per-round ratios, min-max):")
     for line in target_lines(result["ratios"], result["ratios_range"]):
         click.echo(line)

@@ -41,7 +41,7 @@ def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_siz
         cluster = bed.cluster(n_nodes, "--block-size", block_size, "--memory", "8GiB",
                               *(("--ucx",) if transport == "ucx" else ()))
 
-        rec = Recorder(model_bytes, reference, cluster.urls, token)
+        rec = Recorder(model_bytes, reference, cluster.urls, token, services=bed.service_pids(cluster))
         click.echo(f"checkpoint {model_bytes / 2**30:.2f} GiB, {n_nodes} nodes, transport {transport}, "
                    f"{repeat} rounds")
         runai_why, https = runai.unavailable(), None
@@ -49,6 +49,7 @@ def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_siz
             rec.skip("runai_streamer", runai_why)
         else:
             https = bed.stack.enter_context(runai.HttpsAzurite(base / "azurite-https"))
+            rec.services["azurite"].append(https.proc.pid)
             with byte_bar("upload (HTTPS Azurite for Run:ai)", model_bytes) as bar:
                 upload(https.connection_string, CONTAINER, "a/model.safetensors", ckpt,
                        progress=bar.update, ca_file=str(https.cert))

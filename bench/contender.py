@@ -24,6 +24,12 @@ def _rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _cpu() -> float:
+    """CPU seconds this process has used, every thread (I/O loop, prefault) included."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def main(spec: dict) -> dict:
     import torch  # noqa: F401  (part of the baseline every contender pays)
 
@@ -84,11 +90,13 @@ def main(spec: dict) -> dict:
     baseline = _rss()
     print("READY", flush=True)
     sys.stdin.readline()
+    cpu0 = _cpu()
     t0 = time.perf_counter()
     tensors = load()
     seconds = time.perf_counter() - t0
+    cpu = _cpu() - cpu0
     peak = _rss()
-    out = {"seconds": seconds, "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
+    out = {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
            "tensors": len(tensors), "digest": data_digest(tensors)}
     if "breakdown" in extra:
         b = extra["breakdown"].as_dict()

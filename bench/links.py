@@ -48,7 +48,7 @@ def run_links(size: int, origin_gbit: float, peer_gbit: float, n_nodes: int, blo
                               conn_str=connection_string(relay.port, host=peers.root_ip),
                               host=peers.ns_ip, wrap=peers.exec_prefix())
 
-        rec = Recorder(model_bytes, reference, cluster.urls, token)
+        rec = Recorder(model_bytes, reference, cluster.urls, token, services=bed.service_pids(cluster))
         click.echo(f"checkpoint {model_bytes / 2**30:.2f} GiB; origin link {origin_gbit:g} Gbit/s, "
                    f"peer link {peer_gbit:g} Gbit/s, {n_nodes} nodes, {repeat} rounds")
 

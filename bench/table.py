@@ -53,3 +53,9 @@ def breakdown_line(name: str, b: dict) -> str:
     parts = " + ".join(f"{label} {b[k]:.2f}" for k, label in BREAKDOWN if k in b)
     return (f"  {name}: {parts} s; first touch of fresh memory {b.get('first_touch_s', 0.0):.2f} s "
             "(prefault thread, beside the wait)")
+
+
+def cpu_line(name: str, cpu: dict, seconds: float) -> str:
+    """CPU seconds each party burned during a load (medians), against its wall time."""
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+    return f"  {name:<22} {parts} (total {sum(cpu.values()):.2f} in {seconds:.2f} s wall)"
