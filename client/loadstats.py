@@ -18,9 +18,13 @@ class LoadStats:
     stat_s: float = 0.0            # finding a node, its member list, the file's size/ETag/block size
     header_s: float = 0.0          # reading and parsing the safetensors header
     wait_bytes_s: float = 0.0      # first block asked .. last block in, less digest and tensor work
-    digest_s: float = 0.0          # checking received blocks' digests (the loop's share, or a thread's for UCX)
+    # checking received blocks' digests: the loop's time for HTTP; for UCX the summed time of
+    # per-block checks on worker threads, which overlap each other and the wait
+    digest_s: float = 0.0
     tensors_s: float = 0.0         # building tensor views as their blocks complete
-    first_touch_s: float = 0.0     # populating the fresh buffer's pages (prefault thread, overlaps the wait)
+    # populating the fresh buffer's pages on the prefault thread, beside the wait (0 for a buffer
+    # too small for the thread: its page faults then land in the wait itself)
+    first_touch_s: float = 0.0
     first_touch_tail_s: float = 0.0  # still waiting for that thread after the last block landed
     bytes: int = 0
 
