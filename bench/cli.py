@@ -60,6 +60,11 @@ def _load_options(concurrency: str):
     return apply
 
 
+def _repeat_option(default: int = 3):
+    return click.option("--repeat", default=default, show_default=True, type=click.IntRange(1, 50),
+                        help="Rounds, contenders interleaved; figures are medians with min-max beside them.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Measure how long a checkpoint takes to land in memory, cache vs blob storage.
@@ -104,28 +109,44 @@ def quickstart(size, block_size, n_nodes, workdir, keep, json_path) -> None:
 @click.option("--transport", default="tcp", show_default=True, type=click.Choice(["tcp", "ucx"]),
               help="Wire between loaders and nodes (ucx: shared memory here, RDMA on a real cluster).")
 @_load_options(concurrency="4,8,16")
-def compare(size, n_nodes, readers, transport, block_size, concurrencies, workdir, json_path, plot_path) -> None:
-    """Cold, warm and concurrent cache loads vs the blob SDK and a local file, in one run.
+@_repeat_option()
+def compare(size, n_nodes, readers, transport, block_size, concurrencies, workdir, json_path, plot_path,
+            repeat) -> None:
+    """Cold, warm and concurrent cache loads vs the blob SDK, adlfs, Run:ai and a local file.
 
     Every contender runs in a fresh process, loads into torch CPU tensors in fresh memory,
-    and is verified against the checkpoint.
+    and is verified against the checkpoint. Contenders take turns round by round; figures are
+    medians over the rounds with min-max beside them, and ratios are taken within each round.
+    Cache loads also report where their time went (measured by the loader).
     """
     from .compare import run_compare, target_lines
-    from .table import print_table
+    from .table import breakdown_line, cpu_line, print_table, spread_cell
     from cachenode.units import format_size
 
-    result = run_compare(size, n_nodes, readers, transport, block_size, concurrencies, workdir)
-    click.echo()
+    result = run_compare(size, n_nodes, readers, transport, block_size, concurrencies, workdir, repeat)
+    click.echo(f"\n{repeat} rounds: medians (min-max)")
     rows = [{"scenario": k, **v} for k, v in result["scenarios"].items() if "seconds" in v]
-    print_table(rows, [("scenario", "scenario", "{}"), ("seconds", "seconds", "{:.2f}"),
-                       ("GB/s", "gb_per_s", "{:.2f}"), ("origin bytes", "origin_bytes", format_size),
+    print_table(rows, [("scenario", "scenario", "{}"), ("seconds", None, spread_cell("{:.2f}", "seconds")),
+                       ("GB/s", None, spread_cell("{:.2f}", "gb_per_s")),
+                       ("origin bytes", "origin_bytes", format_size),
                        ("peak RSS", "peak_rss_bytes", format_size), ("verified", "verified", "{}")])
     for k, v in result["scenarios"].items():
         if "skipped" in v:
             click.echo(f"{k}: skipped ({v['skipped']})")
-    click.echo("\ntargets (ratios from this run):")
-    for line in target_lines(result["ratios"]):
+    click.echo("\nwhere the cache loads' time went (medians, seconds):")
+    for k, v in result["scenarios"].items():
+        if "breakdown" in v:
+            click.echo(breakdown_line(k, v["breakdown"]))
+    click.echo(f"\nCPU seconds during each load (medians; this machine has {os.cpu_count()} cores):")
+    for k, v in result["scenarios"].items():
+        if "cpu_seconds" in v:
+            click.echo(cpu_line(k, v["cpu_seconds"], v["seconds"]))
+    click.echo("\ntargets (medians of per-round ratios, min-max):")
+    for line in target_lines(result["ratios"], result["ratios_range"]):
         click.echo(line)
+    if "warm_over_adlfs" in result["ratios"]:
+        lo, hi = result["ratios_range"]["warm_over_adlfs"]
+        click.echo(f"  cache_warm over adlfs: {result['ratios']['warm_over_adlfs']:.3f} ({lo:.3f}-{hi:.3f})")
     _write(result, json_path, plot_path, f"cachebench compare: {format_size(result['model_bytes'])}, "
            f"{n_nodes} nodes, {readers} concurrent readers ({os.cpu_count()} CPUs)")
     if not all(v.get("verified", True) for v in result["scenarios"].values()):
@@ -137,27 +158,36 @@ def compare(size, n_nodes, readers, transport, block_size, concurrencies, workdi
 @click.option("--block-size", default="8MiB", show_default=True, type=BlockSize(), help="Node block size.")
 @click.option("--workdir", type=click.Path(file_okay=False))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
-def transports(size, block_size, workdir, json_path) -> None:
+@_repeat_option()
+def transports(size, block_size, workdir, json_path, repeat) -> None:
     """Warm block-read throughput: HTTP, UCX (shared memory), UCX (tcp) vs a raw TCP socket.
 
     The raw baseline's sender is a separate process, as a node is to its loader (iperf3-style);
     a same-process figure (sender thread) is reported too.
 
     Each transport reads the same warm blocks from a node into a pre-touched buffer, in its own
-    process, best of 3 passes.
+    process, best of 3 passes; every wire once per round, figures are medians over the rounds
+    (min-max), ratios taken within each round.
     """
+    from .rounds import fmt_range
     from .transports import run_transports
 
-    result = run_transports(size, block_size, workdir)
-    click.echo(f"raw TCP socket, 2 processes    {result['raw_tcp_gb_per_s']:.2f} GB/s  (1 MiB writes)")
-    click.echo(f"raw TCP socket, 1 process      {result['raw_tcp_same_process_gb_per_s']:.2f} GB/s  "
-               f"(sender thread; HTTP is {result['ratios']['tcp_over_raw_tcp_same_process']:.2f}x this)")
-    for name, r in result["transports"].items():
-        click.echo(f"{name:<30} {r['gb_per_s']:.2f} GB/s  ({r['channel']})")
-    r = result["ratios"]
-    click.echo(f"\ntargets: HTTP >= 0.7x raw TCP: {r['tcp_over_raw_tcp']:.2f} "
+    result = run_transports(size, block_size, workdir, repeat)
+    r, q = result["ratios"], result["ratios_range"]
+
+    def gb(entry: dict) -> str:
+        return fmt_range(entry["gb_per_s"], *entry["range"]["gb_per_s"], unit=" GB/s")
+
+    click.echo(f"\n{repeat} rounds: medians (min-max)")
+    click.echo(f"raw TCP socket, 2 processes    {gb(result['raw_tcp'])}  (1 MiB writes)")
+    click.echo(f"raw TCP socket, 1 process      {gb(result['raw_tcp_same_process'])}  "
+               f"(sender thread; HTTP is {fmt_range(r['tcp_over_raw_tcp_same_process'], *q['tcp_over_raw_tcp_same_process'])}x this)")
+    for name, t in result["transports"].items():
+        click.echo(f"{name:<30} {gb(t)}  ({t['channel']})")
+    click.echo(f"\ntargets: HTTP >= 0.7x raw TCP: {fmt_range(r['tcp_over_raw_tcp'], *q['tcp_over_raw_tcp'])} "
                f"[{'met' if r['tcp_over_raw_tcp'] >= 0.7 else 'NOT met'}]; "
-               f"UCX (shm) >= 1.5x HTTP: {r['ucx_over_tcp']:.2f} [{'met' if r['ucx_over_tcp'] >= 1.5 else 'NOT met'}]")
+               f"UCX (shm) >= 1.5x HTTP: {fmt_range(r['ucx_over_tcp'], *q['ucx_over_tcp'])} "
+               f"[{'met' if r['ucx_over_tcp'] >= 1.5 else 'NOT met'}]")
     _write(result, json_path, None, "")
 
 
@@ -170,7 +200,9 @@ def transports(size, block_size, workdir, json_path) -> None:
 @click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16),
               help="Cache nodes in the cluster.")
 @_load_options(concurrency="8,16")
-def links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, workdir, json_path, plot_path) -> None:
+@_repeat_option()
+def links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, workdir, json_path, plot_path,
+          repeat) -> None:
     """Blob storage behind a slow link, peers behind a fast one: cold vs warm vs direct (root).
 
     Network namespaces + veth + tc tbf emulate the two links on this machine; the loaders run
@@ -180,13 +212,16 @@ def links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, work
 
     if os.geteuid() != 0:
         raise click.ClickException("cachebench links creates network namespaces and needs root")
-    r = run_links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, workdir)
-    q = r["ratios"]
+    from .rounds import fmt_range
+
+    r = run_links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, workdir, repeat)
+    q, qr = r["ratios"], r["ratios_range"]
     ok = q["warm_speedup_over_cold"] >= 0.8 * q["link_ratio"]
-    click.echo(f"\nwarm speedup over cold {q['warm_speedup_over_cold']:.2f}x; link ratio {q['link_ratio']:.2f}x; "
-               f"target >= {0.8 * q['link_ratio']:.2f}x [{'met' if ok else 'NOT met'}]")
-    click.echo(f"cache warm vs blob direct {q['warm_over_blob_direct']:.2f}x, "
-               f"cache cold vs blob direct {q['cold_over_blob_direct']:.2f}x")
+    click.echo(f"\n{repeat} rounds, medians of per-round ratios (min-max)")
+    click.echo(f"warm speedup over cold {fmt_range(q['warm_speedup_over_cold'], *qr['warm_speedup_over_cold'])}x; "
+               f"link ratio {q['link_ratio']:.2f}x; target >= {0.8 * q['link_ratio']:.2f}x [{'met' if ok else 'NOT met'}]")
+    click.echo(f"cache warm vs blob direct {fmt_range(q['warm_over_blob_direct'], *qr['warm_over_blob_direct'])}x, "
+               f"cache cold vs blob direct {fmt_range(q['cold_over_blob_direct'], *qr['cold_over_blob_direct'])}x")
     _write(r, json_path, plot_path, f"cachebench links: origin {origin_gbit:g} Gbit/s, peers {peer_gbit:g} Gbit/s, "
            f"{r['model_bytes'] / 2**30:.2f} GiB ({os.cpu_count()} CPUs)")
     if not all(v["verified"] for v in r["scenarios"].values()):
@@ -196,8 +231,7 @@ def links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, work
 @main.command()
 @click.option("--link", default="100mbit", show_default=True,
               help="Rate of the emulated link (tc tbf syntax, e.g. 100mbit, 1gbit).")
-@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 50),
-              help="Rounds on the same link; figures are medians, with min-max beside them.")
+@_repeat_option()
 @click.option("--workdir", type=click.Path(file_okay=False))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
 def qos(link, repeat, workdir, json_path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from . import runai
+from . import rounds, runai
 from .checkpoint import upload
 from .scenarios import Recorder
 from .table import byte_bar
@@ -23,7 +23,7 @@ def reference_digest(path: Path) -> str:
     return data_digest(safetensors.torch.load_file(str(path)))
 
 
-def _copy_blob(conn_str: str, src: str, dst: str) -> None:
+def copy_blob(conn_str: str, src: str, dst: str) -> None:
     """A second, independent copy (new ETag, new keys): a cold start for the cache."""
     from azure.storage.blob import BlobServiceClient
 
@@ -33,42 +33,69 @@ def _copy_blob(conn_str: str, src: str, dst: str) -> None:
 
 
 def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_size: str,
-                concurrencies: tuple[int, ...], workdir: str | None) -> dict:
+                concurrencies: tuple[int, ...], workdir: str | None, repeat: int = 3) -> dict:
     with testbed(workdir, "cachebench-") as bed:
         base, azurite, token = bed.base, bed.azurite, bed.token
         ckpt, model_bytes = bed.checkpoint(size, "a/model.safetensors")
-        _copy_blob(azurite.connection_string, "a/model.safetensors", "b/model.safetensors")
         reference = reference_digest(ckpt)
         cluster = bed.cluster(n_nodes, "--block-size", block_size, "--memory", "8GiB",
                               *(("--ucx",) if transport == "ucx" else ()))
-        url_a, url_b = bed.url("a/model.safetensors"), bed.url("b/model.safetensors")
 
-        rec = Recorder(model_bytes, reference, cluster.urls, token)
-        click.echo(f"checkpoint {model_bytes / 2**30:.2f} GiB, {n_nodes} nodes, transport {transport}")
-        ckpt.read_bytes()  # into the page cache: local_safetensors is the single-machine ceiling
-        rec.run("local_safetensors", [{"kind": "local", "path": str(ckpt)}], origin=0)
-        rec.blob_direct(azurite.connection_string, CONTAINER, "a/model.safetensors", concurrencies)
-        reason = runai.unavailable()
-        if reason:
-            rec.scenarios["runai_streamer"] = {"skipped": reason}
+        rec = Recorder(model_bytes, reference, cluster.urls, token, services=bed.service_pids(cluster))
+        click.echo(f"checkpoint {model_bytes / 2**30:.2f} GiB, {n_nodes} nodes, transport {transport}, "
+                   f"{repeat} rounds")
+        runai_why, https = runai.unavailable(), None
+        if runai_why:
+            rec.skip("runai_streamer", runai_why)
         else:
-            with runai.HttpsAzurite(base / "azurite-https") as https:
-                with byte_bar("upload (HTTPS Azurite for Run:ai)", model_bytes) as bar:
-                    upload(https.connection_string, CONTAINER, "a/model.safetensors", ckpt,
-                           progress=bar.update, ca_file=str(https.cert))
+            https = bed.stack.enter_context(runai.HttpsAzurite(base / "azurite-https"))
+            rec.services["azurite"].append(https.proc.pid)
+            with byte_bar("upload (HTTPS Azurite for Run:ai)", model_bytes) as bar:
+                upload(https.connection_string, CONTAINER, "a/model.safetensors", ckpt,
+                       progress=bar.update, ca_file=str(https.cert))
+        adlfs_why = adlfs_unavailable()
+        if adlfs_why:
+            rec.skip("adlfs", adlfs_why)
+        cache = {"kind": "cache", "token": token, "transport": transport}
+
+        def one_round(i: int) -> None:
+            # each round's cold loads need blobs the cache has never seen (copied, not timed)
+            for kind in ("cold", "conc"):
+                copy_blob(azurite.connection_string, "a/model.safetensors", f"{kind}{i}/model.safetensors")
+            # every contender once, in the same order each round (bench/rounds.py says why)
+            ckpt.read_bytes()  # into the page cache: local_safetensors is the single-machine ceiling
+            rec.run("local_safetensors", [{"kind": "local", "path": str(ckpt)}], origin=0)
+            rec.blob_direct(azurite.connection_string, CONTAINER, "a/model.safetensors", concurrencies)
+            if not adlfs_why:
+                rec.run("adlfs", [{"kind": "adlfs", "conn_str": azurite.connection_string,
+                                   "container": CONTAINER, "blob": "a/model.safetensors"}], origin=model_bytes)
+            if https is not None:
                 rec.run("runai_streamer", [https.contender(CONTAINER, "a/model.safetensors")],
                         origin=model_bytes, over="https")
-        cache = {"kind": "cache", "token": token, "transport": transport}
-        rec.run("cache_cold", [{**cache, "url": url_a, "nodes": [cluster.urls[0]]}])
-        rec.run("cache_warm", [{**cache, "url": url_a, "nodes": [cluster.urls[1 % n_nodes]]}])
-        warm_mount(rec, base / "mnt", cluster.urls[1 % n_nodes], token, "a/model.safetensors")
-        rec.run("cache_cold_concurrent", [{**cache, "url": url_b, "nodes": [cluster.urls[i % n_nodes]]}
-                                          for i in range(readers)])
+            cold = bed.url(f"cold{i}/model.safetensors")
+            rec.run("cache_cold", [{**cache, "url": cold, "nodes": [cluster.urls[0]]}])
+            rec.run("cache_warm", [{**cache, "url": cold, "nodes": [cluster.urls[1 % n_nodes]]}])
+            warm_mount(rec, base / f"mnt{i}", cluster.urls[1 % n_nodes], token, f"cold{i}/model.safetensors")
+            conc = bed.url(f"conc{i}/model.safetensors")
+            rec.run("cache_cold_concurrent", [{**cache, "url": conc, "nodes": [cluster.urls[j % n_nodes]]}
+                                              for j in range(readers)])
+
+        rounds.run_rounds(repeat, one_round, click.echo)
         scenarios = rec.scenarios
+        medians, ranges = rounds.summarize_ratios([ratios(rec.round(i), model_bytes) for i in range(repeat)])
 
     return {"model_bytes": model_bytes, "nodes": n_nodes, "readers": readers, "transport": transport,
-            "block_size": block_size, "machine": machine(), "scenarios": scenarios,
-            "ratios": ratios(scenarios, model_bytes)}
+            "block_size": block_size, "repeat": repeat, "machine": machine(), "scenarios": scenarios,
+            "ratios": medians, "ratios_range": ranges}
+
+
+def adlfs_unavailable() -> str | None:
+    """Why the adlfs contender cannot run here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("adlfs") is None:
+        return "adlfs is not installed (pip install 'cachenode[bench]')"
+    return None
 
 
 def mount_unavailable() -> str | None:
@@ -89,7 +116,7 @@ def warm_mount(rec: Recorder, mountpoint: Path, node: str, token: str, blob: str
 
     reason = mount_unavailable()
     if reason:
-        rec.scenarios["cache_warm_mount"] = {"skipped": reason}
+        rec.skip("cache_warm_mount", reason)
         return
     with MountProcess(mountpoint, [f"az://{CONTAINER}"], [node], token=token):
         rec.run("cache_warm_mount", [{"kind": "local", "path": str(mountpoint / CONTAINER / blob)}])
@@ -108,6 +135,8 @@ def ratios(s: dict, model_bytes: int) -> dict:
         out["warm_over_local_safetensors"] = speed("cache_warm") / speed("local_safetensors")
     if speed("cache_warm_mount") and speed("cache_warm"):
         out["mount_over_warm"] = speed("cache_warm_mount") / speed("cache_warm")
+    if speed("cache_warm") and speed("adlfs"):
+        out["warm_over_adlfs"] = speed("cache_warm") / speed("adlfs")
     if speed("cache_cold") and speed("blob_direct_sdk"):
         out["cold_over_blob_direct"] = speed("cache_cold") / speed("blob_direct_sdk")
     if "cache_cold_concurrent" in s:
@@ -134,12 +163,16 @@ TARGETS = [
 ]
 
 
-def target_lines(r: dict) -> list[str]:
+def target_lines(r: dict, ranges: dict | None = None) -> list[str]:
+    """One line per target: the median over rounds, its range, met or not (on the median)."""
     lines = []
     for key, op, goal, text in TARGETS:
         if key not in r:
             continue
         v = r[key]
         ok = {">=": v >= goal, "<=": v <= goal, "==": abs(v - goal) < 1e-9}[op]
-        lines.append(f"  [{'met' if ok else 'NOT met'}] {text}: {v:.3f}")
+        if op == "==" and ranges and key in ranges:  # an exact target must hold in every round
+            ok = all(abs(x - goal) < 1e-9 for x in ranges[key])
+        spread = f" ({ranges[key][0]:.3f}-{ranges[key][1]:.3f})" if ranges and key in ranges else ""
+        lines.append(f"  [{'met' if ok else 'NOT met'}] {text}: {v:.3f}{spread}")
     return lines

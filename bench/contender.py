@@ -2,7 +2,8 @@
 
 A fresh process per load means fresh memory (first-touch page faults paid by every contender
 alike) and an honest peak RSS. It prints "ready" after its imports, waits for a line on stdin,
-loads, and prints one "RESULT <json>" line with seconds, peak RSS, the import baseline and a data digest.
+loads, and prints one "RESULT <json>" line with seconds, peak RSS, the import baseline and a data digest
+(and, for cache loads, the loader's own time breakdown).
 """
 
 from __future__ import annotations
@@ -23,12 +24,19 @@ def _rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _cpu() -> float:
+    """CPU seconds this process has used, every thread (I/O loop, prefault) included."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def main(spec: dict) -> dict:
     import torch  # noqa: F401  (part of the baseline every contender pays)
 
     from cachenode.bench.loads import data_digest
 
     kind = spec["kind"]
+    extra: dict = {}
     if kind == "cache":
         from cachenode.bench.loads import cache_tensors
 
@@ -39,9 +47,15 @@ def main(spec: dict) -> dict:
 
             load_ucxx()
 
+        from cachenode.client.loadstats import LoadStats
+
+        stats = LoadStats()
+        extra["breakdown"] = stats
+
         def load():
             return cache_tensors(spec["url"], spec["nodes"], spec["token"],
-                                 transport=spec.get("transport", "tcp"))
+                                 transport=spec.get("transport", "tcp"), stats=stats,
+                                 window=spec.get("window"))
     elif kind == "local":
         import safetensors.torch
 
@@ -54,6 +68,14 @@ def main(spec: dict) -> dict:
 
         def load():
             return blob_sdk_tensors(spec["conn_str"], spec["container"], spec["blob"], spec["concurrency"])
+    elif kind == "adlfs":
+        import adlfs  # noqa: F401  (imports before the clock, as for every contender)
+        import safetensors.torch  # noqa: F401
+
+        from cachenode.bench.loads import adlfs_tensors
+
+        def load():
+            return adlfs_tensors(spec["conn_str"], spec["container"], spec["blob"])
     elif kind == "runai":
         from runai_model_streamer import SafetensorsStreamer
 
@@ -68,12 +90,21 @@ def main(spec: dict) -> dict:
     baseline = _rss()
     print("READY", flush=True)
     sys.stdin.readline()
+    cpu0 = _cpu()
     t0 = time.perf_counter()
     tensors = load()
     seconds = time.perf_counter() - t0
+    cpu = _cpu() - cpu0
     peak = _rss()
-    return {"seconds": seconds, "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
-            "tensors": len(tensors), "digest": data_digest(tensors)}
+    out = {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
+           "tensors": len(tensors), "digest": data_digest(tensors)}
+    if "breakdown" in extra:
+        b = extra["breakdown"].as_dict()
+        b.pop("bytes")
+        # what the loader's own phases do not cover: client set-up and tear-down
+        b["other_s"] = max(0.0, seconds - sum(v for k, v in b.items() if k != "first_touch_s"))
+        out["breakdown"] = b
+    return out
 
 
 if __name__ == "__main__":

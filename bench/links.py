@@ -14,7 +14,8 @@ from contextlib import ExitStack
 
 import click
 
-from .compare import machine, reference_digest
+from . import rounds
+from .compare import copy_blob, machine, reference_digest
 from .netns import VethHost
 from .relay import Relay
 from .scenarios import Recorder
@@ -27,15 +28,18 @@ def _tbf(gbit: float) -> tuple[str, int]:
 
 
 def run_links(size: int, origin_gbit: float, peer_gbit: float, n_nodes: int, block_size: str,
-              concurrencies: tuple[int, ...], workdir: str | None) -> dict:
+              concurrencies: tuple[int, ...], workdir: str | None, repeat: int = 3) -> dict:
     with ExitStack() as links:
         origin = links.enter_context(VethHost("org"))
         peers = links.enter_context(VethHost("per"))
         bed = links.enter_context(testbed(workdir, "cachebench-links-", azurite_host=origin.ns_ip,
                                           azurite_wrap=origin.exec_prefix()))
         azurite, token = bed.azurite, bed.token
-        # uploaded before the links are shaped: setting up is not what is measured
+        # uploaded (and copied: each round's cold load needs a blob of its own) before the links
+        # are shaped: setting up is not what is measured
         ckpt, model_bytes = bed.checkpoint(size, "m/model.safetensors")
+        for i in range(repeat):
+            copy_blob(azurite.connection_string, "m/model.safetensors", f"cold{i}/model.safetensors")
         reference = reference_digest(ckpt)
         origin.shape(*_tbf(origin_gbit), both_ways=True)
         peers.shape(*_tbf(peer_gbit), both_ways=True)
@@ -43,22 +47,33 @@ def run_links(size: int, origin_gbit: float, peer_gbit: float, n_nodes: int, blo
         cluster = bed.cluster(n_nodes, "--block-size", block_size, "--memory", "8GiB",
                               conn_str=connection_string(relay.port, host=peers.root_ip),
                               host=peers.ns_ip, wrap=peers.exec_prefix())
-        url = bed.url("m/model.safetensors")
 
-        rec = Recorder(model_bytes, reference, cluster.urls, token)
+        rec = Recorder(model_bytes, reference, cluster.urls, token, services=bed.service_pids(cluster))
         click.echo(f"checkpoint {model_bytes / 2**30:.2f} GiB; origin link {origin_gbit:g} Gbit/s, "
-                   f"peer link {peer_gbit:g} Gbit/s, {n_nodes} nodes")
-        rec.blob_direct(azurite.connection_string, CONTAINER, "m/model.safetensors", concurrencies)
-        cache = {"kind": "cache", "token": token, "transport": "tcp", "url": url}
-        rec.run("cache_cold", [{**cache, "nodes": [cluster.urls[0]]}])
-        rec.run("cache_warm", [{**cache, "nodes": [cluster.urls[1 % n_nodes]]}])
-        scenarios = rec.scenarios
+                   f"peer link {peer_gbit:g} Gbit/s, {n_nodes} nodes, {repeat} rounds")
 
-    cold, warm = scenarios["cache_cold"]["seconds"], scenarios["cache_warm"]["seconds"]
-    link_ratio = peer_gbit / origin_gbit
+        def one_round(i: int) -> None:
+            rec.blob_direct(azurite.connection_string, CONTAINER, "m/model.safetensors", concurrencies)
+            cache = {"kind": "cache", "token": token, "transport": "tcp",
+                     "url": bed.url(f"cold{i}/model.safetensors")}
+            rec.run("cache_cold", [{**cache, "nodes": [cluster.urls[0]]}])
+            rec.run("cache_warm", [{**cache, "nodes": [cluster.urls[1 % n_nodes]]}])
+
+        rounds.run_rounds(repeat, one_round, click.echo)
+        scenarios = rec.scenarios
+        medians, ranges = rounds.summarize_ratios(
+            [_ratios(rec.round(i), origin_gbit, peer_gbit) for i in range(repeat)])
+
     return {"origin_gbit": origin_gbit, "peer_gbit": peer_gbit, "model_bytes": model_bytes,
-            "nodes": n_nodes, "block_size": block_size, "machine": machine(), "scenarios": scenarios,
-            "ratios": {"link_ratio": link_ratio, "warm_speedup_over_cold": cold / warm,
-                       "warm_speedup_over_link_ratio": cold / warm / link_ratio,
-                       "warm_over_blob_direct": scenarios["blob_direct_sdk"]["seconds"] / warm,
-                       "cold_over_blob_direct": scenarios["blob_direct_sdk"]["seconds"] / cold}}
+            "nodes": n_nodes, "block_size": block_size, "repeat": repeat, "machine": machine(),
+            "scenarios": scenarios, "ratios": medians, "ratios_range": ranges}
+
+
+def _ratios(s: dict, origin_gbit: float, peer_gbit: float) -> dict:
+    """One round's ratios."""
+    cold, warm = s["cache_cold"]["seconds"], s["cache_warm"]["seconds"]
+    link_ratio = peer_gbit / origin_gbit
+    return {"link_ratio": link_ratio, "warm_speedup_over_cold": cold / warm,
+            "warm_speedup_over_link_ratio": cold / warm / link_ratio,
+            "warm_over_blob_direct": s["blob_direct_sdk"]["seconds"] / warm,
+            "cold_over_blob_direct": s["blob_direct_sdk"]["seconds"] / cold}

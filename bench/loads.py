@@ -44,10 +44,26 @@ def timed(load, nbytes: int) -> LoadResult:
 
 
 def cache_tensors(url: str, nodes: list[str], token: str | None, on_bytes=None,
-                  transport: str = "tcp") -> dict:
-    """cachenode: blocks in parallel from the cluster into one buffer, tensors as views."""
-    with Client(nodes=nodes, token=token, transports=transport) as client:
-        return load_safetensors(url, client=client, on_bytes=on_bytes)
+                  transport: str = "tcp", stats=None, window: int | None = None) -> dict:
+    """cachenode: blocks in parallel from the cluster into one buffer, tensors as views.
+    `stats` (a client LoadStats) is filled with where the time went; `window`: blocks in
+    flight (the client's default if None)."""
+    kwargs = {"window": window} if window else {}
+    with Client(nodes=nodes, token=token, transports=transport, **kwargs) as client:
+        return load_safetensors(url, client=client, on_bytes=on_bytes, stats=stats)
+
+
+def adlfs_tensors(conn_str: str, container: str, blob: str) -> dict:
+    """fsspec + adlfs, the usual Python route to Azure Blob: read the file, then
+    safetensors.torch.load (which builds every tensor in fresh memory from the bytes)."""
+    import adlfs
+    import safetensors.torch
+
+    # skip_instance_cache: each load gets its own filesystem, as a fresh process would
+    fs = adlfs.AzureBlobFileSystem(connection_string=conn_str, skip_instance_cache=True)
+    with fs.open(f"{container}/{blob}", "rb") as f:
+        data = f.read()
+    return safetensors.torch.load(data)
 
 
 def blob_sdk_tensors(conn_str: str, container: str, blob: str, concurrency: int, on_bytes=None) -> dict:

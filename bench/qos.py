@@ -21,6 +21,7 @@ from cachenode.node.metrics import scrape
 
 from .netns import VethHost
 from .relay import Relay
+from .rounds import median_range
 from .services import Azurite, NodeProcess, connection_string, free_port
 
 
@@ -90,8 +91,6 @@ def run_qos(workdir: str | Path, link: str = "100mbit", link_bytes_per_s: float 
             repeat: int = 3, progress=None) -> dict:
     """`repeat` rounds on one link and node, each warming a blob of its own; the top-level
     figures are the medians, `ranges` their min and max, `runs` every round."""
-    import statistics
-
     if shutil.which("iperf3") is None:
         raise RuntimeError("cachebench qos needs iperf3 for the competing flow (apt-get install iperf3)")
     base = Path(workdir)
@@ -122,11 +121,12 @@ def run_qos(workdir: str | Path, link: str = "100mbit", link_bytes_per_s: float 
         m = scrape(node.url, token)
     out = {"link_gbit": link_bytes_per_s * 8 / 1e9, "repeat": repeat,
            "throttled_seconds": m.get("cachenode_qos_throttled_seconds", 0.0)}
+    out["ranges"] = {}
     for k in SUMMARY_KEYS:
         values = [r[k] for r in runs if r[k] is not None]
-        out[k] = statistics.median(values) if values else None
-    out["ranges"] = {k: [min(r[k] for r in runs), max(r[k] for r in runs)]
-                     for k in ("foreground_alone_gb_per_s", "foreground_kept", "cache_idle_link_share")}
+        out[k], lo, hi = median_range(values) if values else (None, None, None)
+        if k in ("foreground_alone_gb_per_s", "foreground_kept", "cache_idle_link_share"):
+            out["ranges"][k] = [lo, hi]
     out["runs"] = runs
     return out
 

@@ -37,6 +37,11 @@ class Testbed:
     def url(self, blob: str) -> str:
         return f"{self.azurite.endpoint}/{CONTAINER}/{blob}"
 
+    def service_pids(self, cluster: LocalCluster) -> dict[str, list[int]]:
+        """The pids serving loads, by group: the cluster's nodes and Azurite."""
+        return {"nodes": [p.proc.pid for p in cluster.procs if p.proc is not None],
+                "azurite": [self.azurite.proc.pid]}
+
     def cluster(self, n: int, *args: str, name: str = "cluster", conn_str: str | None = None,
                 **kwargs) -> LocalCluster:
         """n nodes sharing this testbed's token, reading Azurite (or `conn_str`, e.g. a relay)."""

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from . import rounds
 from .testbed import testbed
 
 SHM_TLS = "sm,cma,tcp"
@@ -24,7 +25,7 @@ def _probe(spec: dict, env: dict | None = None) -> dict:
     raise RuntimeError(f"probe {spec.get('transport', 'raw')} failed: {r.stderr[-1500:]}")
 
 
-def run_transports(size: int, block_size: str, workdir: str | None) -> dict:
+def run_transports(size: int, block_size: str, workdir: str | None, repeat: int = 3) -> dict:
     import cachenode
 
     with testbed(workdir, "cachebench-tr-") as bed:
@@ -36,23 +37,38 @@ def run_transports(size: int, block_size: str, workdir: str | None) -> dict:
         tcp = bed.cluster(1, *args, name="tcp", env={"UCX_TLS": "tcp"})
         for c in (shm, tcp):
             cachenode.warm(url, nodes=c.urls, token=token)
-        click.echo(f"{nbytes / 2**30:.2f} GiB warm on the node(s); reading every block, best of 3")
+        click.echo(f"{nbytes / 2**30:.2f} GiB warm on the node(s); every block read in each probe "
+                   f"(best of 3 passes), {repeat} rounds")
         common = {"token": token, "url": url}
-        result = {
-            # sender and receiver in separate processes, as node and loader are (like iperf3)
-            "raw_tcp_gb_per_s": _probe({"raw": True, "bytes": nbytes})["gb_per_s"],
-            "raw_tcp_same_process_gb_per_s": _probe({"raw": True, "same_process": True, "bytes": nbytes})["gb_per_s"],
-            "transports": {
-                "tcp": _probe({**common, "node": shm.urls[0], "transport": "tcp"}),
-                "ucx": _probe({**common, "node": shm.urls[0], "transport": "ucx"}),
-                "ucx_tcp": _probe({**common, "node": tcp.urls[0], "transport": "ucx"}, {"UCX_TLS": "tcp"}),
-            },
+        runs = []
+
+        def one_round(i: int) -> None:
+            # one probe of each wire per round, in a fresh process each
+            r = {"raw_tcp": _probe({"raw": True, "bytes": nbytes}),  # sender in its own process, like iperf3
+                 "raw_tcp_same_process": _probe({"raw": True, "same_process": True, "bytes": nbytes}),
+                 "tcp": _probe({**common, "node": shm.urls[0], "transport": "tcp"}),
+                 "ucx": _probe({**common, "node": shm.urls[0], "transport": "ucx"}),
+                 "ucx_tcp": _probe({**common, "node": tcp.urls[0], "transport": "ucx"}, {"UCX_TLS": "tcp"})}
+            click.echo("  " + ", ".join(f"{k} {v['gb_per_s']:.2f}" for k, v in r.items()) + " GB/s")
+            runs.append(r)
+
+        rounds.run_rounds(repeat, one_round, click.echo)
+
+    per = {k: rounds.summarize([r[k] for r in runs]) for k in runs[0]}
+    medians, ranges = rounds.summarize_ratios([_ratios(r) for r in runs])
+    return {"raw_tcp_gb_per_s": per["raw_tcp"]["gb_per_s"],
+            "raw_tcp_same_process_gb_per_s": per["raw_tcp_same_process"]["gb_per_s"],
+            "raw_tcp": per["raw_tcp"], "raw_tcp_same_process": per["raw_tcp_same_process"],
+            "transports": {k: per[k] for k in ("tcp", "ucx", "ucx_tcp")},
             "ucx_tls": {"ucx": SHM_TLS, "ucx_tcp": "tcp"},
-            "block_size": block_size, "bytes": nbytes,
-        }
-    t = result["transports"]
-    result["ratios"] = {"tcp_over_raw_tcp": t["tcp"]["gb_per_s"] / result["raw_tcp_gb_per_s"],
-                        "tcp_over_raw_tcp_same_process": t["tcp"]["gb_per_s"] / result["raw_tcp_same_process_gb_per_s"],
-                        "ucx_over_tcp": t["ucx"]["gb_per_s"] / t["tcp"]["gb_per_s"],
-                        "ucx_tcp_over_tcp": t["ucx_tcp"]["gb_per_s"] / t["tcp"]["gb_per_s"]}
-    return result
+            "block_size": block_size, "bytes": nbytes, "repeat": repeat,
+            "ratios": medians, "ratios_range": ranges}
+
+
+def _ratios(r: dict) -> dict:
+    """One round's ratios between wires."""
+    gb = {k: v["gb_per_s"] for k, v in r.items()}
+    return {"tcp_over_raw_tcp": gb["tcp"] / gb["raw_tcp"],
+            "tcp_over_raw_tcp_same_process": gb["tcp"] / gb["raw_tcp_same_process"],
+            "ucx_over_tcp": gb["ucx"] / gb["tcp"],
+            "ucx_tcp_over_tcp": gb["ucx_tcp"] / gb["tcp"]}

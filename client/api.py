@@ -76,6 +76,10 @@ class AsyncClient:
                              readahead=self.config.readahead, on_bytes=on_bytes)
         return AsyncCacheFile(reader, url, info.etag, via)
 
+    def digest_seconds(self) -> float:
+        """Time this client's block channels have spent checking digests so far (LoadStats)."""
+        return self.cluster.channels.digest_seconds()
+
     async def list(self, source: str | SourceRef) -> list[tuple[SourceRef, ObjectInfo]]:
         """Objects under a prefix (a URL or a SourceRef), as a node lists them from its origin."""
         ref = self.parse(source, prefix=True) if isinstance(source, str) else source

@@ -60,6 +60,10 @@ class Channels:
             self._ucx_clients[member.id] = client
         return client
 
+    def digest_seconds(self) -> float:
+        """Time every block channel has spent checking digests so far."""
+        return sum(c.digest_seconds for c in (*self._http.values(), *self._ucx_clients.values()))
+
     async def close(self) -> None:
         for client in self._http.values():
             client.close()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import AsyncIterator, Iterator
 
 import torch
 
 from .api import AsyncClient, Client
 from .files import AsyncCacheFile
+from .loadstats import LoadStats, Stopwatch
 from .prefault import prefault
 from .reader import cancel_and_wait
 from .safetensors_header import Header, SafetensorsError, TensorEntry, header_length, parse_header
@@ -130,30 +132,51 @@ async def stream_tensors(f: AsyncCacheFile, header: Header, data: memoryview, *,
         await cancel_and_wait(tasks)
 
 
-async def _open_safetensors(client: AsyncClient, url: str, on_bytes=None) -> tuple[AsyncCacheFile, Header]:
+async def _open_safetensors(client: AsyncClient, url: str, on_bytes=None, stats: LoadStats | None = None
+                            ) -> tuple[AsyncCacheFile, Header]:
+    clock = Stopwatch()
     f = await client.open(url, on_bytes=on_bytes)
     try:
-        return f, await aread_header(f)
+        if stats is not None:
+            stats.stat_s += clock.lap()
+        header = await aread_header(f)
+        if stats is not None:
+            stats.header_s += clock.lap()
+        return f, header
     except BaseException:
         await f.close()
         raise
 
 
-async def _tensors(f: AsyncCacheFile, header: Header, device, window: int
-                   ) -> AsyncIterator[tuple[str, torch.Tensor]]:
+async def _tensors(f: AsyncCacheFile, header: Header, device, window: int, client: AsyncClient,
+                   stats: LoadStats | None = None) -> AsyncIterator[tuple[str, torch.Tensor]]:
+    clock = Stopwatch()
+    digest_before, building = client.digest_seconds(), 0.0
     buf = alloc(header.data_size, device)
     data = memoryview(buf.numpy()) if header.data_size else memoryview(bytearray())
     target = torch.device(device)
     filler = None if buf.is_pinned() else prefault(buf.data_ptr(), header.data_size)
     try:
         async for e in stream_tensors(f, header, data, window=window):
+            t0 = time.perf_counter()
             t = tensor_view(e, data)
             # From pinned memory the copy is asynchronous; torch's caching host allocator keeps
             # the pinned buffer alive until the copy's stream is done with it.
-            yield e.name, (t if target.type == "cpu" else t.to(target, non_blocking=True))
+            t = t if target.type == "cpu" else t.to(target, non_blocking=True)
+            building += time.perf_counter() - t0
+            yield e.name, t
+        if stats is not None:
+            digest = client.digest_seconds() - digest_before
+            stats.digest_s += digest
+            stats.tensors_s += building
+            stats.wait_bytes_s += max(0.0, clock.lap() - digest - building)
+            stats.bytes += header.data_size
     finally:
         if filler is not None:
             await asyncio.to_thread(filler.join)  # `buf` must outlive the prefault thread
+            if stats is not None:
+                stats.first_touch_tail_s += clock.lap()
+                stats.first_touch_s += filler.seconds
 
 
 async def aiter_safetensors(client: AsyncClient, url: str, device: str | torch.device = "cpu",
@@ -161,18 +184,18 @@ async def aiter_safetensors(client: AsyncClient, url: str, device: str | torch.d
     """Async twin of iter_safetensors."""
     f, header = await _open_safetensors(client, url, on_bytes)
     try:
-        async for item in _tensors(f, header, device, client.window):
+        async for item in _tensors(f, header, device, client.window, client):
             yield item
     finally:
         await f.close()
 
 
 async def aload_safetensors(client: AsyncClient, url: str, device: str | torch.device = "cpu",
-                            on_bytes=None) -> StateDict:
+                            on_bytes=None, stats: LoadStats | None = None) -> StateDict:
     """Async twin of load_safetensors."""
-    f, header = await _open_safetensors(client, url, on_bytes)
+    f, header = await _open_safetensors(client, url, on_bytes, stats)
     try:
-        got = {name: t async for name, t in _tensors(f, header, device, client.window)}
+        got = {name: t async for name, t in _tensors(f, header, device, client.window, client, stats)}
     finally:
         await f.close()
     out = StateDict((e.name, got[e.name]) for e in header.tensors)  # file order, like safetensors
@@ -181,14 +204,15 @@ async def aload_safetensors(client: AsyncClient, url: str, device: str | torch.d
 
 
 def load_safetensors(url: str, device: str | torch.device = "cpu", *, client: Client | None = None,
-                     on_bytes=None, **client_kwargs) -> StateDict:
+                     on_bytes=None, stats: LoadStats | None = None, **client_kwargs) -> StateDict:
     """All tensors of a safetensors file, read in parallel into one buffer and viewed from it.
 
     `device="cuda"` reads into page-locked memory and copies each tensor with non_blocking=True
-    as soon as its blocks are in. `.metadata` holds the file's `__metadata__`.
+    as soon as its blocks are in. `.metadata` holds the file's `__metadata__`. Pass a LoadStats
+    as `stats` to have it filled with where the time went.
     """
     return with_client(client, client_kwargs,
-                        lambda c: c.run(aload_safetensors(c.aclient, url, device, on_bytes)))
+                        lambda c: c.run(aload_safetensors(c.aclient, url, device, on_bytes, stats)))
 
 
 def iter_safetensors(url: str, device: str | torch.device = "cpu", *, client: Client | None = None,

@@ -20,27 +20,42 @@ def _bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 def test_compare_small(tmp_path):
     out, png = tmp_path / "c.json", tmp_path / "c.png"
-    r = _bench("compare", "--size", "24MiB", "--nodes", "2", "--readers", "2", "--block-size", "1MiB",
-               "--concurrency", "4", "--json", str(out), "--plot", str(png))
+    r = _bench("compare", "--size", "8MiB", "--nodes", "2", "--readers", "2", "--block-size", "1MiB",
+               "--concurrency", "4", "--repeat", "2", "--json", str(out), "--plot", str(png))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert {"model_bytes", "nodes", "readers", "transport", "scenarios"} <= res.keys()
+    assert {"model_bytes", "nodes", "readers", "transport", "scenarios", "ratios", "ratios_range"} <= res.keys()
     s = res["scenarios"]
-    for name in ("blob_direct_sdk", "local_safetensors", "cache_cold", "cache_warm", "cache_cold_concurrent"):
-        assert {"seconds", "gb_per_s", "origin_bytes", "peak_rss_bytes", "verified"} <= s[name].keys(), name
+    for name in ("blob_direct_sdk", "adlfs", "local_safetensors", "cache_cold", "cache_warm",
+                 "cache_cold_concurrent"):
+        assert {"seconds", "gb_per_s", "origin_bytes", "peak_rss_bytes", "verified", "runs", "range"} <= s[name].keys(), name
         assert s[name]["verified"], name
+        runs = s[name]["runs"]
+        assert len(runs) == 2 and all(run["verified"] for run in runs), name
+        lo, hi = s[name]["range"]["seconds"]
+        assert lo == min(x["seconds"] for x in runs) <= s[name]["seconds"] <= hi == max(x["seconds"] for x in runs)
     from cachenode.bench.runai import unavailable
 
     if unavailable() is None:  # installed by the bench extra; root for its mount namespace
-        assert s["runai_streamer"]["verified"], s["runai_streamer"]
+        assert s["runai_streamer"]["verified"] and len(s["runai_streamer"]["runs"]) == 2, s["runai_streamer"]
     else:
         assert s["runai_streamer"]["skipped"] == unavailable()
-    assert s["cache_cold_concurrent"]["origin_bytes"] == res["model_bytes"]
-    assert s["cache_warm"]["origin_bytes"] == 0
+    # a fresh blob per round: each round's cold loads fill once, each warm load reads nothing
+    assert all(run["origin_bytes"] == res["model_bytes"] for run in s["cache_cold_concurrent"]["runs"])
+    assert all(run["origin_bytes"] == res["model_bytes"] for run in s["cache_cold"]["runs"])
+    assert all(run["origin_bytes"] == 0 for run in s["cache_warm"]["runs"])
+    for name in ("cache_cold", "cache_warm"):
+        b = s[name]["breakdown"]
+        assert {"stat_s", "header_s", "wait_bytes_s", "digest_s", "first_touch_s", "tensors_s"} <= b.keys(), b
+        assert b["wait_bytes_s"] > 0
+    lo, hi = res["ratios_range"]["warm_over_blob_direct"]
+    assert lo <= res["ratios"]["warm_over_blob_direct"] <= hi
+    assert "waiting for bytes" in r.stdout and "(min-max)" in r.stdout
     from cachenode.bench.compare import mount_unavailable
 
     if mount_unavailable() is None:  # /dev/fuse and the mount extra: the cluster through a FUSE mount
-        assert s["cache_warm_mount"]["verified"] and s["cache_warm_mount"]["origin_bytes"] == 0
+        m = s["cache_warm_mount"]
+        assert m["verified"] and len(m["runs"]) == 2 and all(run["origin_bytes"] == 0 for run in m["runs"])
         assert "mount_over_warm" in res["ratios"]
     else:
         assert s["cache_warm_mount"]["skipped"] == mount_unavailable()
@@ -49,13 +64,29 @@ def test_compare_small(tmp_path):
 
 def test_transports_small(tmp_path):
     out = tmp_path / "t.json"
-    r = _bench("transports", "--size", "32MiB", "--block-size", "1MiB", "--json", str(out))
+    r = _bench("transports", "--size", "8MiB", "--block-size", "1MiB", "--repeat", "2", "--json", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["raw_tcp_gb_per_s"] > 0 and res["raw_tcp_same_process_gb_per_s"] > 0
     assert res["transports"]["tcp"]["channel"] == "HttpNodeClient"
     assert res["transports"]["ucx"]["channel"] == "UcxNodeClient"
-    assert all(t["gb_per_s"] > 0 for t in res["transports"].values())
+    assert all(t["gb_per_s"] > 0 and len(t["runs"]) == 2 for t in res["transports"].values())
+    lo, hi = res["ratios_range"]["tcp_over_raw_tcp"]
+    assert lo <= res["ratios"]["tcp_over_raw_tcp"] <= hi
+
+
+def test_rounds_summary_medians_worst_cases_and_ranges():
+    from cachenode.bench.rounds import summarize, summarize_ratios
+
+    runs = [{"seconds": s, "gb_per_s": 1 / s, "origin_bytes": o, "verified": v, "breakdown": {"x_s": s}}
+            for s, o, v in ((3.0, 10, True), (1.0, 10, True), (2.0, 12, False))]
+    out = summarize(runs)
+    assert out["seconds"] == 2.0 and out["breakdown"] == {"x_s": 2.0}
+    assert out["range"]["seconds"] == [1.0, 3.0] and out["range"]["gb_per_s"] == [1 / 3, 1.0]
+    assert out["origin_bytes"] == 12  # a fill-once miss in any round shows
+    assert out["verified"] is False and out["runs"] == runs
+    medians, ranges = summarize_ratios([{"a": 1.0}, {"a": 4.0, "b": 2.0}, {"a": 2.0}])
+    assert medians == {"a": 2.0, "b": 2.0} and ranges == {"a": [1.0, 4.0], "b": [2.0, 2.0]}
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("tc"),
@@ -95,8 +126,8 @@ def _processes_mentioning(text: str) -> list[str]:
 def test_links_small(tmp_path):
     before = _namespaces()
     out, png = tmp_path / "l.json", tmp_path / "l.png"
-    r = _bench("links", "--size", "48MiB", "--origin-gbit", "0.2", "--peer-gbit", "1.6", "--nodes", "2",
-               "--block-size", "1MiB", "--concurrency", "8", "--json", str(out), "--plot", str(png))
+    r = _bench("links", "--size", "24MiB", "--origin-gbit", "0.2", "--peer-gbit", "1.6", "--nodes", "2",
+               "--block-size", "1MiB", "--concurrency", "8", "--repeat", "2", "--json", str(out), "--plot", str(png))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert {"origin_gbit", "peer_gbit", "model_bytes", "scenarios"} <= res.keys()
@@ -104,8 +135,9 @@ def test_links_small(tmp_path):
     for name in ("blob_direct_sdk", "cache_cold", "cache_warm"):
         assert {"seconds", "gb_per_s", "origin_bytes", "verified"} <= s[name].keys(), name
         assert s[name]["verified"], name
-    assert s["cache_cold"]["origin_bytes"] == res["model_bytes"]
-    assert s["cache_warm"]["origin_bytes"] == 0
+    assert all(run["origin_bytes"] == res["model_bytes"] for run in s["cache_cold"]["runs"])
+    assert all(run["origin_bytes"] == 0 for run in s["cache_warm"]["runs"])
+    assert len(s["cache_cold"]["runs"]) == 2 and "warm_speedup_over_cold" in res["ratios_range"]
     # the shaped origin link is what a cold load waits for: no faster than 0.2 Gbit/s allows
     assert s["blob_direct_sdk"]["seconds"] >= res["model_bytes"] * 8 / 0.2e9 * 0.9
     assert s["cache_cold"]["seconds"] >= res["model_bytes"] * 8 / 0.2e9 * 0.9

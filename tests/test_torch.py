@@ -58,3 +58,32 @@ def test_safetensors_bytes_and_views_match_local_load(blobs, node, tmp_path):
         assert got.keys() == expected.keys()
         for k in expected:
             assert got[k].dtype == expected[k].dtype and torch.equal(got[k], expected[k]), k
+
+
+def test_load_stats_say_where_the_time_went(blobs, node, tmp_path):
+    """A LoadStats passed in is filled by the loader: every phase measured, none more than the load."""
+    import time
+
+    from cachenode.client.loadstats import LoadStats
+
+    path = tmp_path / "m.safetensors"
+    safetensors.torch.save_file(_state_dict(), str(path))
+    url = blobs.put("stats.safetensors", path.read_bytes())
+    stats = LoadStats()
+    t0 = time.perf_counter()
+    load_safetensors(url, nodes=[node.url], token=TOKEN, stats=stats)
+    wall = time.perf_counter() - t0
+    b = stats.as_dict()
+    assert b["bytes"] == path.stat().st_size - 8 - int.from_bytes(path.read_bytes()[:8], "little")
+    for phase in ("stat_s", "header_s", "wait_bytes_s", "digest_s", "tensors_s"):
+        assert b[phase] > 0, (phase, b)
+    assert sum(v for k, v in b.items() if k.endswith("_s") and k != "first_touch_s") <= wall
+
+
+def test_prefault_thread_reports_its_time():
+    from cachenode.client.prefault import CHUNK, prefault
+
+    buf = torch.empty(2 * CHUNK + 4096, dtype=torch.uint8)
+    t = prefault(buf.data_ptr(), buf.numel())
+    t.join()
+    assert t.seconds > 0

@@ -104,6 +104,11 @@ class HttpNodeClient:
             raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} failed its digest check")
         return headers.get(TIER_HEADER.lower(), ""), expected
 
+    @property
+    def digest_seconds(self) -> float:
+        """Time this client has spent checking block digests (see client.loadstats)."""
+        return self._fast.digest_seconds if self._fast is not None else 0.0
+
     def close(self) -> None:
         if self._fast is not None:
             self._fast.close()

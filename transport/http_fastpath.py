@@ -8,6 +8,7 @@ Only block bodies use this path; everything else stays on aiohttp.
 from __future__ import annotations
 
 import asyncio
+import time
 from urllib.parse import urlencode, urlsplit
 
 import xxhash
@@ -26,6 +27,7 @@ class _Response:
         # The body's digest, computed as each piece lands while it is still in the CPU cache
         # (a separate pass after the block re-reads 8 MiB from memory: 12% of this VM's CPU).
         self.hasher = None
+        self.hash_seconds = 0.0  # loop time spent hashing: one perf_counter pair per recv, cheap
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
 
     @property
@@ -75,7 +77,9 @@ class _BlockProtocol(asyncio.BufferedProtocol):
             return
         if r.body is not None:
             if r.hasher is not None:
+                t0 = time.perf_counter()
                 r.hasher.update(r.body[r.got:r.got + nbytes])
+                r.hash_seconds += time.perf_counter() - t0
             r.got += nbytes
         else:
             self._head_len += nbytes
@@ -142,6 +146,7 @@ class FastBlockGetter:
         self._host_header = parts.netloc
         self._headers = headers
         self._idle: list[_BlockProtocol] = []
+        self.digest_seconds = 0.0  # summed over every block body received (see LoadStats)
 
     async def get(self, path: str, params: dict, dest: memoryview, extra_headers: dict, timeout: float
                   ) -> tuple[int, dict[str, str], memoryview, str | None]:
@@ -172,6 +177,7 @@ class FastBlockGetter:
             if not resp.done.done():
                 resp.done.cancel()
             raise
+        self.digest_seconds += resp.hash_seconds
         if resp.headers.get("connection", "").lower() != "close" and not proto.closed:
             self._idle.append(proto)
         else:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import itertools
 import logging
+import time
 from typing import Iterable
 
 from cachenode.blocks import BlockRequest, digest_off_loop
@@ -58,6 +59,7 @@ class UcxNodeClient:
         self._ctx = ctx
         self._timeout = timeout
         self._sem = asyncio.Semaphore(max_outstanding)
+        self.digest_seconds = 0.0  # wall time of the digest checks (on a thread for big blocks)
 
     def __repr__(self) -> str:
         return f"UcxNodeClient({self.base_url})"
@@ -114,6 +116,9 @@ class UcxNodeClient:
             except Exception as exc:  # noqa: BLE001 - UCX errors become ours at the edge
                 self._ctx.endpoints.forget(self._address)
                 raise PeerUnavailable(f"cache node {self.base_url} (ucx) failed: {exc!r}") from exc
-        if await digest_off_loop(dest) != info[BLOCK_DIGEST]:
+        t0 = time.perf_counter()
+        got_digest = await digest_off_loop(dest)
+        self.digest_seconds += time.perf_counter() - t0
+        if got_digest != info[BLOCK_DIGEST]:
             raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} (ucx) failed its digest check")
         return info.get(BLOCK_TIER, ""), info[BLOCK_DIGEST]

@@ -66,6 +66,7 @@ class Node:
         await self.governor.close()
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
+        await asyncio.to_thread(self.disk.close)
         await self.azure.close()
         await self.origins.close()
 
