@@ -142,7 +142,11 @@ class CacheFS(pyfuse3.Operations):
             await f.close()
         else:
             pinned = self._pinned[key] = _Pinned(inode, f)
-        keep = self._current.get(inode) == f.etag
+        # Drop the kernel's pages only when they may hold another version. Not on the first open:
+        # nothing can be cached yet, and the opener that applies a "drop" reply may wake after
+        # a concurrent opener has already read pages (2 cores under load): they were read twice.
+        previous = self._current.get(inode)
+        keep = previous is None or previous == f.etag
         self._current[inode] = f.etag
         if f.etag != e.info.etag or f.size != e.info.size:
             self.ns.update(inode, type(e.info)(f.size, f.etag, e.info.modified))
