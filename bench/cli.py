@@ -11,6 +11,8 @@ import click
 
 from cachenode.cli import Size
 
+from .output import write_results
+
 
 class Counts(click.ParamType):
     """Comma-separated positive whole numbers, e.g. "4,8,16"."""
@@ -147,7 +149,7 @@ def compare(size, n_nodes, readers, transport, block_size, concurrencies, workdi
     if "warm_over_adlfs" in result["ratios"]:
         lo, hi = result["ratios_range"]["warm_over_adlfs"]
         click.echo(f"  cache_warm over adlfs: {result['ratios']['warm_over_adlfs']:.3f} ({lo:.3f}-{hi:.3f})")
-    _write(result, json_path, plot_path, f"cachebench compare: {format_size(result['model_bytes'])}, "
+    write_results(result, json_path, plot_path, f"cachebench compare: {format_size(result['model_bytes'])}, "
            f"{n_nodes} nodes, {readers} concurrent readers ({os.cpu_count()} CPUs)")
     if not all(v.get("verified", True) for v in result["scenarios"].values()):
         raise click.ClickException("a contender returned bytes that differ from the checkpoint")
@@ -188,7 +190,7 @@ def transports(size, block_size, workdir, json_path, repeat) -> None:
                f"[{'met' if r['tcp_over_raw_tcp'] >= 0.7 else 'NOT met'}]; "
                f"UCX (shm) >= 1.5x HTTP: {fmt_range(r['ucx_over_tcp'], *q['ucx_over_tcp'])} "
                f"[{'met' if r['ucx_over_tcp'] >= 1.5 else 'NOT met'}]")
-    _write(result, json_path, None, "")
+    write_results(result, json_path, None, "")
 
 
 @main.command()
@@ -222,7 +224,7 @@ def links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, work
                f"link ratio {q['link_ratio']:.2f}x; target >= {0.8 * q['link_ratio']:.2f}x [{'met' if ok else 'NOT met'}]")
     click.echo(f"cache warm vs blob direct {fmt_range(q['warm_over_blob_direct'], *qr['warm_over_blob_direct'])}x, "
                f"cache cold vs blob direct {fmt_range(q['cold_over_blob_direct'], *qr['cold_over_blob_direct'])}x")
-    _write(r, json_path, plot_path, f"cachebench links: origin {origin_gbit:g} Gbit/s, peers {peer_gbit:g} Gbit/s, "
+    write_results(r, json_path, plot_path, f"cachebench links: origin {origin_gbit:g} Gbit/s, peers {peer_gbit:g} Gbit/s, "
            f"{r['model_bytes'] / 2**30:.2f} GiB ({os.cpu_count()} CPUs)")
     if not all(v["verified"] for v in r["scenarios"].values()):
         raise click.ClickException("a load returned bytes that differ from the checkpoint")
@@ -274,7 +276,7 @@ def qos(link, repeat, workdir, json_path) -> None:
     click.echo(f"warm once the flow stops  {r['cache_idle_gb_per_s'] * 1e3:8.1f} MB/s "
                f"({100 * r['cache_idle_link_share']:.0f}% of the link, {100 * share[0]:.0f}-{100 * share[1]:.0f}%; "
                "target >= 80%)")
-    _write(r, json_path, None, "")
+    write_results(r, json_path, None, "")
 
 
 @main.command()
@@ -310,7 +312,7 @@ def soak(duration, loaders, chaos_every, workdir, json_path) -> None:
                    f"peak (budget +{r['rss_budget_over_idle_mib']}), fds {x['fds_start']} -> {x['fds_end']}")
     broken = check(r)
     r["broken"] = broken
-    _write(r, json_path, None, "")
+    write_results(r, json_path, None, "")
     if broken:
         raise click.ClickException("soak failed:\n  " + "\n  ".join(broken))
     click.echo("soak passed")
@@ -326,16 +328,6 @@ def _duration(text: str) -> float:
                                  param_hint="--duration") from None
 
 
-def _write(result: dict, json_path: str | None, plot_path: str | None, title: str) -> None:
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=2)
-        click.echo(f"wrote {json_path}")
-    if plot_path:
-        from .plot import plot_scenarios
-
-        plot_scenarios(result, plot_path, title)
-        click.echo(f"wrote {plot_path}")
 
 
 from .simcli import simulate  # noqa: E402  (a model, not a measurement: its own module)

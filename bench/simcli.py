@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -10,6 +9,8 @@ import click
 
 from cachenode.cli import Size
 from cachenode.units import format_size
+
+from .output import write_results
 
 
 def _block_size(ctx, param, value: int) -> int:
@@ -158,12 +159,4 @@ def simulate(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte
         _show(result)
         title = (f"cachebench simulate: {nodes} nodes x {nic_gbit:g} Gbit/s, {readers} readers, "
                  f"{format_size(size)}")
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=2)
-        click.echo(f"wrote {json_path}")
-    if plot_path:
-        from .plot import plot_scenarios
-
-        plot_scenarios(result, plot_path, title)
-        click.echo(f"wrote {plot_path}")
+    write_results(result, json_path, plot_path, title)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -37,3 +39,9 @@ def http_get(url: str, token: str | None = TOKEN, headers: dict | None = None,
         return status, json.loads(body)
     except ValueError:
         return status, body
+
+
+def cachebench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `cachebench ARGS` in a fresh process; its output captured."""
+    return subprocess.run([sys.executable, "-m", "cachenode.bench.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)

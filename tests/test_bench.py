@@ -12,10 +12,7 @@ from pathlib import Path
 
 import pytest
 
-
-def _bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cachenode.bench.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+from helpers import cachebench as _bench
 
 
 def test_compare_small(tmp_path):

@@ -7,8 +7,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from cachenode.bench.flowmodel import Flow, fair_rates
 from cachenode.bench.simulate import Cluster, Host, LoadParams, Placement, Simulation, cluster_of, member_id
 from cachenode.bench.simvalidate import links_cluster
 from cachenode.placement import rank
+from helpers import cachebench as _bench
 
 MiB = 1 << 20
 
@@ -160,11 +159,6 @@ def test_warming_ahead_fills_each_owners_share_at_the_governors_pace():
     assert not sim.cached.any()  # a scenario of its own: the cold load still starts empty
     busy = Simulation(cluster, LoadParams(size, 4 * MiB, busy=0.5)).prewarm()
     assert busy.seconds > 2 * r.seconds
-
-
-def _bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cachenode.bench.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def test_simulate_cli_small(tmp_path):
