@@ -45,16 +45,6 @@ class Cluster:
         """The block channel to `member` (UCX or HTTP)."""
         return self.channels.for_member(member)
 
-    async def first(self) -> tuple[HttpNodeClient, list[Member]] | None:
-        """The first configured node that answers, and its view of the cluster."""
-        for url in self.config.nodes:
-            node = self.node(url)
-            try:
-                return node, await node.members()
-            except PeerUnavailable:
-                continue
-        return None
-
     async def ask(self, question, failures: list[str]):
         """(node, its members, `question(node)`) from the first configured node that answers
         both; a node that dies between the two is skipped like one that never answered (its
@@ -69,13 +59,18 @@ class Cluster:
         return None
 
     async def require(self) -> tuple[HttpNodeClient, list[Member]]:
-        first = await self.first()
-        if first is None:
+        """The first configured node that answers, and its view of the cluster."""
+        answer = await self.ask(_nothing, [])
+        if answer is None:
             raise PeerUnavailable(f"no cache node answered (tried {', '.join(self.config.nodes) or 'none'})")
-        return first
+        return answer[0], answer[1]
 
     def route(self, members: list[Member]) -> Route:
         return Route(self.channels, members)
 
     async def close(self) -> None:
         await self.channels.close()
+
+
+async def _nothing(node: HttpNodeClient) -> None:
+    """The question to `ask` when only the member list is wanted."""
