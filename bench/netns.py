@@ -97,3 +97,64 @@ class VethHost:
 
     def __exit__(self, *exc) -> None:
         self.delete()
+
+
+class HostPair:
+    """A second namespace, joined to a VethHost's by a veth pair of its own: a link between two
+    test hosts that never touches the root namespace.
+
+    Its addresses come from 198.18.0.0/15, the range RFC 2544 sets aside for benchmarking,
+    because UCX ignores link-local (169.254/16) addresses. Neither end is in the root
+    namespace, so nothing else on the machine can reach or route to them, and two runs (each
+    in namespaces of its own) never clash.
+    """
+
+    A_IP, B_IP = "198.18.0.1", "198.18.0.2"
+
+    def __init__(self, host: VethHost, tag: str) -> None:
+        suffix = str(os.getpid())
+        self.a_ns, self.b_ns = host.ns, f"cp{tag}{suffix}"
+        self.a_if = f"pa{tag}{suffix}"[:15]
+        self.b_if = f"pb{tag}{suffix}"[:15]
+        self._made = False
+
+    def create(self) -> "HostPair":
+        try:
+            _ip("netns", "add", self.b_ns)
+            self._made = True
+            _ip("link", "add", self.a_if, "type", "veth", "peer", "name", self.b_if)
+            _ip("link", "set", self.a_if, "netns", self.a_ns)
+            _ip("link", "set", self.b_if, "netns", self.b_ns)
+            _ip("addr", "add", f"{self.A_IP}/30", "dev", self.a_if, ns=self.a_ns)
+            _ip("link", "set", self.a_if, "up", ns=self.a_ns)
+            _ip("addr", "add", f"{self.B_IP}/30", "dev", self.b_if, ns=self.b_ns)
+            _ip("link", "set", self.b_if, "up", ns=self.b_ns)
+            _ip("link", "set", "lo", "up", ns=self.b_ns)
+        except BaseException:
+            self.delete()
+            raise
+        return self
+
+    def exec_a(self) -> tuple[str, ...]:
+        return ("ip", "netns", "exec", self.a_ns)
+
+    def exec_b(self) -> tuple[str, ...]:
+        return ("ip", "netns", "exec", self.b_ns)
+
+    def shape(self, rate: str, burst_bytes: int = 64 << 10) -> None:
+        """Rate-limit traffic from A to B (tc tbf on A's end)."""
+        _tc("qdisc", "replace", "dev", self.a_if, "root", "tbf", "rate", rate, "burst", str(burst_bytes),
+            "latency", "50ms", ns=self.a_ns)
+
+    def delete(self) -> None:
+        _ip("link", "del", self.a_if, ns=self.a_ns, check=False)  # also removes B's end
+        _ip("link", "del", self.a_if, check=False)  # if it failed before moving
+        if self._made:
+            _ip("netns", "del", self.b_ns, check=False)
+            self._made = False
+
+    def __enter__(self) -> "HostPair":
+        return self.create()
+
+    def __exit__(self, *exc) -> None:
+        self.delete()

@@ -25,13 +25,15 @@ from .rounds import median_range
 from .services import Azurite, NodeProcess, connection_string, free_port
 
 
-def bulk_flow(host: VethHost, seconds: float) -> tuple[float, list[float]]:
-    """An iperf3 TCP flow from the root namespace to the node's; returns (bytes/s received,
+def bulk_flow(server_at: tuple[str, ...], server_ip: str, seconds: float,
+              client_at: tuple[str, ...] = ()) -> tuple[float, list[float]]:
+    """An iperf3 TCP flow to `server_ip`, the server run with prefix `server_at` (a namespace),
+    the client with `client_at` (default: the root namespace); returns (bytes/s received,
     per-second rates). iperf3 is C in its own processes, so the flow's rate is the link's
     share, not what a Python loop could get of 2 busy cores."""
     port = free_port()
-    server = subprocess.Popen([*host.exec_prefix(), "iperf3", "-s", "-1", "--forceflush",
-                               "-B", host.ns_ip, "-p", str(port)],
+    server = subprocess.Popen([*server_at, "iperf3", "-s", "-1", "--forceflush",
+                               "-B", server_ip, "-p", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in server.stdout:  # ready once it says so (a probe connection would end it)
@@ -39,7 +41,7 @@ def bulk_flow(host: VethHost, seconds: float) -> tuple[float, list[float]]:
                 break
         else:
             raise RuntimeError(f"iperf3 server did not start (exit {server.wait()})")
-        p = subprocess.run(["iperf3", "-c", host.ns_ip, "-p", str(port), "-t", str(seconds), "-J"],
+        p = subprocess.run([*client_at, "iperf3", "-c", server_ip, "-p", str(port), "-t", str(seconds), "-J"],
                            capture_output=True, text=True, timeout=seconds + 30)
         r = json.loads(p.stdout)
         if "error" in r:
@@ -58,14 +60,14 @@ def _round(host: VethHost, node, token: str, url: str, link_bytes_per_s: float,
     warm alone once the flow stops."""
     import cachenode
 
-    alone, alone_ps = bulk_flow(host, flow_seconds)
+    alone, alone_ps = bulk_flow(host.exec_prefix(), host.ns_ip, flow_seconds)
     warm_done: list[float] = []
     t_warm = time.monotonic()
     warm = threading.Thread(target=lambda: (cachenode.warm(url, nodes=[node.url], token=token),
                                             warm_done.append(time.monotonic())))
     warm.start()
     time.sleep(1.0)  # the warm has the link to itself first
-    shared, shared_ps = bulk_flow(host, flow_seconds)
+    shared, shared_ps = bulk_flow(host.exec_prefix(), host.ns_ip, flow_seconds)
     t1 = time.monotonic()
     b1 = scrape(node.url, token)["cachenode_origin_bytes_total"]
     warm.join(600)
@@ -83,7 +85,7 @@ def _round(host: VethHost, node, token: str, url: str, link_bytes_per_s: float,
 
 
 SUMMARY_KEYS = ("foreground_alone_gb_per_s", "foreground_with_cache_gb_per_s", "cache_idle_gb_per_s",
-                "foreground_kept", "cache_idle_link_share", "warm_seconds")
+                "foreground_kept", "cache_idle_link_share", "warm_seconds", "read_seconds")
 
 
 def run_qos(workdir: str | Path, link: str = "100mbit", link_bytes_per_s: float = 12.5e6,
@@ -119,11 +121,18 @@ def run_qos(workdir: str | Path, link: str = "100mbit", link_bytes_per_s: float 
             if progress:
                 progress(i, runs[-1])
         m = scrape(node.url, token)
+    return summarize(runs, link_bytes_per_s, repeat, m)
+
+
+def summarize(runs: list[dict], link_bytes_per_s: float, repeat: int, metrics: dict) -> dict:
+    """The rounds' medians at the top level, `ranges` their min and max, `runs` every round."""
     out = {"link_gbit": link_bytes_per_s * 8 / 1e9, "repeat": repeat,
-           "throttled_seconds": m.get("cachenode_qos_throttled_seconds", 0.0)}
+           "throttled_seconds": metrics.get("cachenode_qos_throttled_seconds", 0.0)}
     out["ranges"] = {}
     for k in SUMMARY_KEYS:
-        values = [r[k] for r in runs if r[k] is not None]
+        values = [r[k] for r in runs if r.get(k) is not None]
+        if not values and not all(k in r for r in runs):
+            continue  # the other scenario's figure
         out[k], lo, hi = median_range(values) if values else (None, None, None)
         if k in ("foreground_alone_gb_per_s", "foreground_kept", "cache_idle_link_share"):
             out["ranges"][k] = [lo, hi]

@@ -13,7 +13,8 @@ def background_rate(link: float, other: float, demand: float, seconds: float = 3
     up to `demand` bytes/s. The loop is the node's own: one decision per `interval`, from the
     rates it would measure (ours = what the limit lets through, theirs = `other`)."""
     cfg = cfg or QosConfig(link_speed=link)
-    limit = link * (1 - cfg.headroom)  # the governor starts at the usable link (Governor.__init__)
+    # the governor starts at the usable link, as payload (Governor.__init__)
+    limit = link * (1 - cfg.headroom) / (1 + cfg.framing)
     total, steps = 0.0, max(1, int(seconds / cfg.interval))
     for _ in range(steps):
         own = min(limit, demand)

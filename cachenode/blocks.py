@@ -57,6 +57,11 @@ class Block:
     data: bytes | bytearray | None = None
     path: str | None = None
 
+    def read_file(self) -> bytes:
+        """The bytes of a file block, read once (where sendfile cannot be used)."""
+        with open(self.path, "rb") as f:
+            return f.read()
+
 
 def check_block_size(block_size: int) -> int:
     """Return block_size if it is sane, else raise ValueError naming it."""

@@ -15,14 +15,15 @@ class Channel(Protocol):
     """What a transport client offers for blocks (HTTP and UCX both implement it)."""
 
     async def read_block(self, req: BlockRequest, dest: memoryview, *, verify: bool = False,
-                         forwarded: str | None = None, avoid: Iterable[str] = ()) -> tuple[str, str]:
+                         forwarded: str | None = None, avoid: Iterable[str] = (),
+                         background: bool = False) -> tuple[str, str]:
         """Fill `dest` (exactly the block's length); (tier that served it, digest). After a
-        failure `dest` holds garbage."""
+        failure `dest` holds garbage. `background`: nobody waits for it yet (wire.PRIORITY)."""
 
 
 async def read_from_owners(req: BlockRequest, dest: memoryview, candidates: Iterable[str],
                            channel: Callable[[str], Channel], down: set[str], *,
-                           forwarded: str | None = None,
+                           forwarded: str | None = None, background: bool = False,
                            on_down: Callable[[str, Exception], None] | None = None) -> tuple[str, str] | None:
     """Read `req` into `dest` from the first candidate (in rank order) that serves it.
 
@@ -39,9 +40,11 @@ async def read_from_owners(req: BlockRequest, dest: memoryview, candidates: Iter
         try:
             ch = channel(member_id)
             try:
-                return await ch.read_block(req, dest, forwarded=forwarded, avoid=tuple(down))
+                return await ch.read_block(req, dest, forwarded=forwarded, avoid=tuple(down),
+                                           background=background)
             except BlockCorrupt:
-                return await ch.read_block(req, dest, verify=True, forwarded=forwarded, avoid=tuple(down))
+                return await ch.read_block(req, dest, verify=True, forwarded=forwarded, avoid=tuple(down),
+                                           background=background)
         except (PeerUnavailable, BlockCorrupt) as exc:
             log.warning("block %d of %s from %s: %s; trying the next member", req.index, req.ref,
                         member_id, exc)

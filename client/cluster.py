@@ -23,7 +23,8 @@ class Route:
     async def read_block(self, req: BlockRequest, dest: memoryview) -> bool:
         """Fill `dest` from the block's owner or the next in rank; False if none could."""
         healthy = [m.id for m in self.members.values() if m.healthy]
-        got = await read_from_owners(req, dest, rank(req.key, healthy), self.channel, self.down)
+        got = await read_from_owners(req, dest, rank(req.key, healthy), self.channel, self.down,
+                                     background=self._channels.config.background)
         return got is not None
 
     def channel(self, member_id: str) -> Channel:

@@ -25,6 +25,9 @@ class ClientConfig:
     readahead: int = 4       # blocks fetched ahead of small sequential reads
     peer_timeout: float = 10.0
     transports: tuple[str, ...] = DEFAULT_PREFERENCE
+    # Background reads (a prefetch nobody waits for yet): nodes send them in paced pieces into
+    # their links' idle capacity, so the jobs already on the links keep their bandwidth.
+    background: bool = False
 
     @classmethod
     def resolve(cls, nodes: Iterable[str] | None = None, token: str | None = None, *,

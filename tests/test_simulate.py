@@ -142,7 +142,8 @@ def test_the_governor_leaves_headroom_and_backs_off_beside_other_traffic():
 
     link = 1e9
     alone = background_rate(link, 0.0, link)
-    assert alone == pytest.approx(link * (1 - QosConfig.headroom))
+    # the headroom is kept on the wire: background's payload rate leaves room for its framing too
+    assert alone == pytest.approx(link * (1 - QosConfig.headroom) / (1 + QosConfig.framing))
     beside = background_rate(link, 0.5 * link, link)
     assert link * QosConfig.min_share <= beside < 0.5 * link * (1 - QosConfig.headroom) + 1
 
@@ -155,7 +156,8 @@ def test_warming_ahead_fills_each_owners_share_at_the_governors_pace():
     assert r.origin_bytes == pytest.approx(size, rel=1e-9)
     busiest = np.bincount(sim.placement.owner, weights=sim.placement.sizes).max()
     from cachenode.node.qos import QosConfig
-    assert r.seconds == pytest.approx(busiest / (cluster.hosts[0].nic_in * (1 - QosConfig.headroom)), rel=1e-6)
+    pace = cluster.hosts[0].nic_in * (1 - QosConfig.headroom) / (1 + QosConfig.framing)
+    assert r.seconds == pytest.approx(busiest / pace, rel=1e-6)
     assert not sim.cached.any()  # a scenario of its own: the cold load still starts empty
     busy = Simulation(cluster, LoadParams(size, 4 * MiB, busy=0.5)).prewarm()
     assert busy.seconds > 2 * r.seconds

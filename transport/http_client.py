@@ -70,7 +70,8 @@ class HttpNodeClient:
         return await self.post_json(wire.FILL_PATH, payload, timeout=3600)
 
     async def read_block(self, req: BlockRequest, dest: memoryview, *, verify: bool = False,
-                         forwarded: str | None = None, avoid: Iterable[str] = ()) -> tuple[str, str]:
+                         forwarded: str | None = None, avoid: Iterable[str] = (),
+                         background: bool = False) -> tuple[str, str]:
         """Fill `dest` (exactly the block's length); returns (tier that served it, digest).
 
         The body is received by the kernel straight into `dest` (see http_fastpath); after any
@@ -85,7 +86,8 @@ class HttpNodeClient:
             self._fast = FastBlockGetter(self.base_url, self._headers)
         try:
             status, headers, body, got_digest = await self._fast.get(
-                wire.BLOCK_PATH, request_params(req, verify), dest, extra, self._read_timeout)
+                wire.BLOCK_PATH, request_params(req, verify, background), dest, extra, self._read_timeout,
+                patience=wire.BACKGROUND_PATIENCE if background else 0)
         except ConnectFailed as exc:  # down, restarting or unreachable: no transfer began
             raise PeerUnavailable(f"cache node {self.base_url} not reachable: {exc.__cause__!r}") from exc
         except (OSError, ValueError, asyncio.TimeoutError) as exc:

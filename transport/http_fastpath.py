@@ -133,6 +133,22 @@ class _BlockProtocol(asyncio.BufferedProtocol):
         self.transport.abort()
 
 
+async def _progressing(resp: _Response, timeout: float, patience: int) -> None:
+    """Wait for `resp` to complete: within `timeout`, or without `patience` timeouts in a row
+    in which not a byte came."""
+    if patience <= 0:
+        await asyncio.wait_for(asyncio.shield(resp.done), timeout)
+        return
+    while True:
+        seen = (resp.got, len(resp.headers))
+        try:
+            await asyncio.wait_for(asyncio.shield(resp.done), patience * timeout)
+            return
+        except asyncio.TimeoutError:
+            if (resp.got, len(resp.headers)) == seen:
+                raise
+
+
 class ConnectFailed(ConnectionError):
     """No connection could be made: nothing was sent, nothing landed in the buffer."""
 
@@ -148,10 +164,14 @@ class FastBlockGetter:
         self._idle: list[_BlockProtocol] = []
         self.digest_seconds = 0.0  # summed over every block body received (see LoadStats)
 
-    async def get(self, path: str, params: dict, dest: memoryview, extra_headers: dict, timeout: float
-                  ) -> tuple[int, dict[str, str], memoryview, str | None]:
+    async def get(self, path: str, params: dict, dest: memoryview, extra_headers: dict, timeout: float,
+                  patience: int = 0) -> tuple[int, dict[str, str], memoryview, str | None]:
         """(status, headers, body, digest): body is `dest` itself on a 200 of the right size, and
-        digest then the xxh3-128 of what landed in it."""
+        digest then the xxh3-128 of what landed in it.
+
+        The response must be whole within `timeout`; with `patience` > 0 (a paced background
+        body) it may take longer as long as no `patience` timeouts pass without a byte.
+        """
         proto = None
         while self._idle:
             cand = self._idle.pop()
@@ -171,7 +191,7 @@ class FastBlockGetter:
         lines += [f"{k}: {v}" for k, v in {**self._headers, **extra_headers}.items()]
         proto.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         try:
-            await asyncio.wait_for(asyncio.shield(resp.done), timeout)
+            await _progressing(resp, timeout, patience)
         except BaseException:
             proto.transport.abort()  # nothing more may land in dest after we give up
             if not resp.done.done():

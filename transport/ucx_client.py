@@ -14,7 +14,8 @@ from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
 
 from . import ucx_wire as w
 from .wire import (
-    BLOCK_DIGEST, BLOCK_LENGTH, BLOCK_TIER, UCX_AVOID, UCX_TOKEN, error_from_body, request_params,
+    BACKGROUND_PATIENCE, BLOCK_DIGEST, BLOCK_LENGTH, BLOCK_PIECE, BLOCK_TIER, MAX_PIECES, UCX_AVOID, UCX_TOKEN,
+    error_from_body, request_params,
 )
 
 log = logging.getLogger("cachenode.ucx")
@@ -64,7 +65,7 @@ class UcxNodeClient:
     def __repr__(self) -> str:
         return f"UcxNodeClient({self.base_url})"
 
-    async def _abandon(self, body: asyncio.Future) -> None:
+    async def _abandon(self, bodies: list[asyncio.Future]) -> None:
         """Stop a body receive we no longer wait for (timeout, or our caller was cancelled) and
         wait until UCX has let go of the caller's buffer.
 
@@ -73,16 +74,35 @@ class UcxNodeClient:
         cancel every in-flight request of the worker; other reads hit by that fail with
         PeerUnavailable and go to the next member, as after a timeout.
         """
-        if not body.done():
+        if not all(b.done() for b in bodies):
             self._ctx.cancel_inflight()
         try:
-            await asyncio.wait_for(asyncio.shield(body), self._timeout)
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(*bodies, return_exceptions=True)),
+                                   self._timeout)
         except BaseException:  # noqa: BLE001 - cancelled, failed or timed out: we only wait here
             pass
 
+    async def _receive(self, dest: memoryview, rid: int, info: dict) -> None:
+        """The body into `dest`: one message, or (a paced background block) one per piece,
+        each within a timeout of its own (patient: they come at the link's idle pace)."""
+        piece = info.get(BLOCK_PIECE) or len(dest)
+        if type(piece) is not int or piece <= 0 or -(-len(dest) // piece) > MAX_PIECES:
+            raise BlockCorrupt(f"{self.base_url} announced pieces of {piece!r} bytes for a {len(dest)}-byte block")
+        timeout = self._timeout * (BACKGROUND_PATIENCE if BLOCK_PIECE in info else 1)
+        ucxx = self._ctx.ucxx
+        bodies = [asyncio.ensure_future(ucxx.recv(dest[pos:pos + piece], tag=w.body_tag(rid, k)))
+                  for k, pos in enumerate(range(0, len(dest), piece))]
+        try:
+            for body in bodies:
+                await asyncio.wait_for(asyncio.shield(body), timeout)
+        except BaseException:
+            await self._abandon(bodies)
+            raise
+
     async def read_block(self, req: BlockRequest, dest: memoryview, *, verify: bool = False,
-                         forwarded: str | None = None, avoid: Iterable[str] = ()) -> tuple[str, str]:
-        fields = request_params(req, verify)
+                         forwarded: str | None = None, avoid: Iterable[str] = (),
+                         background: bool = False) -> tuple[str, str]:
+        fields = request_params(req, verify, background)
         fields.update({UCX_TOKEN: self._token or "", UCX_AVOID: list(avoid)})
         ucxx = self._ctx.ucxx
         async with self._sem:
@@ -93,7 +113,8 @@ class UcxNodeClient:
                 got_header = asyncio.ensure_future(ucxx.recv(header, tag=w.header_tag(rid)))
                 await asyncio.wait_for(ep.send(w.pack_request(rid, self._ctx.address, fields),
                                                tag=w.REQUEST_TAG, force_tag=True), self._timeout)
-                await asyncio.wait_for(got_header, self._timeout)
+                # a background block may wait for its owner's paced transfer before its header
+                await asyncio.wait_for(got_header, self._timeout * (BACKGROUND_PATIENCE if background else 1))
                 status, info = w.unpack_header(header)
                 if status != 200:
                     raise error_from_body(info, f"node {self.base_url}, ucx")
@@ -101,12 +122,7 @@ class UcxNodeClient:
                     raise BlockCorrupt(f"{self.base_url} announced {info['length']} bytes for a "
                                        f"{len(dest)}-byte block {req.index} of {req.ref}")
                 if len(dest):
-                    body = asyncio.ensure_future(ucxx.recv(dest, tag=w.body_tag(rid)))
-                    try:
-                        await asyncio.wait_for(asyncio.shield(body), self._timeout)
-                    except BaseException:
-                        await self._abandon(body)
-                        raise
+                    await self._receive(dest, rid, info)
             except CacheError:
                 raise
             except (asyncio.TimeoutError, TimeoutError) as exc:

@@ -56,24 +56,31 @@ class UcxServer:
         ep = await self._eps.get(reply_to)
         try:
             self.service.authorize(str(fields.get(wire.UCX_TOKEN) or "") or None)
-            req = wire.parse_block_request({k: str(v) for k, v in fields.items()})
-            block = await self.service.serve(req, verify=wire.wants_verify(fields),
+            q = {k: str(v) for k, v in fields.items()}
+            req = wire.parse_block_request(q)
+            background = wire.wants_background(q)
+            block = await self.service.serve(req, verify=wire.wants_verify(q),
                                              avoid=wire.parse_avoid(fields.get(wire.UCX_AVOID)),
-                                             transport="ucx")
+                                             transport="ucx", background=background)
             data = block.data
-            if data is None:  # a verified disk block: no sendfile here, read it once
-                data = await asyncio.to_thread(_read, block.path)
+            if data is None and not background:  # a verified disk block: no sendfile here
+                data = await asyncio.to_thread(block.read_file)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             status, body = self.service.failed(exc)
             await ep.send(w.pack_header(status, body), tag=w.header_tag(req_id), force_tag=True)
             return
-        await ep.send(w.pack_header(200, {wire.BLOCK_LENGTH: len(data), wire.BLOCK_DIGEST: block.digest,
-                                          wire.BLOCK_TIER: block.tier}),
-                      tag=w.header_tag(req_id), force_tag=True)
-        if len(data):
+        header = {wire.BLOCK_LENGTH: block.length, wire.BLOCK_DIGEST: block.digest, wire.BLOCK_TIER: block.tier}
+        if background:
+            header[wire.BLOCK_PIECE] = piece = self.service.piece_size(block)
+        await ep.send(w.pack_header(200, header), tag=w.header_tag(req_id), force_tag=True)
+        if not block.length:
+            return
+        if not background:
             await ep.send(data, tag=w.body_tag(req_id), force_tag=True)
+            return
+        pieces = iter(range(w.MAX_PIECES))
 
+        async def send_piece(view: memoryview) -> None:
+            await ep.send(view, tag=w.body_tag(req_id, next(pieces)), force_tag=True)
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+        await self.service.send_background(block, send_piece, piece)

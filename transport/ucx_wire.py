@@ -6,11 +6,15 @@ import asyncio
 import json
 import struct
 
+from .wire import MAX_PIECES
+
 REQUEST_SIZE = 8192
 HEADER_SIZE = 1024
 REQUEST_TAG = 0x6361_6368_656E_6F64  # "cachenod": every request goes to the node's worker on it
 _HDR, _BODY = 1 << 62, 2 << 62
 _ID_MASK = (1 << 48) - 1
+# A body sent in pieces (a background block) tags each one: bits 48-61 number them.
+assert MAX_PIECES <= 1 << 14
 _REQ = struct.Struct("<4sHHIQ")  # magic, version, address length, json length, request id
 _REP = struct.Struct("<HI")  # status, json length
 MAGIC = b"CNU1"
@@ -20,8 +24,10 @@ def header_tag(req_id: int) -> int:
     return _HDR | (req_id & _ID_MASK)
 
 
-def body_tag(req_id: int) -> int:
-    return _BODY | (req_id & _ID_MASK)
+def body_tag(req_id: int, piece: int = 0) -> int:
+    if not 0 <= piece < MAX_PIECES:
+        raise ValueError(f"piece {piece} out of range (a body has at most {MAX_PIECES})")
+    return _BODY | (piece << 48) | (req_id & _ID_MASK)
 
 
 def pack_request(req_id: int, reply_address: bytes, fields: dict) -> bytearray:

@@ -35,6 +35,12 @@ AVOID_HEADER = "X-Cachenode-Avoid"
 
 # Block request fields (query string on HTTP, JSON on UCX); the source's are SourceRef.to_params.
 ETAG, SIZE, BLOCK_SIZE, INDEX, VERIFY, INDICES = "etag", "size", "bs", "index", "verify", "indices"
+# priority=background: a read nobody waits for yet (a prefetch). The node sends it in paced
+# pieces into its link's idle capacity, like a warm fill, instead of at once.
+PRIORITY, BACKGROUND = "priority", "background"
+# A background read may crawl at the link's floor while other traffic has the link, so a
+# transfer counts as stalled only after this many peer timeouts without a byte.
+BACKGROUND_PATIENCE = 6
 # UCX carries in its request what HTTP carries in headers.
 UCX_TOKEN, UCX_AVOID = "token", "avoid"
 
@@ -70,8 +76,11 @@ def error_from_body(body, where: str) -> CacheError:
     return error_from_wire(str(body.get("error", "")), f"{body.get('message', '')} ({where})")
 
 
-# UCX reply header fields of a served block (HTTP sends them as headers)
-BLOCK_LENGTH, BLOCK_DIGEST, BLOCK_TIER = "length", "digest", "tier"
+# UCX reply header fields of a served block (HTTP sends them as headers); a background block's
+# body comes in messages of BLOCK_PIECE bytes (the last one shorter), one tag each.
+BLOCK_LENGTH, BLOCK_DIGEST, BLOCK_TIER, BLOCK_PIECE = "length", "digest", "tier", "piece"
+# Pieces per block body at most: UCX numbers them in 14 bits of the message tag.
+MAX_PIECES = 1 << 14
 
 
 def error_from_wire(name: str, message: str) -> CacheError:
@@ -85,11 +94,13 @@ def bearer(token: str | None) -> dict[str, str]:
     return {AUTH_HEADER: f"Bearer {token}"} if token else {}
 
 
-def request_params(req: BlockRequest, verify: bool = False) -> dict[str, str]:
+def request_params(req: BlockRequest, verify: bool = False, background: bool = False) -> dict[str, str]:
     params = req.ref.to_params()
     params.update({ETAG: req.etag, SIZE: str(req.size), BLOCK_SIZE: str(req.block_size), INDEX: str(req.index)})
     if verify:
         params[VERIFY] = "1"
+    if background:
+        params[PRIORITY] = BACKGROUND
     return params
 
 
@@ -111,6 +122,16 @@ def parse_block_request(q: Mapping[str, str]) -> BlockRequest:
 
 def wants_verify(q: Mapping[str, str]) -> bool:
     return q.get(VERIFY) == "1"
+
+
+def wants_background(q: Mapping[str, str]) -> bool:
+    """priority=background, or foreground (absent); anything else is refused, naming it."""
+    value = q.get(PRIORITY)
+    if value is None or value == "foreground":
+        return False
+    if value == BACKGROUND:
+        return True
+    raise BadRequest(f"{PRIORITY}={str(value)[:40]!r}: expected 'foreground' or 'background'")
 
 
 def parse_avoid(value: str | Iterable[str] | None) -> frozenset[str]:

@@ -220,8 +220,10 @@ class Node:
         """Gauges read at scrape time."""
         self._update_gauges()
         g, m = self.governor, self.metrics
-        m.qos_limit.set(-1 if g.background_limit is None else g.background_limit)
-        m.qos_other.set(g.other_rate)
+        limits = g.background_limit
+        for d, other in g.other_rate.items():
+            m.qos_limit.labels(d).set(-1 if limits is None else limits[d])
+            m.qos_other.labels(d).set(other)
         m.qos_throttled.set(g.throttled_seconds)
         for cls, n in g.bytes.items():
             m.qos_bytes.labels(cls).set(n)

@@ -25,9 +25,10 @@ class NodeMetrics:
         self.forwarded = Counter("cachenode_forwarded", "Block requests forwarded to their owner", registry=r)
         self.warm_blocks = Counter("cachenode_warm_blocks", "Blocks filled by warm requests", ["result"], registry=r)
         self.qos_limit = Gauge("cachenode_qos_background_limit_bytes_per_second",
-                               "Current pace of background (warm) traffic; -1 = unlimited", registry=r)
+                               "Current pace of background traffic (rx: warm fills, tx: background "
+                               "reads); -1 = unlimited", ["direction"], registry=r)
         self.qos_other = Gauge("cachenode_qos_other_traffic_bytes_per_second",
-                               "Traffic on the watched link that is not the cache's", registry=r)
+                               "Traffic on the watched link that is not the cache's", ["direction"], registry=r)
         self.qos_bytes = Gauge("cachenode_qos_bytes", "Cache bytes by traffic class", ["class"], registry=r)
         self.qos_throttled = Gauge("cachenode_qos_throttled_seconds", "Time spent waiting for bandwidth", registry=r)
         self.errors = Counter("cachenode_errors", "Requests that failed", ["kind"], registry=r)

@@ -1,11 +1,12 @@
-"""Idle-bandwidth QoS: foreground (a loader waits) vs background (warming) cache traffic.
+"""Idle-bandwidth QoS: foreground (a loader waits) vs background (warming, prefetch) cache traffic.
 
-Background fills are paced by a token bucket whose rate follows what the link has left: the
-NIC's byte counters (/proc/net/dev) minus the cache's own bytes (plus their framing) are "other
-traffic" (the GPU jobs'), and background gets link speed x (1 - headroom) minus that, re-read
-twenty times a second. Background fills are read from the origin in small paced pieces, so a
-lower limit takes effect within a piece, not after a whole block. Foreground traffic only ever
-meets the optional overall cap.
+Background traffic is paced by a token bucket per direction whose rate follows what the link
+has left: the NIC's byte counters (/proc/net/dev) minus the cache's own bytes (plus their
+framing) are "other traffic" (the GPU jobs'), and background gets link speed x (1 - headroom)
+minus that, re-read twenty times a second. Warm fills arrive on rx, read from the origin in
+small paced pieces; background block reads (a loader's prefetch) leave on tx, sent in small
+paced pieces; so a lower limit takes effect within a piece, not after a whole block. Foreground
+traffic only ever meets the optional overall cap.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from ..transport.wire import MAX_PIECES
+
 log = logging.getLogger("cachenode.qos")
 
 
@@ -26,7 +29,6 @@ class QosConfig:
     link_speed: float | None = None   # bytes/s of the NIC; enables idle mode (--link-speed)
     iface: str | None = None          # NIC to watch (--idle-iface); default: busiest non-loopback
     headroom: float = 0.1             # fraction of the link never used by background traffic
-    direction: str = "rx"             # which counter carries background traffic: rx (fills) or tx
     interval: float = 0.05            # seconds between counter samples
     window: float = 0.5               # seconds over which rates are measured
     min_share: float = 0.01           # background never stops completely (progress guarantee)
@@ -51,6 +53,10 @@ class QosConfig:
         return self.piece or int(min(4 << 20, max(64 << 10, rate * self.piece_time)))
 
 
+# Each direction of the link is its own budget: warm fills arrive on rx, background reads leave on tx.
+DIRECTIONS = ("rx", "tx")
+
+
 def decide(cfg: QosConfig, current: float, own: float, other: float, recent: float | None = None) -> float:
     """The background limit (bytes/s) for the next interval, from the measured rates.
 
@@ -59,26 +65,32 @@ def decide(cfg: QosConfig, current: float, own: float, other: float, recent: flo
     is other traffic over the last samples only. AIMD, as TCP itself: cut hard when someone
     else is squeezed, grow gently while they are there, take the link when alone.
     """
-    usable = cfg.link_speed * (1 - cfg.headroom)
+    usable = cfg.link_speed * (1 - cfg.headroom)  # on the wire, where the headroom must show
     floor = cfg.link_speed * cfg.min_share
     quiet = max(2 * floor, cfg.noise * cfg.link_speed)
+    wire = 1 + cfg.framing  # the limit paces payload; each payload byte takes this much link
+
+    def room(taken: float) -> float:
+        """The payload rate that puts background's wire bytes at `usable` minus `taken`."""
+        return (usable - taken) / wire
+
     if other <= quiet:
-        return max(floor, usable - other)  # nobody else on the link: take what is left at once
+        return max(floor, room(other))  # nobody else on the link: take what is left at once
     if recent is not None and recent < min(0.25 * cfg.link_speed, 0.5 * other):
         # Others' traffic just fell away (stopped or paused): take what they leave now rather
         # than after their bytes have left the window. Only on a clear fall: a flow we squeeze
         # to a trickle shows a low but steady rate, and must get the cut below instead.
-        return max(floor, usable - recent)
+        return max(floor, room(recent))
     step = cfg.increase * cfg.link_speed
-    if other + own * (1 + cfg.framing) > usable - step:
+    if other + own * wire > usable - step:
         # The link is full (one more step would not fit) and someone else is on it. A TCP flow
         # only shows what we leave it, so `usable - other` understates its demand: cut hard (a
         # quarter per sample reaches the floor from a full link in ~4 samples) instead of
         # trusting the difference.
-        return max(floor, min(current, own, usable - other) * 0.25)
+        return max(floor, min(current, own, room(other)) * 0.25)
     # Others are on the link but it has room: grow gently (additive increase), never past what
     # they leave, so a flow that slowed for a moment does not find its share taken.
-    return max(floor, min(usable - other, current + step))
+    return max(floor, min(room(other), current + step))
 
 
 class TokenBucket:
@@ -143,7 +155,8 @@ def default_iface() -> str:
 
 
 class Governor:
-    """Paces background traffic into the link's idle capacity; counts bytes by class."""
+    """Paces background traffic into the link's idle capacity, each direction on its own
+    (fills arrive on rx, background reads leave on tx); counts bytes by class."""
 
     def __init__(self, cfg: QosConfig) -> None:
         self.cfg = cfg
@@ -151,21 +164,24 @@ class Governor:
         cap = cfg.max_rate or float("inf")
         # Bursts of ~0.1 s of traffic: enough to keep a block moving, small enough to react.
         self._cap = TokenBucket(cfg.max_rate, max(64 << 10, cfg.max_rate / 10)) if cfg.max_rate else None
-        start = min(cap, (cfg.link_speed or cap) * (1 - cfg.headroom))
-        self._bg = TokenBucket(start, max(64 << 10, start / 10)) if start != float("inf") else None
+        start = min(cap, (cfg.link_speed or cap) * (1 - cfg.headroom) / (1 + cfg.framing))
+        self._bg = ({d: TokenBucket(start, max(64 << 10, start / 10)) for d in DIRECTIONS}
+                    if start != float("inf") else {})
         self.bytes = {"foreground": 0, "background": 0}
-        self.other_rate = 0.0
-        self._own = 0
-        self._pieces = asyncio.Semaphore(cfg.pieces_in_flight)
+        self.other_rate = {d: 0.0 for d in DIRECTIONS}
+        self._own = {d: 0 for d in DIRECTIONS}
+        # A slot first, tokens second: tokens are spent only when a piece can go, and slots are
+        # handed out in arrival order, so concurrent paced transfers take turns piece by piece.
+        self._pieces = {d: asyncio.Semaphore(cfg.pieces_in_flight) for d in DIRECTIONS}
         self._task: asyncio.Task | None = None
 
     @property
-    def background_limit(self) -> float | None:
-        return self._bg.rate if self._bg else None
+    def background_limit(self) -> dict[str, float] | None:
+        return {d: b.rate for d, b in self._bg.items()} if self._bg else None
 
     @property
     def throttled_seconds(self) -> float:
-        return (self._bg.throttled if self._bg else 0.0) + (self._cap.throttled if self._cap else 0.0)
+        return sum(b.throttled for b in self._bg.values()) + (self._cap.throttled if self._cap else 0.0)
 
     def start(self) -> None:
         if self.cfg.link_speed and self._task is None:
@@ -184,12 +200,12 @@ class Governor:
         if self._cap:
             await self._cap.take(n)
 
-    async def background(self, n: int, boost: asyncio.Event | None = None) -> None:
+    async def background(self, n: int, boost: asyncio.Event | None = None, direction: str = "rx") -> None:
         """Wait until `n` background bytes fit; returns early if `boost` is set (a loader
         started waiting for this very block, which makes it foreground)."""
         self.bytes["background"] += n
         if self._bg:
-            await self._bg.take(n, boost)
+            await self._bg[direction].take(n, boost)
         if self._cap and not (boost and boost.is_set()):
             await self._cap.take(n)
 
@@ -203,9 +219,9 @@ class Governor:
         pos, n = 0, len(dest)
         while pos < n:
             step = n - pos
-            if background and self._bg is not None and not (boost and boost.is_set()):
+            if background and self._bg and not (boost and boost.is_set()):
                 step = min(step, self.cfg.piece_bytes)
-                async with self._pieces:  # a slot first: tokens are spent only when it can go
+                async with self._pieces["rx"]:
                     await self.background(step, boost)
                     await read(pos, dest[pos:pos + step])
             else:
@@ -215,31 +231,55 @@ class Governor:
             self.own(step, "rx")  # counted as it lands, so the next sample sees it
             pos += step
 
+    def send_piece(self, length: int) -> int:
+        """The piece size a background send of `length` bytes goes out in (at most
+        MAX_PIECES pieces; one piece when nothing paces background traffic)."""
+        if not self._bg:
+            return max(1, length)
+        return max(self.cfg.piece_bytes, -(-length // MAX_PIECES))
+
+    async def send(self, data, write: Callable[[memoryview], Awaitable[None]], piece: int) -> None:
+        """Send `data` as background traffic with `write(view)`, in paced pieces of `piece` bytes,
+        counting them as ours on tx."""
+        view = memoryview(data)
+        for pos in range(0, len(view), piece):
+            part = view[pos:pos + piece]
+            if self._bg:
+                async with self._pieces["tx"]:
+                    await self.background(len(part), direction="tx")
+                    await write(part)
+            else:
+                await self.background(len(part), direction="tx")
+                await write(part)
+            self.own(len(part), "tx")
+
     def own(self, n: int, direction: str) -> None:
-        """Bytes the cache itself moved ("rx" or "tx"); those on the watched counter are
-        subtracted from it, so only other traffic squeezes the background limit."""
-        if direction == self.cfg.direction:
-            self._own += n
+        """Bytes the cache itself moved ("rx" or "tx"): subtracted from that counter, so only
+        other traffic squeezes the background limit."""
+        self._own[direction] += n
 
     async def _follow_link(self) -> None:
-        idx = 0 if self.cfg.direction == "rx" else 1
-        meter = LinkMeter(self.cfg)
+        meters = {d: LinkMeter(self.cfg) for d in DIRECTIONS}
         while True:
-            rates = meter.sample(time.monotonic(), read_counters(self.iface)[idx], self._own)
-            if rates is not None:
-                own, self.other_rate, recent = rates
-                self.set_background_limit(decide(self.cfg, self._bg.rate, own, self.other_rate, recent))
-                log.debug("own %.0f other %.0f -> background limit %.0f B/s", own, self.other_rate, self._bg.rate)
+            now, counters = time.monotonic(), read_counters(self.iface)
+            for d, counter in zip(DIRECTIONS, counters):
+                rates = meters[d].sample(now, counter, self._own[d])
+                if rates is not None:
+                    own, self.other_rate[d], recent = rates
+                    self.set_background_limit(decide(self.cfg, self._bg[d].rate, own, self.other_rate[d], recent), d)
+                    log.debug("%s: own %.0f other %.0f -> background limit %.0f B/s", d, own,
+                              self.other_rate[d], self._bg[d].rate)
             await asyncio.sleep(self.cfg.interval)
 
-    def set_background_limit(self, limit: float) -> None:
+    def set_background_limit(self, limit: float, direction: str = "rx") -> None:
         if self.cfg.max_rate:
             limit = min(limit, self.cfg.max_rate)
-        self._bg.rate = limit
+        bucket = self._bg[direction]
+        bucket.rate = limit
         # The burst follows the rate: a bucket filled at a high rate must not let a burst
         # through after the limit dropped.
-        self._bg.burst = max(self.cfg.piece_bytes, limit * 2 * self.cfg.interval)
-        self._bg.clip()
+        bucket.burst = max(self.cfg.piece_bytes, limit * 2 * self.cfg.interval)
+        bucket.clip()
 
 
 class LinkMeter:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from typing import Awaitable, Callable
 
 import aiohttp
 
@@ -111,20 +112,35 @@ class NodeService:
     # -- blocks ---------------------------------------------------------------------------
 
     async def serve(self, req: BlockRequest, *, verify: bool = False, forwarded: str | None = None,
-                    avoid: frozenset[str] = frozenset(), transport: str = "http") -> Block:
-        """The block for `req`, accounted as foreground traffic: the caller sends it right away."""
+                    avoid: frozenset[str] = frozenset(), transport: str = "http",
+                    background: bool = False) -> Block:
+        """The block for `req`. A foreground block is accounted here and the caller sends it
+        right away; a background one (a prefetch) the caller sends with `send_background`."""
         m = self.node.metrics
         if transport == "ucx":
             m.ucx_requests.inc()
-        block = await self._get_block(req, verify=verify, forwarded=forwarded, avoid=avoid)
-        await self.node.governor.foreground(block.length)
-        self.node.governor.own(block.length, "tx")
+        block = await self._get_block(req, verify=verify, forwarded=forwarded, avoid=avoid,
+                                      background=background)
+        if not background:
+            await self.node.governor.foreground(block.length)
+            self.node.governor.own(block.length, "tx")
         m.served_bytes.inc(block.length)
         m.served_blocks.labels(block.tier).inc()
         return block
 
+    def piece_size(self, block: Block) -> int:
+        """The pieces a background block goes out in (UCX announces it before the body)."""
+        return self.node.governor.send_piece(block.length)
+
+    async def send_background(self, block: Block, write: Callable[[memoryview], Awaitable[None]],
+                              piece: int) -> None:
+        """Send a background block with the transport's `write`, in pieces paced into the idle
+        capacity of the link's tx side (QoS), the same for every transport."""
+        data = block.data if block.data is not None else await asyncio.to_thread(block.read_file)
+        await self.node.governor.send(data, write, piece)
+
     async def _get_block(self, req: BlockRequest, *, verify: bool = False, forwarded: str | None = None,
-                         avoid: frozenset[str] = frozenset()) -> Block:
+                         avoid: frozenset[str] = frozenset(), background: bool = False) -> Block:
         self.node.origin_for(req.ref)  # allow-list first: never forward what we would refuse
         self._check_block_size(req)
         if self.from_node(forwarded):
@@ -132,11 +148,13 @@ class NodeService:
         if avoid:
             avoid = await self.membership.confirm_down(avoid)
         _, length = req.span
-        block = await self._from_owners(req, length, avoid)
+        block = await self._from_owners(req, length, avoid, background)
         return block if block is not None else await self.node.get_block(req, verify=verify)
 
-    async def _from_owners(self, req: BlockRequest, length: int, avoid: frozenset[str]) -> Block | None:
-        """The block from its owner (or the next in rank above us), None if we rank first."""
+    async def _from_owners(self, req: BlockRequest, length: int, avoid: frozenset[str],
+                           background: bool = False) -> Block | None:
+        """The block from its owner (or the next in rank above us), None if we rank first.
+        A background request stays background on the way: the owner paces it too."""
         ranked = rank(req.key, [m for m in self.membership.healthy_ids() if m not in avoid])
         me = self.membership.self_id
         owners = ranked[:ranked.index(me)] if me in ranked else ranked
@@ -152,7 +170,8 @@ class NodeService:
         async with self.node.inflight:
             buf = bytearray(length)
             got = await read_from_owners(req, memoryview(buf), owners, self._channel, set(avoid),
-                                         forwarded=self._forward_secret or "1", on_down=on_down)
+                                         forwarded=self._forward_secret or "1", background=background,
+                                         on_down=on_down)
         if got is None:
             return None
         self.node.metrics.forwarded.inc()
