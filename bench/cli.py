@@ -233,20 +233,28 @@ def links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, work
 @main.command()
 @click.option("--link", default="100mbit", show_default=True,
               help="Rate of the emulated link (tc tbf syntax, e.g. 100mbit, 1gbit).")
+@click.option("--transport", type=click.Choice(["http", "ucx"]),
+              help="Measure background reads (a loader's prefetch, node to loader) over this "
+                   "transport instead of warming (blob storage to node, always HTTP).")
 @_repeat_option()
 @click.option("--workdir", type=click.Path(file_okay=False))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
-def qos(link, repeat, workdir, json_path) -> None:
-    """Warming vs a bulk TCP flow (iperf3) on a shaped link (network namespace + veth + tc tbf; root).
+def qos(link, transport, repeat, workdir, json_path) -> None:
+    """Background cache traffic vs a bulk TCP flow (iperf3) on a shaped link (network namespaces
+    + veth + tc tbf; root).
 
-    Each round measures the flow alone, the flow while a warm runs, and the warm once the flow
-    stops. Targets: the flow keeps >= 90% of its rate, the warm then uses >= 80% of the link.
+    Without --transport the background traffic is a warm (blob storage to node); with it, a
+    background read of a cached blob (node to loader, `background=True`) over HTTP or UCX, with
+    the node and the loader in two namespaces. Each round measures the flow alone, the flow
+    beside the cache traffic, and the cache traffic once the flow stops. Targets: the flow keeps
+    >= 90% of its rate, the cache then uses >= 80% of the link.
     """
     import tempfile
 
     from cachenode.units import parse_rate
 
     from .qos import run_qos
+    from .qos_read import run_qos_read
 
     if os.geteuid() != 0:
         raise click.ClickException("cachebench qos creates a network namespace and needs root")
@@ -255,25 +263,31 @@ def qos(link, repeat, workdir, json_path) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--link") from None
 
+    what = f"{transport} read" if transport else "warm"
+
     def progress(i, r):
         click.echo(f"round {i + 1}/{repeat}: flow alone {r['foreground_alone_gb_per_s'] * 1e3:5.1f} MB/s, "
-                   f"during warm {r['foreground_with_cache_gb_per_s'] * 1e3:5.1f} MB/s "
-                   f"({100 * r['foreground_kept']:.0f}% kept), warm after "
+                   f"during {what} {r['foreground_with_cache_gb_per_s'] * 1e3:5.1f} MB/s "
+                   f"({100 * r['foreground_kept']:.0f}% kept), {what} after "
                    f"{r['cache_idle_gb_per_s'] * 1e3:5.1f} MB/s ({100 * r['cache_idle_link_share']:.0f}% of the link)")
 
     with tempfile.TemporaryDirectory(prefix="cachebench-qos-") as tmp:
         try:
-            r = run_qos(workdir or tmp, link=link, link_bytes_per_s=rate, repeat=repeat, progress=progress)
+            if transport:
+                r = run_qos_read(workdir or tmp, transport=transport, link=link, link_bytes_per_s=rate,
+                                 repeat=repeat, progress=progress)
+            else:
+                r = run_qos(workdir or tmp, link=link, link_bytes_per_s=rate, repeat=repeat, progress=progress)
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
     kept, share = r["ranges"]["foreground_kept"], r["ranges"]["cache_idle_link_share"]
     click.echo(f"link {r['link_gbit']:.2f} Gbit/s, {repeat} rounds (median, min-max)")
     alone = r["ranges"]["foreground_alone_gb_per_s"]
-    click.echo(f"bulk flow alone           {r['foreground_alone_gb_per_s'] * 1e3:8.1f} MB/s "
+    click.echo(f"{'bulk flow alone':<30s}{r['foreground_alone_gb_per_s'] * 1e3:8.1f} MB/s "
                f"({alone[0] * 1e3:.1f}-{alone[1] * 1e3:.1f}; the link's {r['link_gbit'] * 125:.1f} less framing)")
-    click.echo(f"bulk flow during warm     {r['foreground_with_cache_gb_per_s'] * 1e3:8.1f} MB/s "
+    click.echo(f"{'bulk flow beside ' + what:<30s}{r['foreground_with_cache_gb_per_s'] * 1e3:8.1f} MB/s "
                f"({100 * r['foreground_kept']:.0f}% kept, {100 * kept[0]:.0f}-{100 * kept[1]:.0f}%; target >= 90%)")
-    click.echo(f"warm once the flow stops  {r['cache_idle_gb_per_s'] * 1e3:8.1f} MB/s "
+    click.echo(f"{what + ' once the flow stops':<30s}{r['cache_idle_gb_per_s'] * 1e3:8.1f} MB/s "
                f"({100 * r['cache_idle_link_share']:.0f}% of the link, {100 * share[0]:.0f}-{100 * share[1]:.0f}%; "
                "target >= 80%)")
     write_results(r, json_path, None, "")

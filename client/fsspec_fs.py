@@ -21,16 +21,16 @@ class CachenodeFileSystem(AbstractFileSystem):
     """Blob paths `container/dir/file` of one storage account, read via cachenode nodes.
 
     Storage options: `nodes` (default $CACHENODE_NODES), `token` ($CACHENODE_TOKEN),
-    `account_name` ($AZURE_STORAGE_ACCOUNT_NAME or the connection string's account).
-    Listings and sizes come from the origin's listing, answered by a node.
+    `account_name` ($AZURE_STORAGE_ACCOUNT_NAME or the connection string's account),
+    `background` (True: reads are a prefetch, paced into the links' idle capacity). Listings and sizes come from the origin's listing, answered by a node.
     """
 
     protocol = "cachenode"
     root_marker = ""
 
-    def __init__(self, nodes=None, token=None, account_name=None, **kwargs) -> None:
+    def __init__(self, nodes=None, token=None, account_name=None, background=False, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._client = Client(nodes=nodes, token=token)
+        self._client = Client(nodes=nodes, token=token, background=bool(background))
         # fsspec caches filesystem instances and has no close(): release the I/O thread with us.
         weakref.finalize(self, self._client.close)
         self.account = account_name or self._client.config.azure.account

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachenode.bench.services import AZURITE_ACCOUNT
-from helpers import BS, TOKEN
+from helpers import BS, TOKEN, metrics
 
 # Names that broke (or could break) URL building and prefix listing: quoting characters, and
 # prefixes shared by a directory, a sibling directory and a file.
@@ -173,6 +173,28 @@ def test_get_and_find_recursive(blobs, cluster, tmp_path):
         assert (tmp_path / "dst" / name).read_bytes() == data, name
     ours.get(f"{oroot}/llama", str(tmp_path / "one"), recursive=True)
     assert sorted(_rel(str(tmp_path / "one"), local.find(str(tmp_path / "one")))) == ["a.bin", "sub/deep.bin"]
+
+
+def test_background_storage_option_makes_reads_a_prefetch(blobs, cluster):
+    """fsspec's `background=True` reaches the nodes: the bytes are the same, sent as the
+    background class (paced pieces), and the default stays foreground."""
+    data = os.urandom(3 * BS + 7)
+    url = blobs.put(f"bg{uuid.uuid4().hex[:8]}.bin", data)
+    path = f"{blobs.container}/{url.rsplit('/', 1)[1]}"
+
+    def classes():
+        per_node = [metrics(p) for p in cluster.procs]
+        return [sum(m.get(f'cachenode_qos_bytes{{class="{c}"}}', 0) for m in per_node)
+                for c in ("foreground", "background")]
+
+    fg0, bg0 = classes()
+    assert _fs(cluster).cat_file(path) == data  # cold, foreground: filled and sent at once
+    fg1, bg1 = classes()
+    assert (fg1 - fg0, bg1 - bg0) == (len(data), 0)
+    assert fsspec.filesystem("cachenode", nodes=[cluster.urls[0]], token=TOKEN, account_name=AZURITE_ACCOUNT,
+                             skip_instance_cache=True, background=True).cat_file(path) == data
+    fg2, bg2 = classes()
+    assert (fg2 - fg1, bg2 - bg1) == (0, len(data))
 
 
 # Dot segments (also percent-encoded) are refused by design; Azure drops trailing dots.

@@ -83,6 +83,12 @@ def test_a_made_up_etag_for_a_missing_blob_is_404(node, blob):
     assert status == 404, (status, out)
 
 
+@pytest.mark.parametrize("priority", ["urgent", "", "BACKGROUND", "background "])
+def test_an_unknown_priority_gets_400_naming_it(node, blob, priority):
+    status, out = http_get(f"{node.url}/v1/block?{urlencode({**blob, 'index': '0', 'priority': priority})}")
+    assert status == 400 and "priority" in out["message"], (status, out)
+
+
 def test_a_client_hanging_up_mid_response_is_not_a_node_error(node, blob):
     import socket
 

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from cachenode.bench.services import NodeProcess, connection_string
 from helpers import BS, TOKEN, metrics
 
@@ -45,3 +47,45 @@ def test_ucx_transfer_is_capped_and_counted_like_http(blobs, tmp_path, proxy):
     assert m["cachenode_served_bytes_total"] == 2 * size
     assert m['cachenode_qos_bytes{class="foreground"}'] == 2 * size
     assert m["cachenode_qos_throttled_seconds"] > 3.0
+
+
+BACKGROUND_LOADER = """
+import hashlib, sys, time, cachenode
+url, node, token, transport = sys.argv[1:5]
+with cachenode.open(url, nodes=[node], token=token, transports=transport, background=True) as f:
+    t0 = time.monotonic()
+    data = f.read()
+print(time.monotonic() - t0, len(data), hashlib.sha256(data).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("transport", ["http", "ucx"])
+def test_a_background_read_is_paced_and_counted_as_background(blobs, tmp_path, proxy, transport):
+    """`background=True` (a prefetch): the node sends it in paced pieces, accounted as
+    background traffic, and the bytes arrive exact over either transport."""
+    size = 4 * 1024 * 1024
+    data = os.urandom(size)
+    url = blobs.put(f"prefetch-{transport}.bin", data)
+    node = NodeProcess(tmp_path / "node", token=TOKEN, conn_str=connection_string(proxy.port),
+                       args=("--ucx", "--block-size", str(BS), "--max-egress", "2MB/s"),
+                       env={"UCX_TLS": "sm,cma,tcp"}).start()
+    try:
+        warm = subprocess.run([sys.executable, "-c", "import sys, cachenode; cachenode.warm(*sys.argv[1:2], "
+                               "nodes=[sys.argv[2]], token=sys.argv[3])", url, node.url, TOKEN],
+                              capture_output=True, text=True, timeout=120)
+        assert warm.returncode == 0, warm.stderr[-2000:]
+        before = metrics(node)
+        out = subprocess.run([sys.executable, "-c", BACKGROUND_LOADER, url, node.url, TOKEN, transport],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        seconds, n, digest = out.stdout.split()[-3:]
+        after = metrics(node)
+    finally:
+        node.stop()
+    assert int(n) == size and digest == hashlib.sha256(data).hexdigest()
+    assert float(seconds) >= 1.8, seconds  # 4 MiB at 2 MB/s: paced (a burst is 0.1 s of it)
+    grew = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    assert grew['cachenode_qos_bytes{class="background"}'] == size
+    assert grew['cachenode_qos_bytes{class="foreground"}'] == 0
+    assert grew["cachenode_served_bytes_total"] == size
+    assert grew.get("cachenode_ucx_requests_total", 0) == (size // BS if transport == "ucx" else 0)

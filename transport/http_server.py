@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import fcntl
 import logging
-import socket
-import struct
-import termios
-import time
 from typing import Protocol
 
 from aiohttp import web
@@ -18,16 +12,10 @@ from cachenode.errors import BadRequest, CacheError
 from cachenode.source import SourceRef
 
 from . import wire
+from .http_paced import send_background
 from .http_sendall import send_block_body
 
 log = logging.getLogger("cachenode.http")
-
-# Unsent (and, between pieces, unacknowledged) bytes a socket may hold while it carries a
-# background block (see _send_background); how often that is looked at; and how long a client
-# may acknowledge nothing before its connection is dropped.
-UNSENT_BACKGROUND = 16 << 10
-ACK_POLL = 0.002
-STALL = 60.0
 
 
 class NodeApi(Protocol):
@@ -42,6 +30,7 @@ class NodeApi(Protocol):
                     avoid: frozenset[str] = frozenset(), transport: str = "http",
                     background: bool = False) -> Block: ...
     def piece_size(self, block: Block) -> int: ...
+    def background_pace(self) -> float | None: ...
     async def send_background(self, block: Block, write, piece: int) -> None: ...
     async def stat(self, ref: SourceRef) -> dict: ...
     async def list(self, ref: SourceRef) -> dict: ...
@@ -143,61 +132,6 @@ async def warm(request: web.Request) -> web.Response:
     return web.json_response(await request.app[SERVICE_KEY].warm(await _json_body(request)))
 
 
-async def _send_background(request: web.Request, service: NodeApi, block: Block, headers: dict) -> web.StreamResponse:
-    """A background block in the service's paced pieces, each one out of the socket (sent and
-    acknowledged) before its slot goes to the next.
-
-    A piece must be on the wire when its tokens say so, not sit in the socket: with deep send
-    buffers and several connections in flight, queued pieces fill the link's queue, a flow that
-    starts then loses its first packets and backs off to a trickle the governor takes for noise
-    (measured: an iperf3 flow at 0.2 MB/s of 12 for 2-4 s), and the governor, which counts a
-    piece as sent when it is written, cannot tell. TCP_NOTSENT_LOWAT keeps the unsent part small
-    so aiohttp's write waits while the piece goes out; the kernel's send-queue count tells when
-    it has been acknowledged.
-    """
-    resp = web.StreamResponse(headers=headers)
-    resp.content_type = "application/octet-stream"
-    resp.content_length = block.length
-    await resp.prepare(request)
-    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
-    lowat = getattr(socket, "TCP_NOTSENT_LOWAT", None)
-    if sock is None or lowat is None:
-        await service.send_background(block, resp.write, service.piece_size(block))
-        await resp.write_eof()
-        return resp
-
-    async def write(view: memoryview) -> None:
-        await resp.write(view)
-        await _until_acknowledged(request, sock.fileno())
-
-    sock.setsockopt(socket.IPPROTO_TCP, lowat, UNSENT_BACKGROUND)
-    try:
-        await service.send_background(block, write, service.piece_size(block))
-    finally:
-        if sock.fileno() >= 0:
-            sock.setsockopt(socket.IPPROTO_TCP, lowat, 0)  # 0: back to the system default
-    await resp.write_eof()
-    return resp
-
-
-async def _until_acknowledged(request: web.Request, fd: int) -> None:
-    """Wait until the socket holds at most UNSENT_BACKGROUND bytes its peer has not
-    acknowledged; a peer that acknowledges nothing for STALL seconds loses the connection."""
-    last, since = -1, time.monotonic()
-    while True:
-        if request.transport is None or request.transport.is_closing():
-            raise ConnectionResetError("the client went away during a background block")
-        queued = struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
-        if queued <= UNSENT_BACKGROUND:
-            return
-        if queued != last:
-            last, since = queued, time.monotonic()
-        elif time.monotonic() - since > STALL:
-            request.transport.abort()
-            raise ConnectionResetError(f"the client acknowledged nothing for {STALL:.0f} s")
-        await asyncio.sleep(ACK_POLL)
-
-
 async def get_block(request: web.Request) -> web.StreamResponse:
     q = request.query
     service = request.app[SERVICE_KEY]
@@ -208,7 +142,7 @@ async def get_block(request: web.Request) -> web.StreamResponse:
         avoid=wire.parse_avoid(request.headers.get(wire.AVOID_HEADER)), background=background)
     headers = {wire.DIGEST_HEADER: block.digest, wire.TIER_HEADER: block.tier}
     if background:
-        return await _send_background(request, service, block, headers)
+        return await send_background(request, service, block, headers)
     if block.data is not None:
         resp = web.StreamResponse(headers=headers)
         resp.content_type = "application/octet-stream"

@@ -132,6 +132,10 @@ class NodeService:
         """The pieces a background block goes out in (UCX announces it before the body)."""
         return self.node.governor.send_piece(block.length)
 
+    def background_pace(self) -> float | None:
+        """Wire bytes/s a transport that can pace a send (TCP) gives one background piece."""
+        return self.node.governor.send_pace()
+
     async def send_background(self, block: Block, write: Callable[[memoryview], Awaitable[None]],
                               piece: int) -> None:
         """Send a background block with the transport's `write`, in pieces paced into the idle
@@ -143,13 +147,15 @@ class NodeService:
                          avoid: frozenset[str] = frozenset(), background: bool = False) -> Block:
         self.node.origin_for(req.ref)  # allow-list first: never forward what we would refuse
         self._check_block_size(req)
+        # A background read that misses fills as warming does: paced on rx, and lifted at once
+        # if a loader starts waiting for the same block.
         if self.from_node(forwarded):
-            return await self.node.get_block(req, verify=verify)
+            return await self.node.get_block(req, verify=verify, background=background)
         if avoid:
             avoid = await self.membership.confirm_down(avoid)
         _, length = req.span
         block = await self._from_owners(req, length, avoid, background)
-        return block if block is not None else await self.node.get_block(req, verify=verify)
+        return block if block is not None else await self.node.get_block(req, verify=verify, background=background)
 
     async def _from_owners(self, req: BlockRequest, length: int, avoid: frozenset[str],
                            background: bool = False) -> Block | None:
