@@ -22,7 +22,8 @@ class CachenodeFileSystem(AbstractFileSystem):
 
     Storage options: `nodes` (default $CACHENODE_NODES), `token` ($CACHENODE_TOKEN),
     `account_name` ($AZURE_STORAGE_ACCOUNT_NAME or the connection string's account),
-    `background` (True: reads are a prefetch, paced into the links' idle capacity). Listings and sizes come from the origin's listing, answered by a node.
+    `background` (True: reads are a prefetch, paced into the links' idle capacity).
+    Listings and sizes come from the origin's listing, answered by a node.
     """
 
     protocol = "cachenode"

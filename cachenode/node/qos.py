@@ -12,6 +12,7 @@ traffic only ever meets the optional overall cap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -168,7 +169,9 @@ class Governor:
         cap = cfg.max_rate or float("inf")
         # Bursts of ~0.1 s of traffic: enough to keep a block moving, small enough to react.
         self._cap = TokenBucket(cfg.max_rate, max(64 << 10, cfg.max_rate / 10)) if cfg.max_rate else None
-        start = min(cap, (cfg.link_speed or cap) * (1 - cfg.headroom) / (1 + cfg.framing))
+        # With a link speed, the headroom is on the wire (framing included, as in decide()).
+        start = (min(cap, cfg.link_speed * (1 - cfg.headroom) / (1 + cfg.framing)) if cfg.link_speed
+                 else cap * (1 - cfg.headroom))
         self._bg = ({d: TokenBucket(start, max(64 << 10, start / 10)) for d in DIRECTIONS}
                     if start != float("inf") else {})
         self.bytes = {"foreground": 0, "background": 0}
@@ -256,11 +259,7 @@ class Governor:
         view = memoryview(data)
         for pos in range(0, len(view), piece):
             part = view[pos:pos + piece]
-            if self._bg:
-                async with self._pieces["tx"]:
-                    await self.background(len(part), direction="tx")
-                    await write(part)
-            else:
+            async with self._pieces["tx"] if self._bg else contextlib.nullcontext():
                 await self.background(len(part), direction="tx")
                 await write(part)
             self.own(len(part), "tx")
