@@ -54,6 +54,11 @@ def bulk_flow(server_at: tuple[str, ...], server_ip: str, seconds: float,
         server.wait()
 
 
+def too_fast(what: str) -> str:
+    return (f"the {what} ended before the competing flow did, so the idle link was not measured: "
+            "the link is too fast for the blob; use a slower --link")
+
+
 def _round(host: VethHost, node, token: str, url: str, link_bytes_per_s: float,
            flow_seconds: float) -> dict:
     """One measurement: the flow alone, the flow while a warm of a new blob runs, then the
@@ -72,7 +77,9 @@ def _round(host: VethHost, node, token: str, url: str, link_bytes_per_s: float,
     b1 = scrape(node.url, token)["cachenode_origin_bytes_total"]
     warm.join(600)
     b2 = scrape(node.url, token)["cachenode_origin_bytes_total"]
-    idle_rate = (b2 - b1) / (warm_done[0] - t1) if warm_done and warm_done[0] > t1 else 0.0
+    if warm_done and warm_done[0] <= t1:
+        raise RuntimeError(too_fast("warm"))
+    idle_rate = (b2 - b1) / (warm_done[0] - t1) if warm_done else 0.0
     return {"foreground_alone_gb_per_s": alone / 1e9,
             "foreground_with_cache_gb_per_s": shared / 1e9,
             "cache_idle_gb_per_s": idle_rate / 1e9,

@@ -23,7 +23,7 @@ from pathlib import Path
 from cachenode.node.metrics import scrape
 
 from .netns import HostPair, VethHost
-from .qos import bulk_flow, summarize
+from .qos import bulk_flow, summarize, too_fast
 from .relay import Relay
 from .services import Azurite, NodeProcess, connection_string, free_port
 
@@ -69,7 +69,9 @@ def _round(pair: HostPair, node, reader_env: dict, url: str, node_url: str, toke
     r = json.loads(out.splitlines()[-1])
     if r["sha256"] != digest:
         raise RuntimeError("the background read returned bytes that differ from the blob")
-    idle = (b2 - b1) / (r["t1"] - t1) if r["t1"] > t1 else 0.0
+    if r["t1"] <= t1:
+        raise RuntimeError(too_fast("background read"))
+    idle = (b2 - b1) / (r["t1"] - t1)
     return {"foreground_alone_gb_per_s": alone / 1e9,
             "foreground_with_cache_gb_per_s": shared / 1e9,
             "cache_idle_gb_per_s": idle / 1e9,
