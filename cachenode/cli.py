@@ -109,6 +109,8 @@ def main(log_level: str) -> None:
 @click.option("--idle-iface", help="NIC whose byte counters idle mode watches [default: busiest non-loopback].")
 @click.option("--idle-headroom", default=0.1, show_default=True, type=click.FloatRange(0, 0.9),
               help="Fraction of the link background traffic never uses.")
+@click.option("--idle-direction", hidden=True, type=click.Choice(["rx", "tx"]),
+              help="Ignored (both directions are governed); kept so older command lines still start.")
 @click.option("--peer-timeout", default=10.0, show_default=True, type=float,
               help="Seconds without progress before a peer transfer is abandoned for the next candidate.")
 @click.option("--max-connections", default=512, show_default=True, type=click.IntRange(1, 65535),
@@ -118,7 +120,7 @@ def main(log_level: str) -> None:
 def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, token, token_file,
           node_token, no_auth, connection_string, account_name, account_key, sas_token, blob_endpoint,
           origin_retries, stale_stat, origin_timeout, peers, peers_file, peers_dns, member_id, advertise_url, ucx, max_egress,
-          link_speed, idle_iface, idle_headroom, peer_timeout, max_connections,
+          link_speed, idle_iface, idle_headroom, idle_direction, peer_timeout, max_connections,
           idle_timeout) -> None:
     """Run a cache node until SIGTERM or Ctrl-C.
 
@@ -157,7 +159,7 @@ def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, to
         peers=_split_peers(peers), peers_file=peers_file, peers_dns=peers_dns, member_id=member_id,
         advertise_url=advertise_url, peer_timeout=peer_timeout, ucx=ucx,
         max_connections=max_connections, idle_timeout=idle_timeout,
-        qos=_qos(max_egress, link_speed, idle_iface, idle_headroom),
+        qos=_qos(max_egress, link_speed, idle_iface, idle_headroom, idle_direction),
     )
     if ucx:
         from .transport.registry import available
@@ -317,10 +319,13 @@ def _register_deploy() -> None:
 _register_deploy()
 
 
-def _qos(max_egress, link_speed, iface, headroom):
+def _qos(max_egress, link_speed, iface, headroom, direction=None):
     from .node.qos import QosConfig, read_counters
     from .units import parse_rate
 
+    if direction:
+        click.echo(f"warning: --idle-direction {direction} is ignored: idle mode now paces both "
+                   "directions (warm fills in, background reads out)", err=True)
     try:
         cfg = QosConfig(max_rate=parse_rate(max_egress) if max_egress else None,
                         link_speed=parse_rate(link_speed) if link_speed else None,

@@ -31,7 +31,7 @@ class CachenodeFileSystem(AbstractFileSystem):
 
     def __init__(self, nodes=None, token=None, account_name=None, background=False, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._client = Client(nodes=nodes, token=token, background=bool(background))
+        self._client = Client(nodes=nodes, token=token, background=_flag(background, "background"))
         # fsspec caches filesystem instances and has no close(): release the I/O thread with us.
         weakref.finalize(self, self._client.close)
         self.account = account_name or self._client.config.azure.account
@@ -167,3 +167,15 @@ class CachenodeFileSystem(AbstractFileSystem):
             buf = bytearray(max(0, end - start))
             n = f.readinto(buf) if buf else 0
             return bytes(buf[:n])
+
+
+def _flag(value, name: str) -> bool:
+    """A boolean storage option, also as fsspec's config and environment give it (a string)."""
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("", "0", "false", "no", "off"):
+            return False
+        raise ValueError(f"storage option {name}={value!r}: expected true or false")
+    return bool(value)

@@ -240,6 +240,9 @@ def iter_safetensors(url: str, device: str | torch.device = "cpu", *, client: Cl
 def with_client(client: Client | None, kwargs: dict, fn):
     """fn(client), with a private Client made from `kwargs` (and closed) if none is given."""
     own = client is None
+    if not own and kwargs:  # they would silently not apply: the client's own config does
+        raise TypeError(f"{', '.join(sorted(kwargs))} configure a new client: pass them to the Client "
+                        f"you give as client=, or leave client= out")
     client = client or Client(**kwargs)
     try:
         return fn(client)

@@ -271,3 +271,25 @@ def test_member_parsing_and_sources(tmp_path):
         dns = await resolve_dns_members("localhost:8470")
         assert "127.0.0.1:8470" in [d.id for d in dns]
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("1", True), ("False", False), ("0", False),
+                                             ("", False), (True, True), (False, False), (None, False)])
+def test_fsspec_boolean_options_read_strings_as_fsspec_config_gives_them(value, expected):
+    from cachenode.client.fsspec_fs import _flag
+
+    assert _flag(value, "background") is expected
+
+
+def test_fsspec_boolean_option_that_is_not_one_is_named():
+    from cachenode.client.fsspec_fs import _flag
+
+    with pytest.raises(ValueError, match="background='maybe'"):
+        _flag("maybe", "background")
+
+
+def test_client_options_beside_a_given_client_are_refused_not_ignored():
+    from cachenode.client.tensors import with_client
+
+    with pytest.raises(TypeError, match="background configure a new client"):
+        with_client(object(), {"background": True}, lambda c: None)

@@ -134,18 +134,21 @@ class _BlockProtocol(asyncio.BufferedProtocol):
 
 
 async def _progressing(resp: _Response, timeout: float, patience: int) -> None:
-    """Wait for `resp` to complete: within `timeout`, or without `patience` timeouts in a row
-    in which not a byte came."""
+    """Wait for `resp` to complete: within `timeout`, or (`patience` > 0) for as long as a
+    byte keeps coming at least every `patience` timeouts."""
     if patience <= 0:
         await asyncio.wait_for(asyncio.shield(resp.done), timeout)
         return
+    seen, quiet = (resp.got, len(resp.headers)), 0
     while True:
-        seen = (resp.got, len(resp.headers))
         try:
-            await asyncio.wait_for(asyncio.shield(resp.done), patience * timeout)
+            await asyncio.wait_for(asyncio.shield(resp.done), timeout)
             return
         except asyncio.TimeoutError:
-            if (resp.got, len(resp.headers)) == seen:
+            now = (resp.got, len(resp.headers))
+            quiet = 0 if now != seen else quiet + 1
+            seen = now
+            if quiet >= patience:
                 raise
 
 

@@ -29,9 +29,10 @@ class NodeApi(Protocol):
     async def serve(self, req: BlockRequest, *, verify: bool = False, forwarded: str | None = None,
                     avoid: frozenset[str] = frozenset(), transport: str = "http",
                     background: bool = False) -> Block: ...
-    def piece_size(self, block: Block) -> int: ...
     def background_pace(self) -> float | None: ...
-    async def send_background(self, block: Block, write, piece: int) -> None: ...
+    async def serve_background(self, req: BlockRequest, *, begin, write, verify: bool = False,
+                               forwarded: str | None = None, avoid: frozenset[str] = frozenset(),
+                               transport: str = "http") -> None: ...
     async def stat(self, ref: SourceRef) -> dict: ...
     async def list(self, ref: SourceRef) -> dict: ...
     def members(self) -> dict: ...
@@ -135,14 +136,13 @@ async def warm(request: web.Request) -> web.Response:
 async def get_block(request: web.Request) -> web.StreamResponse:
     q = request.query
     service = request.app[SERVICE_KEY]
-    background = wire.wants_background(q)
-    block = await service.serve(
-        wire.parse_block_request(q), verify=wire.wants_verify(q),
-        forwarded=request.headers.get(wire.FORWARDED_HEADER),
-        avoid=wire.parse_avoid(request.headers.get(wire.AVOID_HEADER)), background=background)
+    args = dict(verify=wire.wants_verify(q), forwarded=request.headers.get(wire.FORWARDED_HEADER),
+                avoid=wire.parse_avoid(request.headers.get(wire.AVOID_HEADER)))
+    req = wire.parse_block_request(q)
+    if wire.wants_background(q):
+        return await send_background(request, service, req, args)
+    block = await service.serve(req, **args)
     headers = {wire.DIGEST_HEADER: block.digest, wire.TIER_HEADER: block.tier}
-    if background:
-        return await send_background(request, service, block, headers)
     if block.data is not None:
         resp = web.StreamResponse(headers=headers)
         resp.content_type = "application/octet-stream"

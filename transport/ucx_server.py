@@ -10,6 +10,10 @@ from . import wire
 
 log = logging.getLogger("cachenode.ucx")
 
+# Background requests answered (or waiting for the node to admit them) at once; past that a
+# receiver waits, as HTTP's connection cap makes a client wait.
+BACKGROUND_PENDING = 64
+
 
 class UcxServer:
     """Serves blocks over UCX, using the worker-address path (see README: why not the listener).
@@ -22,6 +26,8 @@ class UcxServer:
         self.service = service  # the node service (http_server.NodeApi), the same as HTTP's
         self._receivers = receivers
         self._tasks: list[asyncio.Task] = []
+        self._background: set[asyncio.Task] = set()
+        self._pending = asyncio.Semaphore(BACKGROUND_PENDING)
         self.address = b""
 
     async def start(self) -> bytes:
@@ -32,7 +38,7 @@ class UcxServer:
         return self.address
 
     async def close(self) -> None:
-        for t in self._tasks:
+        for t in [*self._tasks, *self._background]:
             t.cancel()
         # A receive posted on the worker does not always notice the cancel: do not wait forever.
         if self._tasks:  # nothing to wait for when start() never got that far
@@ -47,40 +53,66 @@ class UcxServer:
             except (ValueError, UnicodeDecodeError) as exc:
                 log.warning("dropped malformed UCX request: %s", exc)
                 continue
-            try:
-                await self._answer(req_id, reply_to, fields)
-            except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the receiver
-                log.warning("UCX reply %d failed: %s", req_id, exc)
+            if fields.get(wire.PRIORITY) == wire.BACKGROUND:
+                # A background answer lasts a whole paced transfer: on a task of its own, so the
+                # receivers stay free for foreground requests (at most BACKGROUND_PENDING wait).
+                await self._pending.acquire()
+                task = asyncio.ensure_future(self._answer_logged(req_id, reply_to, fields))
+                self._background.add(task)
+                task.add_done_callback(self._background_done)
+                continue
+            await self._answer_logged(req_id, reply_to, fields)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        self._pending.release()
+
+    async def _answer_logged(self, req_id: int, reply_to: bytes, fields: dict) -> None:
+        try:
+            await self._answer(req_id, reply_to, fields)
+        except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the receiver
+            log.warning("UCX reply %d failed: %s", req_id, exc)
 
     async def _answer(self, req_id: int, reply_to: bytes, fields: dict) -> None:
         ep = await self._eps.get(reply_to)
+        began = False
         try:
             self.service.authorize(str(fields.get(wire.UCX_TOKEN) or "") or None)
             q = {k: str(v) for k, v in fields.items()}
             req = wire.parse_block_request(q)
-            background = wire.wants_background(q)
-            block = await self.service.serve(req, verify=wire.wants_verify(q),
-                                             avoid=wire.parse_avoid(fields.get(wire.UCX_AVOID)),
-                                             transport="ucx", background=background)
+            args = dict(verify=wire.wants_verify(q), avoid=wire.parse_avoid(fields.get(wire.UCX_AVOID)),
+                        transport="ucx")
+            if wire.wants_background(q):
+                pieces = iter(range(w.MAX_PIECES))
+
+                async def begin(block, piece: int) -> None:
+                    nonlocal began
+                    began = True
+                    await ep.send(w.pack_header(200, {**_block_header(block), wire.BLOCK_PIECE: piece}),
+                                  tag=w.header_tag(req_id), force_tag=True)
+
+                async def send_piece(view: memoryview) -> None:
+                    await ep.send(view, tag=w.body_tag(req_id, next(pieces)), force_tag=True)
+
+                await self.service.serve_background(req, begin=begin, write=send_piece, **args)
+                return
+            block = await self.service.serve(req, **args)
             data = block.data
-            if data is None and not background:  # a verified disk block: no sendfile here
+            if data is None:  # a verified disk block: no sendfile here, read it once
                 data = await asyncio.to_thread(block.read_file)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
+            if began:
+                # Mid-body: the client waits for pieces we will not send; it gives up after its
+                # patience. A piece it never took may still be posted: drop the endpoint.
+                self._eps.forget(reply_to)
+                raise
             status, body = self.service.failed(exc)
             await ep.send(w.pack_header(status, body), tag=w.header_tag(req_id), force_tag=True)
             return
-        header = {wire.BLOCK_LENGTH: block.length, wire.BLOCK_DIGEST: block.digest, wire.BLOCK_TIER: block.tier}
-        if background:
-            header[wire.BLOCK_PIECE] = piece = self.service.piece_size(block)
-        await ep.send(w.pack_header(200, header), tag=w.header_tag(req_id), force_tag=True)
-        if not block.length:
-            return
-        if not background:
+        await ep.send(w.pack_header(200, _block_header(block)), tag=w.header_tag(req_id), force_tag=True)
+        if block.length:
             await ep.send(data, tag=w.body_tag(req_id), force_tag=True)
-            return
-        pieces = iter(range(w.MAX_PIECES))
 
-        async def send_piece(view: memoryview) -> None:
-            await ep.send(view, tag=w.body_tag(req_id, next(pieces)), force_tag=True)
 
-        await self.service.send_background(block, send_piece, piece)
+def _block_header(block) -> dict:
+    return {wire.BLOCK_LENGTH: block.length, wire.BLOCK_DIGEST: block.digest, wire.BLOCK_TIER: block.tier}

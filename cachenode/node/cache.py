@@ -21,6 +21,9 @@ from .singleflight import SingleFlight
 
 log = logging.getLogger("cachenode.node")
 
+# Background sends in progress at once per node (each holds one block until its last piece left).
+BACKGROUND_SENDS = 8
+
 
 class Node:
     """One cache node. Several may live in one process (tests): no global state."""
@@ -51,6 +54,9 @@ class Node:
         self.slots = max(4, config.memory_bytes // 4 // config.block_size)
         self.inflight = asyncio.Semaphore(self.slots)
         self._bg_inflight = asyncio.Semaphore(max(1, self.slots // 4))
+        # Background sends hold their block for the whole paced transfer: a few at a time, so
+        # the buffers they keep (disk blocks read in, forwarded and evicted ones) stay bounded.
+        self.background_sends = asyncio.Semaphore(BACKGROUND_SENDS)
         self._warned_full = False
         self.metrics.memory_capacity.set(config.memory_bytes)
         self.metrics.disk_capacity.set(config.disk_bytes)
@@ -135,6 +141,11 @@ class Node:
             self.metrics.fills_deduplicated.inc()
         return block
 
+    def fill_slots(self, background: bool) -> asyncio.Semaphore:
+        """The slots a block being filled or forwarded takes: background traffic, which may
+        wait long for bandwidth, has its own and never holds a loader's."""
+        return self._bg_inflight if background else self.inflight
+
     async def warm_block(self, req: BlockRequest) -> bool:
         """Make sure the block is cached here; True if it already was."""
         block = await self.get_block(req, background=True)
@@ -172,7 +183,7 @@ class Node:
         block = await self._lookup(key, False)
         if block is not None:
             return block
-        async with self._bg_inflight if background else self.inflight:
+        async with self.fill_slots(background):
             return await self._fill_now(origin, req, key, offset, length, background)
 
     async def _fill_now(self, origin: Origin, req: BlockRequest, key: str, offset: int, length: int,

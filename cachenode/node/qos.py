@@ -253,15 +253,17 @@ class Governor:
             return None
         return self._bg["tx"].rate * (1 + self.cfg.framing) / self.cfg.pieces_in_flight
 
-    async def send(self, data, write: Callable[[memoryview], Awaitable[None]], piece: int) -> None:
+    async def send(self, data, write: Callable[[memoryview], Awaitable[None]], piece: int,
+                   deadline: float | None = None) -> None:
         """Send `data` as background traffic with `write(view)`, in paced pieces of `piece` bytes,
-        counting them as ours on tx."""
+        counting them as ours on tx; a write that takes longer than `deadline` raises
+        TimeoutError (and frees its slot)."""
         view = memoryview(data)
         for pos in range(0, len(view), piece):
             part = view[pos:pos + piece]
             async with self._pieces["tx"] if self._bg else contextlib.nullcontext():
                 await self.background(len(part), direction="tx")
-                await write(part)
+                await asyncio.wait_for(write(part), deadline)
             self.own(len(part), "tx")
 
     def own(self, n: int, direction: str) -> None:

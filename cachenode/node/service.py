@@ -128,20 +128,32 @@ class NodeService:
         m.served_blocks.labels(block.tier).inc()
         return block
 
-    def piece_size(self, block: Block) -> int:
-        """The pieces a background block goes out in (UCX announces it before the body)."""
-        return self.node.governor.send_piece(block.length)
-
     def background_pace(self) -> float | None:
-        """Wire bytes/s a transport that can pace a send (TCP) gives one background piece."""
+        """Wire bytes/s a transport that can pace a send (TCP) gives one background piece;
+        None when nothing paces background traffic."""
         return self.node.governor.send_pace()
 
-    async def send_background(self, block: Block, write: Callable[[memoryview], Awaitable[None]],
-                              piece: int) -> None:
-        """Send a background block with the transport's `write`, in pieces paced into the idle
-        capacity of the link's tx side (QoS), the same for every transport."""
-        data = block.data if block.data is not None else await asyncio.to_thread(block.read_file)
-        await self.node.governor.send(data, write, piece)
+    async def serve_background(self, req: BlockRequest, *, begin: Callable[[Block, int], Awaitable[None]],
+                               write: Callable[[memoryview], Awaitable[None]], verify: bool = False,
+                               forwarded: str | None = None, avoid: frozenset[str] = frozenset(),
+                               transport: str = "http") -> None:
+        """A background block (a prefetch), the same for every transport.
+
+        Admitted a few at a time (their buffers are bounded), fetched, and its bytes in memory
+        before `begin(block, piece size)` lets the transport answer: a failure up to there is an
+        ordinary error reply. Then `write(view)` sends it in pieces paced into the idle capacity
+        of the link's tx side, each within the deadline (a client that takes nothing for that
+        long must not hold a piece slot, which all background sends share): TimeoutError, and
+        the transport drops the connection.
+        """
+        async with self.node.background_sends:
+            block = await self.serve(req, verify=verify, forwarded=forwarded, avoid=avoid,
+                                     transport=transport, background=True)
+            data = block.data if block.data is not None else await asyncio.to_thread(block.read_file)
+            governor = self.node.governor
+            piece = governor.send_piece(block.length)
+            await begin(block, piece)
+            await governor.send(data, write, piece, deadline=self._peer_timeout * wire.BACKGROUND_PATIENCE)
 
     async def _get_block(self, req: BlockRequest, *, verify: bool = False, forwarded: str | None = None,
                          avoid: frozenset[str] = frozenset(), background: bool = False) -> Block:
@@ -173,7 +185,7 @@ class NodeService:
 
         # The forwarded block's buffer counts like a fill's; released before any local fill,
         # which takes a slot of its own.
-        async with self.node.inflight:
+        async with self.node.fill_slots(background):
             buf = bytearray(length)
             got = await read_from_owners(req, memoryview(buf), owners, self._channel, set(avoid),
                                          forwarded=self._forward_secret or "1", background=background,
