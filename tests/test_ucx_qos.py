@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -89,3 +90,57 @@ def test_a_background_read_is_paced_and_counted_as_background(blobs, tmp_path, p
     assert grew['cachenode_qos_bytes{class="foreground"}'] == 0
     assert grew["cachenode_served_bytes_total"] == size
     assert grew.get("cachenode_ucx_requests_total", 0) == (size // BS if transport == "ucx" else 0)
+
+
+PREFETCHER = """
+import sys, cachenode
+with cachenode.open(sys.argv[1], nodes=[sys.argv[2]], token=sys.argv[3], transports="ucx", background=True) as f:
+    print("open", flush=True)
+    f.read()
+"""
+
+FOREGROUND = """
+import sys, time, cachenode
+with cachenode.open(sys.argv[1], nodes=[sys.argv[2]], token=sys.argv[3], transports="ucx") as f:
+    t0 = time.monotonic()
+    n = len(f.read())
+print(time.monotonic() - t0, n)
+"""
+
+
+def test_a_foreground_ucx_read_does_not_wait_behind_paced_background_transfers(blobs, tmp_path, proxy):
+    """Two prefetching loaders keep 16 background requests at the node (as many as it has UCX
+    receivers), each a transfer paced at a crawl (idle mode on a 1 Mbit "link"); a loader that
+    needs a block now is answered at once, not after the prefetches ahead of it (which, paced
+    piece by piece in turn, all end together about 15 s later)."""
+    bs = 4 * BS
+    big, small = os.urandom(32 * bs), os.urandom(bs)
+    big_url, small_url = blobs.put("prefetched.bin", big), blobs.put("needed.bin", small)
+    node = NodeProcess(tmp_path / "node", token=TOKEN, conn_str=connection_string(proxy.port),
+                       args=("--ucx", "--block-size", str(bs), "--link-speed", "1Mbit", "--idle-iface", "lo"),
+                       env={"UCX_TLS": "sm,cma,tcp"}).start()
+    prefetchers = []
+    try:
+        for url in (big_url, small_url):  # cached first, by a foreground read: only sends are paced
+            read = subprocess.run([sys.executable, "-c", "import sys, cachenode; cachenode.open(sys.argv[1], "
+                                   "nodes=[sys.argv[2]], token=sys.argv[3], transports='tcp').read()",
+                                   url, node.url, TOKEN], capture_output=True, text=True, timeout=120)
+            assert read.returncode == 0, read.stderr[-2000:]
+        for _ in range(2):
+            p = subprocess.Popen([sys.executable, "-c", PREFETCHER, big_url, node.url, TOKEN],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            prefetchers.append(p)
+            assert p.stdout.readline().strip() == "open", p.stderr.read()[-2000:]
+        time.sleep(1.5)  # both have their windows (8 blocks each) at the node
+        out = subprocess.run([sys.executable, "-c", FOREGROUND, small_url, node.url, TOKEN],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        seconds, n = out.stdout.split()[-2:]
+        assert int(n) == len(small)
+        assert float(seconds) < 2.0, seconds  # foreground is never paced: ~0.1 s
+        assert all(p.poll() is None for p in prefetchers)  # the prefetches were still running
+    finally:
+        for p in prefetchers:
+            p.kill()
+            p.wait()
+        node.stop()
