@@ -115,7 +115,7 @@ class NodeService:
                     avoid: frozenset[str] = frozenset(), transport: str = "http",
                     background: bool = False) -> Block:
         """The block for `req`. A foreground block is accounted here and the caller sends it
-        right away; a background one (a prefetch) the caller sends with `send_background`."""
+        right away; a background one is `serve_background`'s to send, in paced pieces."""
         m = self.node.metrics
         if transport == "ucx":
             m.ucx_requests.inc()
