@@ -343,7 +343,7 @@ class MountProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> "MountProcess":
-        from cachenode.mount.run import mount_at
+        from cachenode.client.mount.run import mount_at
 
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:

@@ -257,7 +257,7 @@ def mount(mountpoint, sources, nodes, token, listing_ttl, readahead, allow_other
     `cachenode unmount MOUNTPOINT` cleans it up.
     """
     from .client.config import ClientConfig
-    from .mount.run import MountConfig, check_mountpoint, serve as serve_mount
+    from .client.mount.run import MountConfig, check_mountpoint, serve as serve_mount
 
     config = MountConfig(mountpoint=mountpoint, sources=tuple(sources), listing_ttl=listing_ttl,
                          readahead=readahead, allow_other=allow_other)
@@ -280,7 +280,7 @@ def _daemonize(mountpoint: str, log_file: str | None) -> None:
     import subprocess
     import time
 
-    from .mount.run import mount_at
+    from .client.mount.run import mount_at
 
     args = [a for a in sys.argv[1:] if a != "--daemon"]
     log_file = log_file or os.path.join(os.path.dirname(os.path.abspath(mountpoint)), ".cachenode-mount.log")
@@ -304,7 +304,7 @@ def _daemonize(mountpoint: str, log_file: str | None) -> None:
 @click.option("--lazy", is_flag=True, help="Detach now even if busy; it goes away when the last user closes it.")
 def unmount(mountpoint, lazy) -> None:
     """Unmount a cachenode mount, also a stale one left by a killed mount process (fusermount3 -u)."""
-    from .mount.run import unmount as do_unmount
+    from .client.mount.run import unmount as do_unmount
 
     do_unmount(mountpoint, lazy=lazy)
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cachenode.bench.services import LocalCluster, MountProcess
-from cachenode.mount.run import mount_at
+from cachenode.client.mount.run import mount_at
 from helpers import BS, TOKEN, metric
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse: FUSE unavailable")
