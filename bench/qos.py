@@ -17,7 +17,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from cachenode.node.metrics import scrape
+from cachenode.client.admin import scrape
 
 from .netns import VethHost
 from .relay import Relay

@@ -20,7 +20,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from cachenode.node.metrics import scrape
+from cachenode.client.admin import scrape
 
 from .netns import HostPair, VethHost
 from .qos import bulk_flow, summarize, too_fast

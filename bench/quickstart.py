@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cachenode.node.metrics import scrape
+from cachenode.client.admin import scrape
 from cachenode.units import format_size
 
 from .loads import LoadResult, blob_sdk_tensors, cache_tensors, timed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cachenode.node.metrics import scrape
+from cachenode.client.admin import scrape
 
 from . import rounds
 from .runner import run_together

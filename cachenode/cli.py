@@ -223,7 +223,7 @@ def warm(url, nodes, token, as_json) -> None:
 def status(nodes, token, as_json) -> None:
     """Members, their health, tier usage, hit ratio and origin bytes."""
     from .client.api import Client
-    from .status import collect, render
+    from .client.admin import collect, render
 
     with Client(nodes=nodes or None, token=token) as c:
         members = c.members()

@@ -13,7 +13,7 @@ from azure.storage.blob import BlobServiceClient
 
 import cachenode
 from cachenode.bench.services import Azurite, free_port, wait_for_port
-from cachenode.metrics import scrape
+from cachenode.client.admin import scrape
 
 TOKEN = "smoke-token"
 

@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 from cachenode.bench.services import NodeProcess
-from cachenode.node.metrics import scrape
+from cachenode.client.admin import scrape
 
 TOKEN = "test-cluster-token"
 KiB, MiB = 1024, 1024 * 1024

@@ -47,25 +47,3 @@ class NodeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Flatten Prometheus text into {'name{labels}': value} (for status output and tests)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, _, value = line.rpartition(" ")
-        out[name] = float(value)
-    return out
-
-
-def scrape(node_url: str, token: str | None, timeout: float = 10.0) -> dict[str, float]:
-    """Fetch and parse a node's /metrics (sync; for tools, tests and status output)."""
-    import urllib.request
-
-    from ..transport.wire import METRICS_PATH, bearer
-
-    req = urllib.request.Request(f"{node_url.rstrip('/')}{METRICS_PATH}", headers=bearer(token))
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return parse_metrics(r.read().decode())

@@ -1,13 +1,34 @@
-"""Cluster status: each member's health and counters, gathered from its /metrics."""
+"""Cluster admin reads: each member's /metrics scraped and parsed, and the `cachenode status` table."""
 
 from __future__ import annotations
 
-from .placement import Member
-from .node.metrics import scrape
-from .units import format_size
+import urllib.request
+
+from cachenode.placement import Member
+from cachenode.transport.wire import METRICS_PATH, bearer
+from cachenode.units import format_size
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Flatten Prometheus text into {'name{labels}': value} (for status output and tests)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        out[name] = float(value)
+    return out
+
+
+def scrape(node_url: str, token: str | None, timeout: float = 10.0) -> dict[str, float]:
+    """Fetch and parse a node's /metrics (sync; for tools, tests and status output)."""
+    req = urllib.request.Request(f"{node_url.rstrip('/')}{METRICS_PATH}", headers=bearer(token))
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return parse_metrics(r.read().decode())
 
 
 def collect(members: list[Member], token: str | None) -> list[dict]:
+    """One row per member: health, tier usage, hit ratio and bytes (a member that does not answer is down)."""
     rows = []
     for m in members:
         row = {"id": m.id, "url": m.url, "healthy": m.healthy}
@@ -33,6 +54,7 @@ def collect(members: list[Member], token: str | None) -> list[dict]:
 
 
 def render(rows: list[dict]) -> str:
+    """The rows as the `cachenode status` table."""
     head = f"{'member':<22} {'health':<7} {'memory':>21} {'disk':>21} {'hits':>6} {'origin':>11} {'served':>11}"
     lines = [head, "-" * len(head)]
     for r in rows:
