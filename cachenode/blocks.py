@@ -47,6 +47,16 @@ class BlockRequest:
         return block_span(self.size, self.block_size, self.index)
 
 
+# A block request's fields on the wire (the source's own are SourceRef.to_params); a fill names
+# several blocks of one object, with INDICES in place of INDEX. transport/wire.py uses these.
+ETAG, SIZE, BLOCK_SIZE, INDEX, INDICES = "etag", "size", "bs", "index", "indices"
+
+
+def fill_payload(ref: SourceRef, info: ObjectInfo, block_size: int, indices: list[int]) -> dict:
+    """A fill request's body (POST FILL_PATH): fill these blocks of one object on the receiving node."""
+    return {**ref.to_params(), ETAG: info.etag, SIZE: info.size, BLOCK_SIZE: block_size, INDICES: indices}
+
+
 @dataclass(frozen=True)
 class Block:
     """A block ready to send: bytes in memory, or a verified file to sendfile."""

@@ -7,11 +7,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Awaitable, Callable
 
-from .blocks import ObjectInfo, block_count, block_key, block_span
+from .blocks import ObjectInfo, block_count, block_key, block_span, fill_payload
 from .errors import PeerUnavailable
 from .placement import Member, rank
 from .source import SourceRef
-from .transport.wire import fill_payload
 
 SendFill = Callable[[Member, dict], Awaitable[dict]]
 

@@ -1,4 +1,4 @@
-"""Layering: the loader does not load the daemon, and transport does not import the node."""
+"""Layering: core imports only core, transport only core types, and the loader does not load the daemon."""
 
 from __future__ import annotations
 
@@ -24,24 +24,46 @@ def test_importing_the_loader_loads_no_daemon_module():
     assert out.stdout.strip() == "[]"
 
 
-def _imports(path: Path) -> set[str]:
+CORE = ["errors", "source", "blocks", "placement", "routing", "credentials", "env", "units", "warming"]
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    """Every module `path` (a module of `package`) imports, at any depth, relative ones made absolute."""
     tree = ast.parse(path.read_text())
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if node.level:  # relative: inside cachenode.transport
-                base = "cachenode.transport" + (f".{base}" if base else "")
-                if node.level > 1:
-                    base = "cachenode" + (f".{node.module}" if node.module else "")
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = parent + (f".{base}" if base else "")
             names.add(base)
         elif isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
     return names
 
 
+def test_core_modules_import_only_core():
+    """Core (`cachenode/<core>.py`) imports nothing from node, transport, client or any other layer."""
+    core = {f"cachenode.{m}" for m in CORE}
+    for m in CORE:
+        path = ROOT / "cachenode" / f"{m}.py"
+        assert path.exists(), f"core module {m} is missing"
+        ours = {n for n in _imports(path, "cachenode") if n == "cachenode" or n.startswith("cachenode.")}
+        assert ours <= core, f"{path.name} imports {sorted(ours - core)}"
+
+
 def test_transport_imports_only_core_types():
     core = {"cachenode.blocks", "cachenode.errors", "cachenode.source", "cachenode.placement"}
     for path in sorted((ROOT / "transport").glob("*.py")):
-        ours = {n for n in _imports(path) if n.startswith("cachenode") and not n.startswith("cachenode.transport")}
+        ours = {n for n in _imports(path, "cachenode.transport")
+                if n.startswith("cachenode") and not n.startswith("cachenode.transport")}
         assert ours <= core, f"{path.name} imports {sorted(ours - core)}"
+
+
+def test_loader_side_imports_no_daemon_module():
+    """The loader and its front-ends (mount, admin) talk to nodes only over the wire."""
+    for path in sorted((ROOT / "client").rglob("*.py")):
+        package = ".".join(["cachenode", *path.relative_to(ROOT).parent.parts])
+        ours = {n for n in _imports(path, package) if n.startswith(("cachenode.node", "cachenode.store"))}
+        assert not ours, f"{path.relative_to(ROOT)} imports {sorted(ours)}"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from cachenode.blocks import BlockRequest, ObjectInfo, block_count, check_block_size
+from cachenode.blocks import (
+    BLOCK_SIZE, ETAG, INDEX, INDICES, SIZE, BlockRequest, ObjectInfo, block_count, check_block_size,
+)
 from cachenode.errors import (
     BadRequest, BlockCorrupt, CacheError, Forbidden, InvalidSource, OriginUnavailable,
     SourceChanged, SourceNotFound, Unauthorized,
@@ -33,8 +35,9 @@ FORWARDED_HEADER = "X-Cachenode-Forwarded"
 # fallback request is not forwarded straight back into the same stall.
 AVOID_HEADER = "X-Cachenode-Avoid"
 
-# Block request fields (query string on HTTP, JSON on UCX); the source's are SourceRef.to_params.
-ETAG, SIZE, BLOCK_SIZE, INDEX, VERIFY, INDICES = "etag", "size", "bs", "index", "verify", "indices"
+# Block request fields (query string on HTTP, JSON on UCX): the source's are SourceRef.to_params,
+# the block's (ETAG, SIZE, BLOCK_SIZE, INDEX, INDICES) and the fill body are in cachenode.blocks.
+VERIFY = "verify"
 # priority=background: a read nobody waits for yet (a prefetch). The node sends it in paced
 # pieces into its link's idle capacity, like a warm fill, instead of at once.
 PRIORITY, BACKGROUND = "priority", "background"
@@ -152,11 +155,6 @@ def _int_field(q: Mapping[str, str], name: str) -> int:
     if value < 0:
         raise BadRequest(f"{name}={value} must not be negative")
     return value
-
-
-def fill_payload(ref: SourceRef, info: ObjectInfo, block_size: int, indices: list[int]) -> dict:
-    """POST FILL_PATH body: fill these blocks of one object on the receiving node."""
-    return {**ref.to_params(), ETAG: info.etag, SIZE: info.size, BLOCK_SIZE: block_size, INDICES: indices}
 
 
 def parse_fill(payload) -> tuple[BlockRequest, list[int]]:
