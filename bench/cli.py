@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from cachenode.cli import Size
+from cachenode.options import Size
 
 from .output import write_results
 

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from cachenode.cli import Size
+from cachenode.options import Size
 from cachenode.units import format_size
 
 from .output import write_results

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .source import SourceRef
 
@@ -12,13 +12,21 @@ class AzureCredentials:
     """The ways Azure users already configure tools; the first one given wins.
 
     connection string > account key > SAS token > DefaultAzureCredential (azure-identity).
+    Field metadata makes `cachenode serve`'s options (cachenode/options.py).
     """
 
-    connection_string: str | None = None
-    account_name: str | None = None
-    account_key: str | None = None
-    sas_token: str | None = None
-    endpoint: str | None = None
+    connection_string: str | None = field(default=None, metadata={
+        "option": "--connection-string", "env": "AZURE_STORAGE_CONNECTION_STRING",
+        "help": "Azure Storage connection string."})
+    account_name: str | None = field(default=None, metadata={
+        "option": "--account-name", "env": "AZURE_STORAGE_ACCOUNT_NAME", "help": "Storage account."})
+    account_key: str | None = field(default=None, metadata={
+        "option": "--account-key", "env": "AZURE_STORAGE_ACCOUNT_KEY", "help": "Account key."})
+    sas_token: str | None = field(default=None, metadata={
+        "option": "--sas-token", "env": "AZURE_STORAGE_SAS_TOKEN", "help": "SAS token."})
+    endpoint: str | None = field(default=None, metadata={
+        "option": "--blob-endpoint", "env": "AZURE_STORAGE_BLOB_ENDPOINT",
+        "help": "Blob service URL, if not https://<account>.blob.core.windows.net."})
     use_default_credential: bool = True
 
     @property

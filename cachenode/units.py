@@ -29,6 +29,15 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
+def size_text(n: int) -> str:
+    """A byte count exactly, in the largest binary unit that divides it ("2GiB", "8MiB", "1000"):
+    what parse_size reads back, for defaults shown as flags take them."""
+    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
 def format_size(n: float) -> str:
     """Format a byte count with binary units, e.g. 1.00 GiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

@@ -17,8 +17,10 @@ class ClientConfig:
     (or CACHENODE_TOKEN_FILE), origin credentials (only used in bypass) to AZURE_STORAGE_*,
     transports to CACHENODE_TRANSPORTS."""
 
-    nodes: tuple[str, ...] = ()
-    token: str | None = None
+    nodes: tuple[str, ...] = field(default=(), metadata={
+        "option": "--node", "env": "CACHENODE_NODES", "help": "Node URL."})
+    token: str | None = field(default=None, metadata={
+        "option": "--token", "env": "CACHENODE_TOKEN", "help": "Cluster token."})
     azure: AzureCredentials = field(default_factory=AzureCredentials)
     block_size: int = DEFAULT_BLOCK_SIZE  # only in bypass: through nodes, the node's block size
     window: int = 8          # blocks in flight per read

@@ -51,6 +51,27 @@ def test_help_explains():
         assert flag in r.stdout
 
 
+def test_flags_left_out_mean_the_config_defaults():
+    """serve's and mount's options are made from the config fields: a flag not given is the field's
+    default (fields whose flag an env var stands in for have none of their own)."""
+    from dataclasses import MISSING, fields
+
+    from cachenode.cli import mount, serve
+    from cachenode.client.mount.config import MountConfig
+    from cachenode.node.config import NodeConfig
+    from cachenode.node.qos import QosConfig
+
+    given = {**serve.make_context("serve", []).params,
+             **mount.make_context("mount", ["/mnt/x", "--source", "az://a/b"]).params}
+    checked = 0
+    for cls in (NodeConfig, QosConfig, MountConfig):
+        for f in fields(cls):
+            if "option" in f.metadata and "env" not in f.metadata and f.default is not MISSING:
+                assert given[f.name] == f.default, f.name
+                checked += 1
+    assert checked >= 20
+
+
 @pytest.mark.parametrize("text, value", [("8MiB", 8 << 20), ("4GiB", 4 << 30), ("1.5GB", 1_500_000_000),
                                          ("0", 0), ("512 kib", 512 << 10)])
 def test_parse_size(text, value):

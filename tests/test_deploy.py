@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from cachenode.cli import main
 from cachenode.deploy import grafana, kubernetes as k8s
+from cachenode.units import parse_rate
 from helpers import TOKEN
 
 # The newest release kubernetes-validate ships schemas for, and the oldest AKS still supports.
@@ -137,7 +138,8 @@ def test_daemonset_command_is_accepted_by_cachenode_serve(values):
     assert p["ucx"] == v["ucx"]["enabled"]
     assert p["allow"] == tuple(v["allow"])
     if values == NON_DEFAULT:
-        assert p["max_egress"] == "25Gbit" and p["link_speed"] == "200Gbit" and p["origin_retries"] == 6
+        assert p["max_rate"] == parse_rate("25Gbit") and p["link_speed"] == parse_rate("200Gbit")
+        assert p["origin_retries"] == 6
         assert {"UCX_TLS", "UCX_NET_DEVICES", "CACHENODE_NODE_TOKEN"} <= env_names
         assert container["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"]
 

@@ -17,47 +17,81 @@ GiB = 1024**3
 
 @dataclass(frozen=True)
 class NodeConfig:
-    """Everything a cache node needs; click options and env vars map onto these fields."""
+    """Everything a cache node needs; `cachenode serve`'s options are made from these fields
+    (cachenode/options.py), and env vars stand in for some of them (cachenode/env.py)."""
 
-    host: str = "127.0.0.1"
-    port: int = 8470
-    cache_dir: str = os.path.expanduser("~/.cache/cachenode")
-    memory_bytes: int = 2 * GiB
-    disk_bytes: int = 50 * GiB
-    block_size: int = DEFAULT_BLOCK_SIZE
-    # "account/container", "account/*" or "file:///dir/"; empty = every container of the
-    # configured account (the only account a node holds credentials for) and no local files.
-    allow: tuple[str, ...] = ()
-    token: str | None = None
+    host: str = field(default="127.0.0.1", metadata={
+        "option": "--host",
+        "help": "Address to listen on. Binding beyond loopback requires a cluster token."})
+    port: int = field(default=8470, metadata={"option": "--port", "help": "Port; 0 picks a free one."})
+    cache_dir: str = field(default=os.path.expanduser("~/.cache/cachenode"), metadata={
+        "option": "--cache-dir", "kind": "dir", "env": "CACHENODE_CACHE_DIR", "help": "Disk tier directory."})
+    memory_bytes: int = field(default=2 * GiB, metadata={
+        "option": "--memory", "kind": "size", "help": "Memory tier budget."})
+    disk_bytes: int = field(default=50 * GiB, metadata={
+        "option": "--disk", "kind": "size", "help": "Disk tier budget."})
+    block_size: int = field(default=DEFAULT_BLOCK_SIZE, metadata={
+        "option": "--block-size", "kind": "size",
+        "help": "Block size; every node and loader of a cluster uses the node's."})
+    allow: tuple[str, ...] = field(default=(), metadata={
+        "option": "--allow", "metavar": "ACCOUNT/CONTAINER",
+        "help": "Sources this node serves: account/container, account/*, or file:///dir. Repeatable. "
+                "Default: every container of the configured account, no local files."})
+    token: str | None = field(default=None, metadata={
+        "option": "--token", "env": "CACHENODE_TOKEN", "help": "Cluster token clients must send."})
     # Secret of node-to-node (forwarded) requests; derived from the cluster token if not given.
     # Give it only to nodes (not loaders) to keep loaders from claiming node traffic at all.
-    node_token: str | None = None
-    azure: AzureCredentials = field(default_factory=AzureCredentials)
-    origin_retries: int = 4
+    node_token: str | None = field(default=None, metadata={
+        "option": "--node-token", "env": "CACHENODE_NODE_TOKEN", "default_text": "derived from the cluster token",
+        "help": "Secret for node-to-node (forwarded) requests; give it to nodes only."})
+    azure: AzureCredentials = field(default_factory=AzureCredentials, metadata={"nested": True})
+    origin_retries: int = field(default=4, metadata={
+        "option": "--origin-retries", "range": (0, 20),
+        "help": "Retries (with exponential backoff) on origin 5xx, throttling and connection errors."})
     origin_backoff: float = 0.25
-    # Seconds one origin call (stat, list, a block's read, retries included) may take: below
-    # the loaders' peer timeout, so a hung origin is reported by name, not as a silent node.
-    origin_timeout: float = 8.0
-    # While the origin is unreachable, a stat answered from memory if at most this old (s):
-    # a warm cluster keeps serving what it holds through a short outage. 0 turns it off.
-    stale_stat: float = 600.0
-    # Cluster: members as URL or ID=URL entries, a file of them (re-read on change), or a DNS
-    # name:port whose A/AAAA records are the members. member_id defaults to host:port.
-    peers: tuple[str, ...] = ()
-    peers_file: str | None = None
-    peers_dns: str | None = None
-    member_id: str | None = None
-    advertise_url: str | None = None
-    peer_timeout: float = 10.0
+    stale_stat: float = field(default=600.0, metadata={
+        "option": "--stale-stat", "range": (0, 86400),
+        "help": "While the origin is unreachable, answer a file's stat from memory if at most this "
+                "many seconds old, so cached blocks stay readable through a short outage (0: off)."})
+    # Covers stat, list and a block's read: below the loaders' peer timeout, so a hung origin is
+    # reported by name, not as a silent node.
+    origin_timeout: float = field(default=8.0, metadata={
+        "option": "--origin-timeout", "range": (0.1, 3600),
+        "help": "Seconds one origin call (retries included) may take before the request fails "
+                "naming the origin; keep it below the loaders' peer timeout (10 s)."})
+    peers: tuple[str, ...] = field(default=(), metadata={
+        "option": "--peers", "metavar": "URL[,URL...]",
+        "help": "Cluster members: http://host:port or ID=http://host:port, comma-separated or repeated."})
+    peers_file: str | None = field(default=None, metadata={
+        "option": "--peers-file", "kind": "file",
+        "help": "File with one member per line; re-read when it changes."})
+    peers_dns: str | None = field(default=None, metadata={
+        "option": "--peers-dns", "metavar": "NAME:PORT",
+        "help": "DNS name whose A/AAAA records are the members (Kubernetes headless Service); "
+                "re-resolved every few seconds."})
+    member_id: str | None = field(default=None, metadata={
+        "option": "--member-id", "default_text": "host:port it is reached at",
+        "help": "This node's stable id in the cluster."})
+    advertise_url: str | None = field(default=None, metadata={
+        "option": "--advertise-url", "default_text": "the listen address",
+        "help": "URL other members use for this node."})
+    ucx: bool = field(default=False, metadata={
+        "option": "--ucx",
+        "help": "Also serve blocks over UCX (RDMA/InfiniBand, shared memory; pip install cachenode[ucx]). "
+                "UCX_TLS, UCX_NET_DEVICES etc. pass through to UCX."})
+    qos: QosConfig = field(default_factory=QosConfig, metadata={"nested": True})
+    peer_timeout: float = field(default=10.0, metadata={
+        "option": "--peer-timeout",
+        "help": "Seconds without progress before a peer transfer is abandoned for the next candidate."})
     health_interval: float = 1.0
-    # Connections: at most this many open at once (more are closed on accept), and one that
-    # sends no complete request for `idle_timeout` seconds (new or kept alive) is closed, so
-    # clients that connect and send nothing cannot use up the node's descriptors.
-    max_connections: int = 512
-    idle_timeout: float = 30.0
+    # Clients that connect and send nothing cannot use up the node's descriptors.
+    max_connections: int = field(default=512, metadata={
+        "option": "--max-connections", "range": (1, 65535),
+        "help": "Open HTTP connections at most; more are closed on accept."})
+    idle_timeout: float = field(default=30.0, metadata={
+        "option": "--idle-timeout", "range": (0.1, 3600),
+        "help": "Seconds a connection may stay without a complete request (new or kept alive)."})
     warm_concurrency: int = 4
-    ucx: bool = False  # also serve blocks over UCX (needs the `ucx` extra)
-    qos: QosConfig = field(default_factory=QosConfig)
 
     def forward_secret(self) -> str:
         """What a node sends to mark a request as forwarded by a node ("" without auth).

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from ..transport.wire import MAX_PIECES
@@ -26,10 +26,20 @@ log = logging.getLogger("cachenode.qos")
 
 @dataclass(frozen=True)
 class QosConfig:
-    max_rate: float | None = None     # bytes/s for all cache traffic (--max-egress)
-    link_speed: float | None = None   # bytes/s of the NIC; enables idle mode (--link-speed)
-    iface: str | None = None          # NIC to watch (--idle-iface); default: busiest non-loopback
-    headroom: float = 0.1             # fraction of the link never used by background traffic
+    """The governor's settings; the first four are `cachenode serve` options (cachenode/options.py)."""
+
+    max_rate: float | None = field(default=None, metadata={  # bytes/s
+        "option": "--max-egress", "kind": "rate", "help": "Cap for all cache traffic, e.g. 10Gbit or 1GB/s."})
+    link_speed: float | None = field(default=None, metadata={  # bytes/s
+        "option": "--link-speed", "kind": "rate",
+        "help": "NIC speed (e.g. 100Gbit): turns on idle mode, where background traffic (warming in, "
+                "background reads out) uses only what the other traffic on the link leaves free, each "
+                "direction on its own."})
+    iface: str | None = field(default=None, metadata={
+        "option": "--idle-iface", "default_text": "busiest non-loopback",
+        "help": "NIC whose byte counters idle mode watches."})
+    headroom: float = field(default=0.1, metadata={
+        "option": "--idle-headroom", "range": (0, 0.9), "help": "Fraction of the link background traffic never uses."})
     interval: float = 0.05            # seconds between counter samples
     window: float = 0.5               # seconds over which rates are measured
     min_share: float = 0.01           # background never stops completely (progress guarantee)

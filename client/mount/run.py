@@ -9,29 +9,18 @@ import os
 import shutil
 import signal
 import subprocess
-from dataclasses import dataclass
 from typing import Callable
 
 from cachenode.client.config import ClientConfig
 from cachenode.errors import CacheError
+
+from .config import MountConfig
 
 log = logging.getLogger(__name__)
 
 
 class MountError(CacheError, OSError):
     """The mountpoint cannot be used (missing, stale, busy) or FUSE is unavailable."""
-
-
-@dataclass(frozen=True)
-class MountConfig:
-    """What `cachenode mount` needs besides the loader's ClientConfig."""
-
-    mountpoint: str
-    sources: tuple[str, ...]
-    listing_ttl: float = 10.0      # seconds a listing (and the kernel's attributes) stay cached
-    readahead: int = 32 << 20      # kernel readahead for the mount (bytes); FUSE's default is 128 KiB
-    allow_other: bool = False      # let users other than the mounting one read it
-    max_tasks: int = 64            # FUSE requests served concurrently
 
 
 def _unescape(field: str) -> str:
