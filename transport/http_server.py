@@ -13,7 +13,7 @@ from cachenode.source import SourceRef
 
 from . import wire
 from .http_paced import send_background
-from .http_sendall import send_block_body
+from .http_sendall import send_block_body, send_file_body
 
 log = logging.getLogger("cachenode.http")
 
@@ -141,15 +141,16 @@ async def get_block(request: web.Request) -> web.StreamResponse:
     if wire.wants_background(q):
         return await send_background(request, service, req, args)
     block = await service.serve(req, **args)
-    headers = {wire.DIGEST_HEADER: block.digest, wire.TIER_HEADER: block.tier}
-    if block.data is not None:
+    try:
+        headers = {wire.DIGEST_HEADER: block.digest, wire.TIER_HEADER: block.tier}
         resp = web.StreamResponse(headers=headers)
         resp.content_type = "application/octet-stream"
-        await send_block_body(request, resp, block.data)
+        if block.data is not None:
+            await send_block_body(request, resp, block.data)
+        else:
+            # A verified disk block goes out with sendfile from the file the tier opened for
+            # us (evicted or not meanwhile); the client checks the digest end to end.
+            await send_file_body(request, resp, block.file, block.length)
         return resp
-    if block.path is None:
-        raise BadRequest("block has neither data nor file")  # unreachable by construction
-    # A verified disk block goes out with sendfile; the client checks the digest end to end.
-    resp = web.FileResponse(block.path, headers=headers)
-    resp.content_type = "application/octet-stream"
-    return resp
+    finally:
+        block.close()

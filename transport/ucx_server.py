@@ -97,9 +97,12 @@ class UcxServer:
                 await self.service.serve_background(req, begin=begin, write=send_piece, **args)
                 return
             block = await self.service.serve(req, **args)
-            data = block.data
-            if data is None:  # a verified disk block: no sendfile here, read it once
-                data = await asyncio.to_thread(block.read_file)
+            try:
+                data = block.data
+                if data is None:  # a verified disk block: no sendfile here, read it once
+                    data = await asyncio.to_thread(block.read_file)
+            finally:
+                block.close()  # the bytes are in `data`: the file may go
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             if began:
                 # Mid-body: the client waits for pieces we will not send; it gives up after its

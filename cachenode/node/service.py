@@ -115,14 +115,19 @@ class NodeService:
                     avoid: frozenset[str] = frozenset(), transport: str = "http",
                     background: bool = False) -> Block:
         """The block for `req`. A foreground block is accounted here and the caller sends it
-        right away; a background one is `serve_background`'s to send, in paced pieces."""
+        right away; a background one is `serve_background`'s to send, in paced pieces. The
+        caller closes the block once sent (a disk block holds its file open until then)."""
         m = self.node.metrics
         if transport == "ucx":
             m.ucx_requests.inc()
         block = await self._get_block(req, verify=verify, forwarded=forwarded, avoid=avoid,
                                       background=background)
         if not background:
-            await self.node.governor.foreground(block.length)
+            try:
+                await self.node.governor.foreground(block.length)
+            except BaseException:
+                block.close()  # never handed over: its file is ours to close
+                raise
             self.node.governor.own(block.length, "tx")
         m.served_bytes.inc(block.length)
         m.served_blocks.labels(block.tier).inc()
@@ -149,7 +154,10 @@ class NodeService:
         async with self.node.background_sends:
             block = await self.serve(req, verify=verify, forwarded=forwarded, avoid=avoid,
                                      transport=transport, background=True)
-            data = block.data if block.data is not None else await asyncio.to_thread(block.read_file)
+            try:
+                data = block.data if block.data is not None else await asyncio.to_thread(block.read_file)
+            finally:
+                block.close()
             governor = self.node.governor
             piece = governor.send_piece(block.length)
             await begin(block, piece)
