@@ -16,6 +16,7 @@ import aiohttp
 
 from ..blocks import Block, BlockRequest
 from ..errors import BadRequest, Forbidden, PeerUnavailable, Unauthorized
+from ..pauses import Pauses
 from ..placement import rank
 from ..routing import read_from_owners
 from ..source import SourceRef
@@ -47,6 +48,7 @@ class NodeService:
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, object] = {}
         self.transports: dict[str, str] = {}  # besides HTTP, e.g. {"ucx": worker address}
+        self.pauses = Pauses()  # owners that failed a forward: the loaders' back-off rule
 
     async def start(self) -> None:
         await self.node.start()
@@ -100,6 +102,10 @@ class NodeService:
     def client_gone(self) -> None:
         """A client hung up mid-response: counted, not an error."""
         self.node.metrics.client_disconnects.inc()
+
+    def refused(self, kind: str) -> None:
+        """A request the transport itself refused (e.g. an unknown path), counted by kind."""
+        self.node.metrics.errors.labels(kind).inc()
 
     def failed(self, exc: Exception) -> tuple[int, dict]:
         """(status, error body) for a failed request, counted by kind."""
@@ -188,16 +194,17 @@ class NodeService:
             return None
 
         def on_down(member_id: str, exc: Exception) -> None:
+            # Paused (the loaders' rule, in read_from_owners), not marked down: the health
+            # checks decide membership; one failed forward must not drop an owner for long.
             self.node.metrics.errors.labels("peer").inc()
-            self.membership.mark_down(member_id)
 
         # The forwarded block's buffer counts like a fill's; released before any local fill,
         # which takes a slot of its own.
         async with self.node.fill_slots(background):
             buf = bytearray(length)
-            got = await read_from_owners(req, memoryview(buf), owners, self._channel, set(avoid),
-                                         forwarded=self._forward_secret or "1", background=background,
-                                         on_down=on_down)
+            got = await read_from_owners(req, memoryview(buf), owners, self._channel, self.pauses,
+                                         avoid=avoid, forwarded=self._forward_secret or "1",
+                                         background=background, on_down=on_down)
         if got is None:
             return None
         self.node.metrics.forwarded.inc()
