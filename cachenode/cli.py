@@ -114,7 +114,8 @@ def main(log_level: str) -> None:
 @click.option("--peer-timeout", default=10.0, show_default=True, type=float,
               help="Seconds without progress before a peer transfer is abandoned for the next candidate.")
 @click.option("--max-connections", default=512, show_default=True, type=click.IntRange(1, 65535),
-              help="Open HTTP connections at most; more are closed on accept.")
+              help="Open HTTP connections at most (lowered to fit the descriptor limit); when full, the "
+                   "longest-silent connection without a request in progress is closed for a new one.")
 @click.option("--idle-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds a connection may stay without a complete request (new or kept alive).")
 def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, token, token_file,

@@ -39,6 +39,9 @@ class NodeMetrics:
         self.errors = Counter("cachenode_errors", "Requests that failed", ["kind"], registry=r)
         self.stale_stats = Counter("cachenode_stale_stats", "Stats answered from memory while the origin was "
                                    "unreachable", registry=r)
+        self.connections_shed = Counter(
+            "cachenode_connections_shed", "Silent connections closed at the connection cap to admit new ones",
+            registry=r)
         self.client_disconnects = Counter("cachenode_client_disconnects", "Clients that hung up mid-response",
                                           registry=r)
         self.memory_used = Gauge("cachenode_memory_used_bytes", "Bytes in the memory tier", registry=r)
