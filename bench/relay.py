@@ -52,7 +52,16 @@ class Relay:
     def stop(self) -> None:
         if self._thread is None:
             return
-        self._loop.call_soon_threadsafe(self._server.close)
+        async def shut() -> None:
+            # Connections still piped (a client's keep-alive) end here, so no coroutine is
+            # left to a closed loop (its "Event loop is closed" at garbage collection).
+            self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shut(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._thread = None

@@ -2,7 +2,7 @@
 
 from .errors import (
     BadRequest, BlockCorrupt, CacheError, Forbidden, InvalidSource, OriginUnavailable,
-    PeerUnavailable, SourceChanged, SourceNotFound, Unauthorized,
+    PeerUnavailable, SourceChanged, SourceNotFound, Unauthorized, UnexpectedReply,
 )
 
 __version__ = "0.1.0"
@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 __all__ = [
     "open", "aopen", "warm", "Client", "AsyncClient", "ClientConfig", "CacheError", "InvalidSource", "SourceChanged",
     "SourceNotFound", "Forbidden", "Unauthorized", "OriginUnavailable", "PeerUnavailable",
-    "BlockCorrupt", "BadRequest",
+    "BlockCorrupt", "BadRequest", "UnexpectedReply",
 ]
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, field
+from typing import BinaryIO, Callable
 
 import xxhash
 
@@ -59,18 +61,36 @@ def fill_payload(ref: SourceRef, info: ObjectInfo, block_size: int, indices: lis
 
 @dataclass(frozen=True)
 class Block:
-    """A block ready to send: bytes in memory, or a verified file to sendfile."""
+    """A block ready to send: bytes in memory, or an open, verified file to sendfile.
+
+    A file block holds its file open (`file`) from the moment the tier hands it out: the tier
+    may evict and unlink the file meanwhile (another fill needs the room), and the open file
+    keeps its bytes readable until the block is closed. Whoever sends a block closes it
+    (`close()`, idempotent), which also releases the tier's hold on those bytes.
+    """
 
     length: int
     digest: str
     tier: str
     data: bytes | bytearray | None = None
-    path: str | None = None
+    file: BinaryIO | None = None
+    release: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
     def read_file(self) -> bytes:
-        """The bytes of a file block, read once (where sendfile cannot be used)."""
-        with open(self.path, "rb") as f:
-            return f.read()
+        """The bytes of a file block, read once (where sendfile cannot be used); positional, so
+        it never moves the file's offset."""
+        assert self.file is not None
+        out = os.pread(self.file.fileno(), self.length, 0)
+        if len(out) != self.length:
+            raise OSError(f"cached block file is {len(out)} bytes, expected {self.length}")
+        return out
+
+    def close(self) -> None:
+        """Done with the block: close its file and release the tier's hold (no-op for memory)."""
+        if self.file is not None and not self.file.closed:
+            self.file.close()
+            if self.release is not None:
+                self.release()
 
 
 def check_block_size(block_size: int) -> int:

@@ -40,6 +40,11 @@ class PeerUnavailable(CacheError, ConnectionError):
     """A cache node could not be reached, or dropped a transfer half way."""
 
 
+class UnexpectedReply(PeerUnavailable):
+    """A cache node answered in a way the loader does not expect (an internal error, an unknown
+    status or a malformed response): said with what came back, and that member is tried later."""
+
+
 class BlockCorrupt(CacheError, OSError):
     """Block bytes did not match their xxh3-128 digest."""
 

@@ -6,7 +6,8 @@ import logging
 from typing import Callable, Iterable, Protocol
 
 from .blocks import BlockRequest
-from .errors import BlockCorrupt, PeerUnavailable
+from .errors import BlockCorrupt, CacheError, PeerUnavailable
+from .pauses import Pauses
 
 log = logging.getLogger("cachenode.routing")
 
@@ -22,33 +23,49 @@ class Channel(Protocol):
 
 
 async def read_from_owners(req: BlockRequest, dest: memoryview, candidates: Iterable[str],
-                           channel: Callable[[str], Channel], down: set[str], *,
-                           forwarded: str | None = None, background: bool = False,
+                           channel: Callable[[str], Channel], pauses: Pauses, *,
+                           avoid: frozenset[str] = frozenset(), forwarded: str | None = None,
+                           background: bool = False,
                            on_down: Callable[[str, Exception], None] | None = None) -> tuple[str, str] | None:
     """Read `req` into `dest` from the first candidate (in rank order) that serves it.
 
-    A member that fails or sends a corrupt block twice is added to `down` (the caller's avoid
-    list, also sent along so the receiver does not forward into the same stall) and the next is
-    tried; each one overwrites all of `dest`. A corrupt block is asked for once more with
-    `verify`, so the node re-checks its copy (and drops and refetches a bad one). Returns
-    (tier, digest), or None when every candidate failed (the caller then serves it itself, or
-    reads the origin).
+    Members in `avoid` are skipped, and so are paused ones (see Pauses: a member that failed
+    sits out a short, growing pause, then gets one probe). A member that fails, or sends a
+    corrupt block twice, is paused and the next is tried; each one overwrites all of `dest`.
+    The receiver is told which members to avoid, so it does not forward into the same stall.
+    A corrupt block is asked for once more with `verify`, so the node re-checks its copy (and
+    drops and refetches a bad one). A member that answers with an error of ours (the source
+    changed, forbidden, ...) is alive: that error is the answer. Returns (tier, digest), or
+    None when every candidate failed (the caller then serves it itself, or reads the origin).
     """
     for member_id in candidates:
-        if member_id in down:
+        if member_id in avoid or not pauses.admit(member_id):
             continue
+        probe = pauses.is_paused(member_id)
+        told = tuple(sorted(avoid | pauses.paused()))
+        verdict = False
         try:
             ch = channel(member_id)
             try:
-                return await ch.read_block(req, dest, forwarded=forwarded, avoid=tuple(down),
-                                           background=background)
+                got = await ch.read_block(req, dest, forwarded=forwarded, avoid=told, background=background)
             except BlockCorrupt:
-                return await ch.read_block(req, dest, verify=True, forwarded=forwarded, avoid=tuple(down),
-                                           background=background)
+                got = await ch.read_block(req, dest, verify=True, forwarded=forwarded, avoid=told,
+                                          background=background)
+            verdict = True
+            pauses.succeeded(member_id)
+            return got
         except (PeerUnavailable, BlockCorrupt) as exc:
-            log.warning("block %d of %s from %s: %s; trying the next member", req.index, req.ref,
-                        member_id, exc)
-            down.add(member_id)
+            verdict = True
+            pauses.failed(member_id, probe=probe)
+            log.warning("block %d of %s from %s: %s; trying the next member (%s paused for %.1f s)",
+                        req.index, req.ref, member_id, exc, member_id, pauses.pause_left(member_id))
             if on_down is not None:
                 on_down(member_id, exc)
+        except CacheError:
+            verdict = True
+            pauses.succeeded(member_id)  # it answered, with an error that is the answer
+            raise
+        finally:
+            if not verdict:
+                pauses.abandoned(member_id)  # cancelled mid-read: let the next request probe
     return None

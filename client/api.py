@@ -70,11 +70,18 @@ class AsyncClient:
                 if await route.read_block(req, dest):
                     return
                 self._bypass.warn(f"no cache node could serve block {index} of {ref}")
+            else:
+                self._bypass.warn(f"block {index} of {ref}: no cache node answered its open")
             await self._bypass.read_into(ref, info.etag, index * block_size, dest)
 
         reader = BlockReader(fetch, info.size, block_size, window=self.config.window,
                              readahead=self.config.readahead, on_bytes=on_bytes)
         return AsyncCacheFile(reader, url, info.etag, via)
+
+    @property
+    def bypass_count(self) -> int:
+        """Stats and blocks this client read from the origin directly, around the cluster."""
+        return self._bypass.count
 
     def digest_seconds(self) -> float:
         """Time this client's block channels have spent checking digests so far (LoadStats)."""

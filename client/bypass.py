@@ -28,6 +28,7 @@ class Bypass:
         self._origins = None
         self._azure: dict[tuple, object] = {}
         self._warned = False
+        self.count = 0  # blocks and stats read around the cluster by this client (each is logged)
         self.reason = "no cache node answered"  # why the last bypass happened, for its errors
 
     def _origin(self, ref: SourceRef):
@@ -47,7 +48,10 @@ class Bypass:
         return self._azure[key]
 
     def warn(self, reason: str) -> None:
+        """Count and log one read around the cluster (the first one also warns)."""
         self.reason = reason
+        self.count += 1
+        log.info("bypass #%d: %s; reading the origin directly", self.count, reason)
         if not self._warned:
             self._warned = True
             warnings.warn(f"cachenode: {reason}; reading the origin directly (bypass)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cachenode.blocks import BlockRequest
 from cachenode.errors import PeerUnavailable
+from cachenode.pauses import Pauses
 from cachenode.placement import Member, rank
 from cachenode.routing import Channel, read_from_owners
 from cachenode.transport.http_client import HttpNodeClient
@@ -13,17 +14,17 @@ from .config import ClientConfig
 
 
 class Route:
-    """The members a file's blocks go to, and the ones found dead during the file's life."""
+    """The members a file's blocks go to; members that fail are paused client-wide (Pauses)."""
 
-    def __init__(self, channels: Channels, members: list[Member]) -> None:
+    def __init__(self, channels: Channels, members: list[Member], pauses: Pauses) -> None:
         self._channels = channels
         self.members = {m.id: m for m in members}
-        self.down: set[str] = set()
+        self.pauses = pauses
 
     async def read_block(self, req: BlockRequest, dest: memoryview) -> bool:
         """Fill `dest` from the block's owner or the next in rank; False if none could."""
         healthy = [m.id for m in self.members.values() if m.healthy]
-        got = await read_from_owners(req, dest, rank(req.key, healthy), self.channel, self.down,
+        got = await read_from_owners(req, dest, rank(req.key, healthy), self.channel, self.pauses,
                                      background=self._channels.config.background)
         return got is not None
 
@@ -37,6 +38,9 @@ class Cluster:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self.channels = Channels(config)
+        # One pause book for every file of this client: a member that failed a read of one
+        # file sits out (briefly) for the others too, and is probed once, not once per file.
+        self.pauses = Pauses()
 
     def node(self, url: str) -> HttpNodeClient:
         """The HTTP client of one node (stat, list, members, fill)."""
@@ -67,7 +71,7 @@ class Cluster:
         return answer[0], answer[1]
 
     def route(self, members: list[Member]) -> Route:
-        return Route(self.channels, members)
+        return Route(self.channels, members, self.pauses)
 
     async def close(self) -> None:
         await self.channels.close()

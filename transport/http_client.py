@@ -9,12 +9,12 @@ from typing import Iterable
 import aiohttp
 
 from cachenode.blocks import BlockRequest, ObjectInfo
-from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
+from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable, UnexpectedReply
 from cachenode.placement import Member
 from cachenode.source import SourceRef
 
 from . import wire
-from .http_fastpath import ConnectFailed, FastBlockGetter
+from .http_fastpath import ConnectFailed, FastBlockGetter, UnexpectedFraming
 from .wire import AVOID_HEADER, DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, request_params
 
 
@@ -90,13 +90,18 @@ class HttpNodeClient:
                 patience=wire.BACKGROUND_PATIENCE if background else 0)
         except ConnectFailed as exc:  # down, restarting or unreachable: no transfer began
             raise PeerUnavailable(f"cache node {self.base_url} not reachable: {exc.__cause__!r}") from exc
+        except UnexpectedFraming as exc:
+            raise UnexpectedReply(f"cache node {self.base_url} sent an unexpected reply to block {req.index} "
+                                  f"of {req.ref}: {exc}") from exc
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
             raise PeerUnavailable(f"cache node {self.base_url} failed mid-transfer: {exc!r}") from exc
         if status != 200:
             try:
                 err = json.loads(bytes(body))
             except ValueError:
-                raise CacheError(f"cache node {self.base_url} answered {status}") from None
+                raise UnexpectedReply(f"cache node {self.base_url} answered block {req.index} of {req.ref} "
+                                      f"with HTTP {status} and a body that is not JSON: "
+                                      f"{bytes(body[:120])!r}") from None
             raise wire.error_from_body(err, f"node {self.base_url}")
         if body is not dest:
             raise BlockCorrupt(f"{self.base_url} sent {len(body)} bytes for the {len(dest)}-byte "
@@ -120,5 +125,6 @@ class HttpNodeClient:
             body = await r.json(content_type=None)
             return wire.error_from_body(body, f"node {self.base_url}")
         except (ValueError, aiohttp.ContentTypeError, AttributeError):
-            text = (await r.text())[:200]
-            return CacheError(f"cache node {self.base_url} answered {r.status}: {text}")
+            text = (await r.text(errors="replace"))[:200]
+            return UnexpectedReply(f"cache node {self.base_url} answered {r.method} {r.url.path} with "
+                                   f"HTTP {r.status} and a body that is not an error of ours: {text!r}")

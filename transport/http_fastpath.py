@@ -86,13 +86,13 @@ class _BlockProtocol(asyncio.BufferedProtocol):
             end = self._head.find(b"\r\n\r\n", 0, self._head_len)
             if end < 0:
                 if self._head_len == _HEADER_MAX:
-                    self._fail(ValueError("response header too large"))
+                    self._fail(UnexpectedFraming(f"a response header over {_HEADER_MAX} bytes"))
                 return
             if not self._parse_head(bytes(self._head[:end])):
                 return
             extra = self._head_len - (end + 4)
             if extra > r.length:
-                self._fail(ValueError("more bytes than Content-Length"))
+                self._fail(UnexpectedFraming(f"HTTP {r.status}: more bytes than its Content-Length {r.length}"))
                 return
             r.body[:extra] = self._head[end + 4:self._head_len]
             if r.hasher is not None:
@@ -108,17 +108,25 @@ class _BlockProtocol(asyncio.BufferedProtocol):
         r = self.resp
         lines = head.decode("latin-1").split("\r\n")
         try:
-            r.status = int(lines[0].split(" ", 2)[1])
+            version, code = lines[0].split(" ", 2)[:2]
+            if not version.startswith("HTTP/1.") or len(code) != 3:
+                raise ValueError(lines[0])
+            r.status = int(code)
         except (IndexError, ValueError):
-            self._fail(ValueError(f"bad status line {lines[0]!r}"))
+            self._fail(UnexpectedFraming(f"a bad status line {lines[0][:120]!r}"))
             return False
         for line in lines[1:]:
             k, _, v = line.partition(":")
             r.headers[k.strip().lower()] = v.strip()
-        if "content-length" not in r.headers:
-            self._fail(ValueError("response without Content-Length"))
+        try:
+            r.length = int(r.headers["content-length"])
+            if r.length < 0:
+                raise ValueError(r.length)
+        except (KeyError, ValueError):
+            what = r.headers.get("content-length")
+            self._fail(UnexpectedFraming(f"HTTP {r.status} {'without a Content-Length' if what is None else f'with Content-Length {what!r}'}"
+                                         f" (headers: {', '.join(sorted(r.headers))[:200]})"))
             return False
-        r.length = int(r.headers["content-length"])
         if r.status == 200 and r.length == len(r.dest):
             r.body = r.dest  # the kernel now writes the body straight into the caller's buffer
             r.hasher = xxhash.xxh3_128()
@@ -150,6 +158,11 @@ async def _progressing(resp: _Response, timeout: float, patience: int) -> None:
             seen = now
             if quiet >= patience:
                 raise
+
+
+class UnexpectedFraming(ValueError):
+    """The reply is not an HTTP response we can frame (bad status line, no Content-Length,
+    more bytes than announced, a header too large): says what came back."""
 
 
 class ConnectFailed(ConnectionError):

@@ -1,4 +1,4 @@
-"""Send an in-memory block body from its own buffer to the socket, with no user-space copy.
+"""Send a block body (an in-memory buffer, or an open block file) to the socket with no user-space copy.
 
 aiohttp on Python < 3.12.9 joins headers and body into one new bytes object, and asyncio's
 transport then copies whatever the socket does not take at once into its buffer: two copies of
@@ -51,3 +51,24 @@ async def send_block_body(request: web.Request, resp: web.StreamResponse, data: 
             transport.abort()  # the peer went away mid-body: the connection is unusable
             raise
     await resp.write_eof()  # nothing left to write: it only marks the response finished
+
+
+async def send_file_body(request: web.Request, resp: web.StreamResponse, file, length: int) -> None:
+    """Prepare `resp` and send `length` bytes of the open `file` from offset 0 as its body,
+    with sendfile where the loop offers it (aiohttp's FileResponse does the same, but opens a
+    path: a block file can be evicted between the lookup and that open)."""
+    resp.content_length = length
+    writer = await resp.prepare(request)
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("the client went away before the body")
+    if length:
+        try:
+            await asyncio.get_running_loop().sendfile(transport, file, 0, length)
+        except NotImplementedError:  # e.g. a TLS transport: read and write, 1 MiB at a time
+            for off in range(0, length, SEND_SLICE):
+                chunk = await asyncio.to_thread(os.pread, file.fileno(), min(SEND_SLICE, length - off), off)
+                if not chunk:
+                    raise OSError(f"block file ended at {off} of {length} bytes")
+                await writer.write(chunk)
+    await resp.write_eof()

@@ -13,7 +13,7 @@ from cachenode.source import SourceRef
 
 from . import wire
 from .http_paced import send_background
-from .http_sendall import send_block_body
+from .http_sendall import send_block_body, send_file_body
 
 log = logging.getLogger("cachenode.http")
 
@@ -25,6 +25,7 @@ class NodeApi(Protocol):
     async def close(self) -> None: ...
     def authorize(self, token: str | None) -> None: ...
     def failed(self, exc: Exception) -> tuple[int, dict]: ...
+    def refused(self, kind: str) -> None: ...
     def client_gone(self) -> None: ...
     async def serve(self, req: BlockRequest, *, verify: bool = False, forwarded: str | None = None,
                     avoid: frozenset[str] = frozenset(), transport: str = "http") -> Block: ...
@@ -80,7 +81,9 @@ async def _auth(request: web.Request, handler):
 async def _errors(request: web.Request, handler):
     try:
         return await handler(request)
-    except web.HTTPException:
+    except web.HTTPException as exc:
+        if exc.status >= 400:  # aiohttp's own refusals (no such path, wrong method): counted too
+            request.app[SERVICE_KEY].refused(f"http_{exc.status}")
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error with a status
         if (isinstance(exc, ConnectionError) and not isinstance(exc, CacheError)
@@ -141,15 +144,16 @@ async def get_block(request: web.Request) -> web.StreamResponse:
     if wire.wants_background(q):
         return await send_background(request, service, req, args)
     block = await service.serve(req, **args)
-    headers = {wire.DIGEST_HEADER: block.digest, wire.TIER_HEADER: block.tier}
-    if block.data is not None:
+    try:
+        headers = {wire.DIGEST_HEADER: block.digest, wire.TIER_HEADER: block.tier}
         resp = web.StreamResponse(headers=headers)
         resp.content_type = "application/octet-stream"
-        await send_block_body(request, resp, block.data)
+        if block.data is not None:
+            await send_block_body(request, resp, block.data)
+        else:
+            # A verified disk block goes out with sendfile from the file the tier opened for
+            # us (evicted or not meanwhile); the client checks the digest end to end.
+            await send_file_body(request, resp, block.file, block.length)
         return resp
-    if block.path is None:
-        raise BadRequest("block has neither data nor file")  # unreachable by construction
-    # A verified disk block goes out with sendfile; the client checks the digest end to end.
-    resp = web.FileResponse(block.path, headers=headers)
-    resp.content_type = "application/octet-stream"
-    return resp
+    finally:
+        block.close()

@@ -22,9 +22,10 @@ class UcxServer:
     process has exactly one loop, so this is where it lives.
     """
 
-    def __init__(self, service, receivers: int = 16) -> None:
+    def __init__(self, service, receivers: int = 16, max_endpoints: int | None = None) -> None:
         self.service = service  # the node service (http_server.NodeApi), the same as HTTP's
         self._receivers = receivers
+        self._max_endpoints = max_endpoints  # reply endpoints kept (the node's connection cap)
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
         self._pending = asyncio.Semaphore(BACKGROUND_PENDING)
@@ -32,7 +33,7 @@ class UcxServer:
 
     async def start(self) -> bytes:
         ucxx = self._ucxx = w.init_ucx()
-        self._eps = w.Endpoints(ucxx)
+        self._eps = w.Endpoints(ucxx, cap=self._max_endpoints)
         self.address = ucxx.get_worker_address().tobytes()
         self._tasks = [asyncio.ensure_future(self._serve()) for _ in range(self._receivers)]
         return self.address
@@ -74,7 +75,13 @@ class UcxServer:
             log.warning("UCX reply %d failed: %s", req_id, exc)
 
     async def _answer(self, req_id: int, reply_to: bytes, fields: dict) -> None:
-        ep = await self._eps.get(reply_to)
+        ep = await self._eps.acquire(reply_to)
+        try:
+            await self._answer_on(ep, req_id, reply_to, fields)
+        finally:
+            self._eps.release(reply_to)
+
+    async def _answer_on(self, ep, req_id: int, reply_to: bytes, fields: dict) -> None:
         began = False
         try:
             self.service.authorize(str(fields.get(wire.UCX_TOKEN) or "") or None)
@@ -97,9 +104,12 @@ class UcxServer:
                 await self.service.serve_background(req, begin=begin, write=send_piece, **args)
                 return
             block = await self.service.serve(req, **args)
-            data = block.data
-            if data is None:  # a verified disk block: no sendfile here, read it once
-                data = await asyncio.to_thread(block.read_file)
+            try:
+                data = block.data
+                if data is None:  # a verified disk block: no sendfile here, read it once
+                    data = await asyncio.to_thread(block.read_file)
+            finally:
+                block.close()  # the bytes are in `data`: the file may go
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             if began:
                 # Mid-body: the client waits for pieces we will not send; it gives up after its

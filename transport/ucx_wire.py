@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import struct
+from collections import OrderedDict
 
 from .wire import MAX_PIECES
+
+log = logging.getLogger("cachenode.ucx")
 
 REQUEST_SIZE = 8192
 HEADER_SIZE = 1024
@@ -103,12 +107,20 @@ class Endpoints:
 
     Error handling is off on both sides: UCX then uses shared memory/CMA lanes (measured ~3x
     faster here), and the setting must match on both ends or UCX refuses the endpoint.
+
+    With a `cap` (the node's side: one endpoint per client that ever asked), at most that many
+    are kept: a new one closes the least recently used endpoint that no reply is using, so a
+    flood of requests with ever new reply addresses cannot use up the node's descriptors.
     """
 
-    def __init__(self, ucxx) -> None:
+    def __init__(self, ucxx, cap: int | None = None) -> None:
         self._ucxx = ucxx
-        self._eps: dict[bytes, object] = {}
+        self._eps: OrderedDict[bytes, object] = OrderedDict()
+        self._busy: dict[bytes, int] = {}
         self._lock = asyncio.Lock()
+        self._cap = cap
+        self.shed = 0
+        self._closing: set[asyncio.Task] = set()
 
     async def get(self, address: bytes):
         ep = self._eps.get(address)
@@ -116,10 +128,52 @@ class Endpoints:
             async with self._lock:
                 ep = self._eps.get(address)
                 if ep is None:
+                    self._make_room()
                     addr = self._ucxx.get_ucx_address_from_buffer(address)
                     ep = await self._ucxx.create_endpoint_from_worker_address(addr, endpoint_error_handling=False)
                     self._eps[address] = ep
+        self._eps.move_to_end(address)
         return ep
+
+    async def acquire(self, address: bytes):
+        """`get`, and the endpoint is not shed until `release(address)`."""
+        self._busy[address] = self._busy.get(address, 0) + 1
+        try:
+            return await self.get(address)
+        except BaseException:
+            self.release(address)
+            raise
+
+    def release(self, address: bytes) -> None:
+        left = self._busy.get(address, 0) - 1
+        if left > 0:
+            self._busy[address] = left
+        else:
+            self._busy.pop(address, None)
+
+    def _make_room(self) -> None:
+        if self._cap is None:
+            return
+        for address in list(self._eps):
+            if len(self._eps) < self._cap:
+                return
+            if self._busy.get(address):
+                continue
+            ep = self._eps.pop(address)
+            self.shed += 1
+            if self.shed == 1:
+                log.warning("UCX endpoint cap %d reached: closing the least recently used endpoints that "
+                            "no reply is using", self._cap)
+            task = asyncio.ensure_future(_close(ep))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def forget(self, address: bytes) -> None:
         self._eps.pop(address, None)
+
+
+async def _close(ep) -> None:
+    try:
+        await ep.close()
+    except Exception as exc:  # noqa: BLE001 - an endpoint to a peer that is gone
+        log.debug("closing a shed UCX endpoint: %s", exc)

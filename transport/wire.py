@@ -9,7 +9,7 @@ from cachenode.blocks import (
 )
 from cachenode.errors import (
     BadRequest, BlockCorrupt, CacheError, Forbidden, InvalidSource, OriginUnavailable,
-    SourceChanged, SourceNotFound, Unauthorized,
+    SourceChanged, SourceNotFound, Unauthorized, UnexpectedReply,
 )
 from cachenode.placement import Member
 from cachenode.source import SourceRef
@@ -75,7 +75,7 @@ def error_body(exc: Exception) -> tuple[int, dict]:
 def error_from_body(body, where: str) -> CacheError:
     """Our error for an error body a node sent (`where` names the node and transport)."""
     if not isinstance(body, dict):
-        return CacheError(f"{where} answered with a malformed error")
+        return UnexpectedReply(f"{where} answered with a malformed error body: {str(body)[:200]!r}")
     return error_from_wire(str(body.get("error", "")), f"{body.get('message', '')} ({where})")
 
 
@@ -87,10 +87,12 @@ MAX_PIECES = 1 << 14
 
 
 def error_from_wire(name: str, message: str) -> CacheError:
+    """Our error for a wire error name; an internal or unknown one is an UnexpectedReply (the
+    member is at fault, not the request: the loader tries the next one)."""
     for cls, _, wire_name in ERRORS:
         if wire_name == name:
             return cls(message)
-    return CacheError(message)
+    return UnexpectedReply(f"unexpected reply, error {name or '(none)'!r}: {message}")
 
 
 def bearer(token: str | None) -> dict[str, str]:

@@ -33,7 +33,8 @@ class Node:
         self.config = config
         self.metrics = NodeMetrics()
         self.memory = MemoryTier(config.memory_bytes)
-        self.disk = DiskTier(os.path.join(config.cache_dir, "blocks"), config.disk_bytes)
+        self.disk = DiskTier(os.path.join(config.cache_dir, "blocks"), config.disk_bytes,
+                             on_held_eviction=self.metrics.disk_evicted_while_held.inc)
         if azure is None:
             from ..origin.azure import AzureOrigin
 
@@ -68,10 +69,14 @@ class Node:
                  self.disk.root, n, self.disk.used, self.disk.dropped)
         self._update_gauges()
 
-    async def close(self) -> None:
-        await self.governor.close()
+    async def flush_disk_writes(self) -> None:
+        """Wait for the disk writes started so far (shutdown; tests that need a block on disk)."""
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.governor.close()
+        await self.flush_disk_writes()
         await asyncio.to_thread(self.disk.close)
         await self.azure.close()
         await self.origins.close()
@@ -149,6 +154,7 @@ class Node:
     async def warm_block(self, req: BlockRequest) -> bool:
         """Make sure the block is cached here; True if it already was."""
         block = await self.get_block(req, background=True)
+        block.close()
         cached = block.tier != "origin"
         self.metrics.warm_blocks.labels("cached" if cached else "filled").inc()
         return cached
@@ -165,7 +171,11 @@ class Node:
         if entry is None:
             return None
         if entry.verified and not verify:
-            return Block(entry.length, entry.digest, "disk", path=entry.path)
+            opened = self.disk.open(key)
+            if opened is None:
+                return None
+            f, release = opened
+            return Block(entry.length, entry.digest, "disk", file=f, release=release)
         data = await self.disk.read_verified(key)
         if data is None:
             log.warning("dropped corrupt cached block %s", key)
@@ -182,7 +192,9 @@ class Node:
         # miss and this one starting, and the block must not be read from the origin twice.
         block = await self._lookup(key, False)
         if block is not None:
-            return block
+            # Every waiter of the flight gets this one Block: an open file would be closed
+            # by the first sender under the others, so hand out its bytes instead.
+            return await _in_memory(block)
         async with self.fill_slots(background):
             return await self._fill_now(origin, req, key, offset, length, background)
 
@@ -226,6 +238,7 @@ class Node:
     def _update_gauges(self) -> None:
         self.metrics.memory_used.set(self.memory.used)
         self.metrics.disk_used.set(self.disk.used)
+        self.metrics.disk_held_evicted.set(self.disk.held_evicted_bytes)
 
     def refresh_metrics(self) -> None:
         """Gauges read at scrape time."""
@@ -238,3 +251,14 @@ class Node:
         m.qos_throttled.set(g.throttled_seconds)
         for cls, n in g.bytes.items():
             m.qos_bytes.labels(cls).set(n)
+
+
+async def _in_memory(block: Block) -> Block:
+    """`block` with its bytes in memory (a file block is read and closed)."""
+    if block.file is None:
+        return block
+    try:
+        data = await asyncio.to_thread(block.read_file)
+    finally:
+        block.close()
+    return Block(block.length, block.digest, block.tier, data=data)

@@ -87,7 +87,8 @@ class NodeConfig:
     # Clients that connect and send nothing cannot use up the node's descriptors.
     max_connections: int = field(default=512, metadata={
         "option": "--max-connections", "range": (1, 65535),
-        "help": "Open HTTP connections at most; more are closed on accept."})
+        "help": "Open HTTP connections at most (lowered to fit the descriptor limit); when full, the "
+                "longest-silent connection without a request in progress is closed for a new one."})
     idle_timeout: float = field(default=30.0, metadata={
         "option": "--idle-timeout", "range": (0.1, 3600),
         "help": "Seconds a connection may stay without a complete request (new or kept alive)."})

@@ -21,6 +21,11 @@ class NodeMetrics:
         self.corrupt_blocks = Counter(
             "cachenode_corrupt_blocks", "Cached blocks whose digest did not match (dropped)", registry=r)
         self.disk_full = Counter("cachenode_disk_full", "Blocks not cached because the disk was full", registry=r)
+        self.disk_evicted_while_held = Counter(
+            "cachenode_disk_evicted_while_held", "Block files evicted while a send still held them open "
+            "(their bytes count against --disk until the send ends)", registry=r)
+        self.disk_held_evicted = Gauge("cachenode_disk_held_evicted_bytes",
+                                       "Bytes of evicted block files still open for a send", registry=r)
         self.ucx_requests = Counter("cachenode_ucx_requests", "Block requests received over UCX", registry=r)
         self.forwarded = Counter("cachenode_forwarded", "Block requests forwarded to their owner", registry=r)
         self.warm_blocks = Counter("cachenode_warm_blocks", "Blocks filled by warm requests", ["result"], registry=r)
@@ -34,6 +39,9 @@ class NodeMetrics:
         self.errors = Counter("cachenode_errors", "Requests that failed", ["kind"], registry=r)
         self.stale_stats = Counter("cachenode_stale_stats", "Stats answered from memory while the origin was "
                                    "unreachable", registry=r)
+        self.connections_shed = Counter(
+            "cachenode_connections_shed", "Silent connections closed at the connection cap to admit new ones",
+            registry=r)
         self.client_disconnects = Counter("cachenode_client_disconnects", "Clients that hung up mid-response",
                                           registry=r)
         self.memory_used = Gauge("cachenode_memory_used_bytes", "Bytes in the memory tier", registry=r)

@@ -16,6 +16,7 @@ import aiohttp
 
 from ..blocks import Block, BlockRequest
 from ..errors import BadRequest, Forbidden, PeerUnavailable, Unauthorized
+from ..pauses import Pauses
 from ..placement import rank
 from ..routing import read_from_owners
 from ..source import SourceRef
@@ -47,6 +48,7 @@ class NodeService:
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, object] = {}
         self.transports: dict[str, str] = {}  # besides HTTP, e.g. {"ucx": worker address}
+        self.pauses = Pauses()  # owners that failed a forward: the loaders' back-off rule
 
     async def start(self) -> None:
         await self.node.start()
@@ -101,6 +103,10 @@ class NodeService:
         """A client hung up mid-response: counted, not an error."""
         self.node.metrics.client_disconnects.inc()
 
+    def refused(self, kind: str) -> None:
+        """A request the transport itself refused (e.g. an unknown path), counted by kind."""
+        self.node.metrics.errors.labels(kind).inc()
+
     def failed(self, exc: Exception) -> tuple[int, dict]:
         """(status, error body) for a failed request, counted by kind."""
         status, body = wire.error_body(exc)
@@ -115,14 +121,19 @@ class NodeService:
                     avoid: frozenset[str] = frozenset(), transport: str = "http",
                     background: bool = False) -> Block:
         """The block for `req`. A foreground block is accounted here and the caller sends it
-        right away; a background one is `serve_background`'s to send, in paced pieces."""
+        right away; a background one is `serve_background`'s to send, in paced pieces. The
+        caller closes the block once sent (a disk block holds its file open until then)."""
         m = self.node.metrics
         if transport == "ucx":
             m.ucx_requests.inc()
         block = await self._get_block(req, verify=verify, forwarded=forwarded, avoid=avoid,
                                       background=background)
         if not background:
-            await self.node.governor.foreground(block.length)
+            try:
+                await self.node.governor.foreground(block.length)
+            except BaseException:
+                block.close()  # never handed over: its file is ours to close
+                raise
             self.node.governor.own(block.length, "tx")
         m.served_bytes.inc(block.length)
         m.served_blocks.labels(block.tier).inc()
@@ -149,7 +160,10 @@ class NodeService:
         async with self.node.background_sends:
             block = await self.serve(req, verify=verify, forwarded=forwarded, avoid=avoid,
                                      transport=transport, background=True)
-            data = block.data if block.data is not None else await asyncio.to_thread(block.read_file)
+            try:
+                data = block.data if block.data is not None else await asyncio.to_thread(block.read_file)
+            finally:
+                block.close()
             governor = self.node.governor
             piece = governor.send_piece(block.length)
             await begin(block, piece)
@@ -180,16 +194,17 @@ class NodeService:
             return None
 
         def on_down(member_id: str, exc: Exception) -> None:
+            # Paused (the loaders' rule, in read_from_owners), not marked down: the health
+            # checks decide membership; one failed forward must not drop an owner for long.
             self.node.metrics.errors.labels("peer").inc()
-            self.membership.mark_down(member_id)
 
         # The forwarded block's buffer counts like a fill's; released before any local fill,
         # which takes a slot of its own.
         async with self.node.fill_slots(background):
             buf = bytearray(length)
-            got = await read_from_owners(req, memoryview(buf), owners, self._channel, set(avoid),
-                                         forwarded=self._forward_secret or "1", background=background,
-                                         on_down=on_down)
+            got = await read_from_owners(req, memoryview(buf), owners, self._channel, self.pauses,
+                                         avoid=avoid, forwarded=self._forward_secret or "1",
+                                         background=background, on_down=on_down)
         if got is None:
             return None
         self.node.metrics.forwarded.inc()

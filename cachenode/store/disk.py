@@ -10,6 +10,7 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 from ..blocks import digest as block_digest
 
@@ -39,13 +40,20 @@ class DiskTier:
     moment the write starts, so the directory never holds more than `capacity`.
     """
 
-    def __init__(self, root: str, capacity: int) -> None:
+    def __init__(self, root: str, capacity: int, *, on_held_eviction: Callable[[], None] | None = None) -> None:
         self.root = root
         self.capacity = capacity
         self.used = 0
         self._index: OrderedDict[str, DiskEntry] = OrderedDict()
         self._tmp = os.path.join(root, "tmp")
         self.dropped = 0  # files removed at start: strangers, truncated
+        # Block files handed out open (path -> holders). Evicting one unlinks its name, but
+        # its bytes stay on the disk until the last holder closes it, so they stay counted
+        # in `used` until then (path -> length in `_held_evicted`).
+        self._holders: dict[str, int] = {}
+        self._held_evicted: dict[str, int] = {}
+        self.evicted_while_held = 0  # evictions of a file some transport was still sending
+        self._on_held_eviction = on_held_eviction
         # One writer thread at the lowest CPU priority. Writing a block into the page cache
         # costs this VM about 2 CPU-s per GB (fresh page-cache pages fault like fresh memory),
         # and a cold load's fills happen while the loader, the other nodes and the origin want
@@ -93,6 +101,39 @@ class DiskTier:
         if entry is not None:
             self._index.move_to_end(key)
         return entry
+
+    def open(self, key: str):
+        """(open file, release) of a cached block, or None if it is not (or no longer) here.
+
+        Opened synchronously on the event loop, so no eviction can come between the index
+        lookup and the open: from here the bytes stay readable until `release()`, evicted or
+        not. The caller closes the file, then calls `release` once.
+        """
+        entry = self.get(key)
+        if entry is None:
+            return None
+        try:
+            f = open(entry.path, "rb", buffering=0)
+        except OSError:  # removed behind our back (an operator, a full-disk cleanup)
+            self.discard(key)
+            return None
+        path = entry.path
+        self._holders[path] = self._holders.get(path, 0) + 1
+
+        def release() -> None:
+            left = self._holders[path] - 1
+            if left:
+                self._holders[path] = left
+                return
+            del self._holders[path]
+            self.used -= self._held_evicted.pop(path, 0)
+
+        return f, release
+
+    @property
+    def held_evicted_bytes(self) -> int:
+        """Bytes of evicted files still open for a send (counted in `used`)."""
+        return sum(self._held_evicted.values())
 
     async def read_verified(self, key: str) -> bytes | None:
         """The block's bytes if they match their digest; a corrupt file is dropped (None)."""
@@ -143,9 +184,18 @@ class DiskTier:
 
     def discard(self, key: str) -> None:
         entry = self._index.pop(key, None)
-        if entry is not None:
+        if entry is None:
+            return
+        if entry.path in self._holders:
+            # Still being sent: its bytes occupy the disk until the holder closes it.
+            # (Summed: the same name may have been written and evicted again meanwhile.)
+            self._held_evicted[entry.path] = self._held_evicted.get(entry.path, 0) + entry.length
+            self.evicted_while_held += 1
+            if self._on_held_eviction is not None:
+                self._on_held_eviction()
+        else:
             self.used -= entry.length
-            _unlink(entry.path)
+        _unlink(entry.path)
 
     def _evict(self, incoming: int) -> None:
         while self._index and self.used + incoming > self.capacity:

@@ -1,0 +1,121 @@
+"""A member that fails one request is paused, then probed and used again: not dropped for a file's life."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import cachenode
+from cachenode.bench.relay import Relay
+from cachenode.bench.services import free_port
+from cachenode.blocks import BlockRequest
+from cachenode.pauses import Pauses
+from cachenode.placement import rank
+from helpers import BS, TOKEN, metric
+
+
+class CutOnce(Relay):
+    """A relay that cuts the first response longer than `at` bytes mid-body, once (a node that
+    fails exactly one request mid-transfer); every other byte passes."""
+
+    def __init__(self, *args, at: int = BS // 2, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.at = at
+        self.cuts = 0
+
+    async def _handle(self, r, w):
+        try:
+            ur, uw = await asyncio.open_connection(*self.upstream, limit=self.chunk)
+        except OSError:
+            w.close()
+            return
+        await asyncio.gather(self._pipe(r, uw), self._cutting(ur, w, uw))
+
+    async def _cutting(self, r, w, upstream_w) -> None:
+        sent = 0
+        try:
+            while data := await r.read(self.chunk):
+                if not self.cuts and sent + len(data) > self.at:
+                    self.cuts += 1
+                    w.write(data[:self.at - sent])
+                    await w.drain()
+                    w.transport.abort()
+                    upstream_w.transport.abort()
+                    return
+                sent += len(data)
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            w.close()
+
+
+def test_a_node_that_fails_one_request_still_serves_the_rest_of_the_load(blobs, nodes):
+    n = 24
+    data = os.urandom(n * BS)
+    url = blobs.put("pause.bin", data)
+    port_b = free_port()
+    with CutOnce("127.0.0.1", "127.0.0.1", port_b) as relay:
+        port_a = free_port()
+        peers = f"a=http://127.0.0.1:{port_a},b=http://127.0.0.1:{relay.port}"
+        b = nodes.start("--block-size", f"{BS}", "--member-id", "b", "--peers", peers,
+                        "--advertise-url", f"http://127.0.0.1:{relay.port}", port=port_b)
+        a = nodes.start("--block-size", f"{BS}", "--member-id", "a", "--peers", peers, port=port_a)
+        with cachenode.Client([a.url], TOKEN) as client:
+            deadline = time.monotonic() + 30
+            while sorted(m.id for m in client.members() if m.healthy) != ["a", "b"]:
+                assert time.monotonic() < deadline, "the members never saw each other"
+                time.sleep(0.2)
+            f = client.open(url)
+            ref = client.aclient.parse(url)
+            owner = [rank(BlockRequest(ref, f.etag, f.size, BS, i).key, ["a", "b"])[0] for i in range(n)]
+            of_b = [i for i in range(n) if owner[i] == "b"]
+            assert len(of_b) >= 4
+            buf = bytearray(BS)
+            f.seek(of_b[0] * BS)
+            assert f.readinto(buf) == BS and buf == data[of_b[0] * BS:(of_b[0] + 1) * BS]
+            assert relay.cuts == 1  # that read failed at b once, and was answered through a
+            assert metric(a, "cachenode_forwarded_total") == 1
+            time.sleep(1.3)  # b's pause (1 s) is over: the next of its blocks probes it
+            for i in of_b[1:]:  # one at a time: while the probe is out, others would go around
+                f.seek(i * BS)
+                assert f.readinto(buf) == BS and buf == data[i * BS:(i + 1) * BS]
+            f.seek(0)
+            assert f.read() == data
+            f.close()
+    # Every later block of b's came from b itself, none around it through a.
+    assert metric(a, "cachenode_forwarded_total") == 1
+
+
+def test_pauses_grow_with_failed_probes_and_end_with_a_good_one():
+    now = [0.0]
+    p = Pauses(clock=lambda: now[0])
+    assert p.admit("x")
+    p.failed("x", probe=False)
+    assert not p.admit("x") and p.paused() == {"x"}
+    p.failed("x", probe=False)  # a request in flight before the pause: no longer pause
+    now[0] = 0.99
+    assert not p.admit("x")
+    now[0] = 1.0
+    assert p.admit("x")  # the probe
+    assert not p.admit("x")  # one probe at a time
+    p.failed("x", probe=True)
+    now[0] = 2.9
+    assert not p.admit("x")  # 2 s now
+    now[0] = 3.0
+    assert p.admit("x")
+    p.abandoned("x")  # cancelled: no verdict, the next request probes
+    assert p.admit("x")
+    for _ in range(10):
+        p.failed("x", probe=True)
+        now[0] += 100
+        assert p.admit("x")
+    assert p.pause_left("x") == 0
+    p.failed("x", probe=True)
+    assert p.pause_left("x") == 30.0  # never longer than 30 s
+    now[0] += 30
+    assert p.admit("x")
+    p.succeeded("x")
+    assert p.admit("x") and p.admit("x") and not p.paused()
