@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from .flags import flag
 from .source import SourceRef
 
 
@@ -12,21 +13,16 @@ class AzureCredentials:
     """The ways Azure users already configure tools; the first one given wins.
 
     connection string > account key > SAS token > DefaultAzureCredential (azure-identity).
-    Field metadata makes `cachenode serve`'s options (cachenode/options.py).
+    The fields are also `cachenode serve`'s flags (cachenode/flags.py).
     """
 
-    connection_string: str | None = field(default=None, metadata={
-        "option": "--connection-string", "env": "AZURE_STORAGE_CONNECTION_STRING",
-        "help": "Azure Storage connection string."})
-    account_name: str | None = field(default=None, metadata={
-        "option": "--account-name", "env": "AZURE_STORAGE_ACCOUNT_NAME", "help": "Storage account."})
-    account_key: str | None = field(default=None, metadata={
-        "option": "--account-key", "env": "AZURE_STORAGE_ACCOUNT_KEY", "help": "Account key."})
-    sas_token: str | None = field(default=None, metadata={
-        "option": "--sas-token", "env": "AZURE_STORAGE_SAS_TOKEN", "help": "SAS token."})
-    endpoint: str | None = field(default=None, metadata={
-        "option": "--blob-endpoint", "env": "AZURE_STORAGE_BLOB_ENDPOINT",
-        "help": "Blob service URL, if not https://<account>.blob.core.windows.net."})
+    connection_string: str | None = flag(None, "--connection-string", "Azure Storage connection string.",
+                                         env="AZURE_STORAGE_CONNECTION_STRING")
+    account_name: str | None = flag(None, "--account-name", "Storage account.", env="AZURE_STORAGE_ACCOUNT_NAME")
+    account_key: str | None = flag(None, "--account-key", "Account key.", env="AZURE_STORAGE_ACCOUNT_KEY")
+    sas_token: str | None = flag(None, "--sas-token", "SAS token.", env="AZURE_STORAGE_SAS_TOKEN")
+    endpoint: str | None = flag(None, "--blob-endpoint", "Blob service URL, if not "
+                                "https://<account>.blob.core.windows.net.", env="AZURE_STORAGE_BLOB_ENDPOINT")
     use_default_credential: bool = True
 
     @property

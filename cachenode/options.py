@@ -1,17 +1,7 @@
 """Click options made from config dataclass fields: each option's help, type and default are the field's.
 
-A field becomes an option when its metadata names one:
-
-    budget: int = field(default=1 << 30, metadata={"option": "--budget", "kind": "size",
-                                                  "help": "Bytes kept in memory."})
-
-Metadata keys: `option` (the flag), `help` (a sentence), and optionally `kind` ("size", "rate",
-"dir", "file"), `range` ((low, high), inclusive), `metavar`, `required`, `env` (the variable that
-stands in for a missing flag, as cachenode/env.py reads it: the flag then has no default of its
-own), `default_text` (a default decided at run time, said in words). The option's parameter is
-the field's name; a tuple field is a repeatable option, a bool field a flag. A field whose
-metadata says {"nested": True} (its type a config dataclass) contributes that class's options in
-its place.
+Fields declare their flags with cachenode/flags.py (the metadata keys are described there); a
+`nested` field offers its own dataclass's options in its place.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from typing import Iterable
 from cachenode.blocks import DEFAULT_BLOCK_SIZE
 from cachenode.credentials import AzureCredentials
 from cachenode.env import Env, read_env, resolve_token
+from cachenode.flags import flag
 from cachenode.transport.registry import DEFAULT_PREFERENCE, parse_preference
 
 
@@ -17,10 +18,8 @@ class ClientConfig:
     (or CACHENODE_TOKEN_FILE), origin credentials (only used in bypass) to AZURE_STORAGE_*,
     transports to CACHENODE_TRANSPORTS."""
 
-    nodes: tuple[str, ...] = field(default=(), metadata={
-        "option": "--node", "env": "CACHENODE_NODES", "help": "Node URL."})
-    token: str | None = field(default=None, metadata={
-        "option": "--token", "env": "CACHENODE_TOKEN", "help": "Cluster token."})
+    nodes: tuple[str, ...] = flag((), "--node", "Node URL.", env="CACHENODE_NODES")
+    token: str | None = flag(None, "--token", "Cluster token.", env="CACHENODE_TOKEN")
     azure: AzureCredentials = field(default_factory=AzureCredentials)
     block_size: int = DEFAULT_BLOCK_SIZE  # only in bypass: through nodes, the node's block size
     window: int = 8          # blocks in flight per read

@@ -16,9 +16,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from ..flags import flag
 from ..transport.wire import MAX_PIECES
 
 log = logging.getLogger("cachenode.qos")
@@ -26,20 +27,18 @@ log = logging.getLogger("cachenode.qos")
 
 @dataclass(frozen=True)
 class QosConfig:
-    """The governor's settings; the first four are `cachenode serve` options (cachenode/options.py)."""
+    """The governor's settings; the first four are `cachenode serve` options (cachenode/flags.py)."""
 
-    max_rate: float | None = field(default=None, metadata={  # bytes/s
-        "option": "--max-egress", "kind": "rate", "help": "Cap for all cache traffic, e.g. 10Gbit or 1GB/s."})
-    link_speed: float | None = field(default=None, metadata={  # bytes/s
-        "option": "--link-speed", "kind": "rate",
-        "help": "NIC speed (e.g. 100Gbit): turns on idle mode, where background traffic (warming in, "
-                "background reads out) uses only what the other traffic on the link leaves free, each "
-                "direction on its own."})
-    iface: str | None = field(default=None, metadata={
-        "option": "--idle-iface", "default_text": "busiest non-loopback",
-        "help": "NIC whose byte counters idle mode watches."})
-    headroom: float = field(default=0.1, metadata={
-        "option": "--idle-headroom", "range": (0, 0.9), "help": "Fraction of the link background traffic never uses."})
+    max_rate: float | None = flag(None, "--max-egress", "Cap for all cache traffic, e.g. 10Gbit or 1GB/s.",
+                                  kind="rate")  # bytes/s
+    link_speed: float | None = flag(None, "--link-speed", "NIC speed (e.g. 100Gbit): turns on idle mode, where "
+                                    "background traffic (warming in, background reads out) uses only what the "
+                                    "other traffic on the link leaves free, each direction on its own.",
+                                    kind="rate")  # bytes/s
+    iface: str | None = flag(None, "--idle-iface", "NIC whose byte counters idle mode watches.",
+                             default_text="busiest non-loopback")
+    headroom: float = flag(0.1, "--idle-headroom", "Fraction of the link background traffic never uses.",
+                           range=(0, 0.9))
     interval: float = 0.05            # seconds between counter samples
     window: float = 0.5               # seconds over which rates are measured
     min_share: float = 0.01           # background never stops completely (progress guarantee)
