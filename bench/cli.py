@@ -300,12 +300,17 @@ def qos(link, transport, repeat, workdir, json_path) -> None:
               help="Loader threads reading through the cache at once.")
 @click.option("--chaos-every", default=6.0, show_default=True, type=click.FloatRange(1, 600),
               help="Seconds between chaos actions (a warm, a node SIGKILL+restart, an origin outage; in turn).")
+@click.option("--disk-pressure", is_flag=True,
+              help="Instead of chaos: nodes with --memory 0 and 8 MiB of disk for 4 MiB blocks (far below the "
+                   "checkpoints), no kills or outages; any bypass or error fails the run, and so does no "
+                   "eviction of a block file during a send.")
 @click.option("--workdir", type=click.Path(file_okay=False))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
-def soak(duration, loaders, chaos_every, workdir, json_path) -> None:
+def soak(duration, loaders, chaos_every, disk_pressure, workdir, json_path) -> None:
     """Chaos run: concurrent loaders against 3 nodes while nodes are SIGKILLed and restarted and
     the origin (Azurite) stops and starts. Fails unless every load was byte-exact or failed with
     a named error, node memory and cache dirs stayed within their budgets, and no descriptors leaked.
+    With --disk-pressure: the disk-pressure mode (see that option).
     """
     from .soak import check, run_soak
 
@@ -314,13 +319,15 @@ def soak(duration, loaders, chaos_every, workdir, json_path) -> None:
     def progress(log, left):
         o = log.outcomes
         click.echo(f"{max(0, left):5.0f}s left: {o['ok']} ok, {o['named']} named errors, "
-                   f"{len(log.bad)} bad; chaos {dict(log.chaos)}")
+                   f"{len(log.bad)} bad, {log.bypasses} bypasses; chaos {dict(log.chaos)}")
 
-    r = run_soak(seconds, loaders=loaders, chaos_every=chaos_every, workdir=workdir, progress=progress)
+    r = run_soak(seconds, loaders=loaders, chaos_every=chaos_every, workdir=workdir, progress=progress,
+                 disk_pressure=disk_pressure)
     click.echo(f"{r['loads']} loads in {seconds:.0f}s: {r['outcomes']}; named errors {r['named_errors']}")
     for kind, text in r["error_examples"].items():
         click.echo(f"  e.g. {text}")
-    click.echo(f"chaos {r['chaos']}; cache dir peak {r['max_cache_dir_mib']} MiB (--disk {r['disk_budget_mib']} MiB)")
+    click.echo(f"chaos {r['chaos']}; cache dir peak {r['max_cache_dir_mib']} MiB (--disk {r['disk_budget_mib']} MiB); "
+               f"{r['bypasses']} bypasses; {r['evicted_while_sending']} block files evicted during a send")
     for x in r["incarnations"]:
         click.echo(f"  node {x['node']} pid {x['pid']}: idle {x['idle_rss_mib']} MiB, +{x['rss_over_idle_mib']} MiB "
                    f"peak (budget +{r['rss_budget_over_idle_mib']}), fds {x['fds_start']} -> {x['fds_end']}")

@@ -1,10 +1,15 @@
-"""`cachebench soak`: loaders, warms, node kills and origin outages in a loop; nothing wrong, lost or leaked.
+"""`cachebench soak`: loaders, warms, node kills and origin outages in a loop (or disk pressure); nothing wrong, lost or leaked.
 
 A bounded chaos run against a real cluster (3 node processes, Azurite). Loader threads read whole
 checkpoints and random ranges through the cache while a chaos thread SIGKILLs and restarts nodes,
 stops and restarts the origin, and warms blobs. Every load must return the uploaded bytes or fail
 with a named error (a `CacheError`); node memory, cache directories and descriptors are sampled
 throughout and checked against the budgets the nodes were given.
+
+`--disk-pressure` is the other mode: no kills, outages or warms, nodes with `--memory 0` and a
+disk budget far below the checkpoints, so blocks are evicted while they are being sent. There
+every load must succeed through the cluster: any bypass or error fails the run, and so does a
+run in which no block file was evicted during a send (the pressure was not real).
 """
 
 from __future__ import annotations
@@ -21,10 +26,14 @@ from pathlib import Path
 
 from cachenode.errors import CacheError
 
+from cachenode.node.metrics import scrape
+
 from .testbed import CONTAINER, testbed
 
 MiB = 1 << 20
 BLOCK, MEMORY, DISK = 1 * MiB, 48 * MiB, 64 * MiB
+# Disk pressure: 4 MiB blocks, two of them per node's disk, no memory tier.
+PRESSURE_BLOCK, PRESSURE_DISK = 4 * MiB, 8 * MiB
 # What a node may hold above its idle size: --memory, its fill slots (a quarter more for
 # background fills) and responses in flight, plus allocator/runtime slack (as tests/test_budgets.py).
 SLOTS = max(4, MEMORY // 4 // BLOCK)
@@ -69,6 +78,7 @@ class SoakLog:
     errors: Counter = field(default_factory=Counter)     # named errors, by type
     examples: dict[str, str] = field(default_factory=dict)  # the first message of each type
     bad: list[str] = field(default_factory=list)          # wrong bytes or unnamed errors
+    bypasses: int = 0                                     # reads that went around the cluster
     chaos: Counter = field(default_factory=Counter)
     max_disk: int = 0
     lives: list[Incarnation] = field(default_factory=list)
@@ -86,29 +96,34 @@ class SoakLog:
 
 
 def _load_once(rng: random.Random, blobs: dict[str, bytes], url_of, nodes: list[str], token: str,
-               log: SoakLog) -> None:
+               log: SoakLog, block: int = BLOCK) -> None:
     import torch
 
-    import cachenode
+    from cachenode.client.api import Client
     from cachenode.client.tensors import load_safetensors
 
     name = rng.choice(sorted(blobs))
     data = blobs[name]
     try:
-        if rng.random() < 0.3:
-            tensors = load_safetensors(url_of(name), nodes=nodes, token=token)
-            ref = _reference(data)
-            ok = tensors.keys() == ref.keys() and all(
-                torch.equal(_as_bytes(tensors[k]), _as_bytes(ref[k])) for k in ref)
-            del tensors
-        else:
-            start = rng.randrange(len(data))
-            n = rng.choice([1, 4096, BLOCK, 3 * BLOCK + 7, len(data)])
-            with cachenode.open(url_of(name), nodes=nodes, token=token) as f:
-                f.seek(start)
-                buf = bytearray(min(n, len(data) - start))
-                f.readinto(buf)
-            ok = bytes(buf) == data[start:start + len(buf)]
+        with Client(nodes, token) as client:
+            if rng.random() < 0.3:
+                tensors = load_safetensors(url_of(name), client=client)
+                ref = _reference(data)
+                ok = tensors.keys() == ref.keys() and all(
+                    torch.equal(_as_bytes(tensors[k]), _as_bytes(ref[k])) for k in ref)
+                del tensors
+            else:
+                start = rng.randrange(len(data))
+                if rng.random() < 0.5:  # whole blocks, straight into the buffer
+                    start -= start % block
+                n = rng.choice([1, 4096, block, 3 * block + 7, len(data)])
+                with client.open(url_of(name)) as f:
+                    f.seek(start)
+                    buf = bytearray(min(n, len(data) - start))
+                    f.readinto(buf)
+                ok = bytes(buf) == data[start:start + len(buf)]
+            with log.lock:
+                log.bypasses += client.aclient.bypass_count
         log.outcome("ok" if ok else "wrong", f"{name}: bytes differ")
     except CacheError as exc:
         log.outcome("named", f"{type(exc).__name__}: {exc}")
@@ -131,8 +146,9 @@ def _as_bytes(t):
 
 def run_soak(seconds: float, *, loaders: int = 3, n_blobs: int = 4, blob_mib: int = 12,
              chaos_every: float = 6.0, outage: float = 4.0, workdir: str | None = None,
-             seed: int = 0, progress=None) -> dict:
-    """Run the soak for `seconds`; returns its figures (see `check` for what must hold)."""
+             seed: int = 0, progress=None, disk_pressure: bool = False) -> dict:
+    """Run the soak for `seconds`; returns its figures (see `check` for what must hold).
+    `disk_pressure`: the disk-pressure mode (module docstring) instead of chaos."""
     import tempfile
 
     from cachenode.client.bypass import BypassWarning
@@ -149,8 +165,10 @@ def run_soak(seconds: float, *, loaders: int = 3, n_blobs: int = 4, blob_mib: in
             make_safetensors(path, blob_mib * MiB, seed=seed + i)
             upload(bed.azurite.connection_string, CONTAINER, f"soak/m{i}.safetensors", path)
             blobs[f"soak/m{i}.safetensors"] = path.read_bytes()
-        cluster = bed.cluster(3, "--block-size", str(BLOCK), "--memory", f"{MEMORY // MiB}MiB",
-                              "--disk", f"{DISK // MiB}MiB", "--idle-timeout", "2",
+        block, disk = (PRESSURE_BLOCK, PRESSURE_DISK) if disk_pressure else (BLOCK, DISK)
+        memory = 0 if disk_pressure else MEMORY
+        cluster = bed.cluster(3, "--block-size", str(block), "--memory", f"{memory // MiB}MiB",
+                              "--disk", f"{disk // MiB}MiB", "--idle-timeout", "2",
                               "--origin-timeout", "3")
         nodes, token = list(cluster.urls), bed.token  # updated in place if a node moves
         lives: dict[int, Incarnation] = {}
@@ -168,7 +186,7 @@ def run_soak(seconds: float, *, loaders: int = 3, n_blobs: int = 4, blob_mib: in
         def loader(k: int) -> None:
             r = random.Random(seed * 1000 + k)
             while not stop.is_set():
-                _load_once(r, blobs, bed.url, nodes, token, log)
+                _load_once(r, blobs, bed.url, nodes, token, log, block)
 
         def sample() -> None:
             for i, life in list(lives.items()):
@@ -189,7 +207,11 @@ def run_soak(seconds: float, *, loaders: int = 3, n_blobs: int = 4, blob_mib: in
         next_chaos = time.monotonic() + chaos_every
         while time.monotonic() < deadline:
             sample()
-            if time.monotonic() >= next_chaos:
+            if disk_pressure and time.monotonic() >= next_chaos:  # no chaos: only progress
+                next_chaos = time.monotonic() + chaos_every
+                if progress:
+                    progress(log, deadline - time.monotonic())
+            elif time.monotonic() >= next_chaos:
                 action = actions[log.chaos.total() % len(actions)]
                 log.chaos[action] += 1
                 _chaos(action, rng, cluster, bed, blobs, nodes, token, outage, born, sample)
@@ -205,10 +227,13 @@ def run_soak(seconds: float, *, loaders: int = 3, n_blobs: int = 4, blob_mib: in
         time.sleep(4)
         sample()
         for name in blobs:
-            _load_once(random.Random(0), {name: blobs[name]}, bed.url, nodes, token, log)
+            _load_once(random.Random(0), {name: blobs[name]}, bed.url, nodes, token, log, block)
         if any(t.is_alive() for t in threads):
             log.bad.append("a loader thread did not finish within 120 s of the end (hung load)")
-    return _figures(log, seconds)
+        held = sum(scrape(u, token).get("cachenode_disk_evicted_while_held_total", 0.0) for u in cluster.urls)
+    r = _figures(log, seconds, disk)
+    r.update(mode="disk-pressure" if disk_pressure else "chaos", evicted_while_sending=int(held))
+    return r
 
 
 def _chaos(action: str, rng: random.Random, cluster, bed, blobs, nodes, token, outage, born,
@@ -237,13 +262,14 @@ def _chaos(action: str, rng: random.Random, cluster, bed, blobs, nodes, token, o
             pass  # a warm racing a kill may fail; loads are what is checked
 
 
-def _figures(log: SoakLog, seconds: float) -> dict:
+def _figures(log: SoakLog, seconds: float, disk: int = DISK) -> dict:
     lives = [{"node": x.node, "pid": x.pid, "idle_rss_mib": round(x.idle_rss / MiB, 1),
               "rss_over_idle_mib": round(max(0, x.peak_rss - x.idle_rss) / MiB, 1),
               "fds_start": x.fds_start, "fds_end": x.fds_end} for x in log.lives]
     return {"seconds": seconds, "loads": sum(log.outcomes.values()), "outcomes": dict(log.outcomes),
             "named_errors": dict(log.errors), "error_examples": log.examples, "bad": log.bad[:20], "chaos": dict(log.chaos),
-            "max_cache_dir_mib": round(log.max_disk / MiB, 1), "disk_budget_mib": DISK // MiB,
+            "bypasses": log.bypasses,
+            "max_cache_dir_mib": round(log.max_disk / MiB, 1), "disk_budget_mib": disk // MiB,
             "rss_budget_over_idle_mib": RSS_OVER_IDLE // MiB, "incarnations": lives}
 
 
@@ -252,6 +278,13 @@ def check(r: dict) -> list[str]:
     broken = [f"bad load: {b}" for b in r["bad"]]
     if r["outcomes"].get("ok", 0) == 0:
         broken.append("no load succeeded")
+    if r.get("mode") == "disk-pressure":  # nothing fails here: every load is served by the cluster
+        if r.get("bypasses"):
+            broken.append(f"{r['bypasses']} reads bypassed the cluster")
+        for kind, n in r.get("named_errors", {}).items():
+            broken.append(f"{n} loads failed with {kind}: {r['error_examples'].get(kind, '')[:300]}")
+        if not r.get("evicted_while_sending"):
+            broken.append("no block file was evicted during a send: the pressure was not real")
     if r["max_cache_dir_mib"] > r["disk_budget_mib"]:
         broken.append(f"cache dir reached {r['max_cache_dir_mib']} MiB > --disk {r['disk_budget_mib']} MiB")
     for x in r["incarnations"]:

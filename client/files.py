@@ -10,6 +10,10 @@ from .iothread import LoopThread
 from .reader import BlockReader
 
 
+# readline reads this much at a time (sequential small reads come from the readahead).
+LINE_CHUNK = 64 * 1024
+
+
 def _new_position(pos: int, size: int, offset: int, whence: int) -> int:
     if whence == os.SEEK_SET:
         new = offset
@@ -61,6 +65,46 @@ class AsyncCacheFile:
         buf = bytearray(remaining if n is None or n < 0 else min(n, remaining))
         got = await self.readinto(buf)
         return bytes(buf[:got]) if got != len(buf) else bytes(buf)
+
+    async def readall(self) -> bytes:
+        return await self.read(-1)
+
+    async def readline(self, size: int | None = -1) -> bytes:
+        """Up to and including the next b"\n" (at most `size` bytes; None or < 0: no limit),
+        read a chunk at a time (never a byte at a time), the position left just after it."""
+        self._check()
+        limit = None if size is None or size < 0 else size
+        out = bytearray()
+        while limit is None or len(out) < limit:
+            chunk = await self.read(LINE_CHUNK if limit is None else min(LINE_CHUNK, limit - len(out)))
+            if not chunk:
+                break
+            end = chunk.find(b"\n") + 1
+            if end:
+                out += chunk[:end]
+                self._pos -= len(chunk) - end  # give back what follows the line
+                break
+            out += chunk
+        return bytes(out)
+
+    async def readlines(self, hint: int | None = -1) -> list[bytes]:
+        """Lines until EOF, or until they add up to `hint` bytes (io's rule)."""
+        lines, total = [], 0
+        while line := await self.readline():
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                break
+        return lines
+
+    def __aiter__(self) -> "AsyncCacheFile":
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         self._check()
@@ -114,6 +158,22 @@ class CacheFile(io.RawIOBase):
         n = self._loop.run(self._afile.read_at(self._afile.tell(), view))
         self._afile.seek(n, os.SEEK_CUR)
         return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        """io's read: None or a negative size reads to the end (in one parallel read)."""
+        if size is None or size < 0:
+            return self.readall()
+        return super().read(size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """io's readline (and so readlines and iteration), a chunk at a time, not a byte."""
+        self._checkClosed()
+        return self._loop.run(self._afile.readline(size))
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        """io.BytesIO's readlines (IOBase's C version stops one line later on a hint)."""
+        self._checkClosed()
+        return self._loop.run(self._afile.readlines(hint))
 
     def readall(self) -> bytes:
         """The rest of the file in one parallel read (use readinto to avoid the final copy)."""

@@ -9,6 +9,7 @@ from typing import AsyncIterator, Iterator
 import torch
 
 from .api import AsyncClient, Client
+from .config import ClientConfig
 from .files import AsyncCacheFile
 from .loadstats import LoadStats, Stopwatch
 from .prefault import prefault
@@ -220,10 +221,15 @@ def iter_safetensors(url: str, device: str | torch.device = "cpu", *, client: Cl
     """Yield (name, tensor) as soon as the blocks holding each tensor have arrived.
 
     The shape fits what inference servers take as a weights iterator; network, copy and the
-    device upload overlap.
+    device upload overlap. Bad options raise here, at the call, not at the first next().
     """
+    config = client_config(client, client_kwargs)
+    return _iterate(client, config, url, device, on_bytes)
+
+
+def _iterate(client: Client | None, config: ClientConfig | None, url: str, device, on_bytes):
     own = client is None
-    client = client or Client(**client_kwargs)
+    client = client or Client(config=config)  # made at the first next(): an unused iterator holds no thread
     agen = aiter_safetensors(client.aclient, url, device, on_bytes)
     try:
         while True:
@@ -237,13 +243,23 @@ def iter_safetensors(url: str, device: str | torch.device = "cpu", *, client: Cl
             client.close()
 
 
+def client_config(client: Client | None, kwargs: dict) -> ClientConfig | None:
+    """The one check of a loader function's client options: refused beside `client=` (they
+    would silently not apply: the client's own config does), else resolved (and so checked)
+    into the config of the private client the function makes."""
+    if client is not None:
+        if kwargs:
+            raise TypeError(f"{', '.join(sorted(kwargs))} configure a new client: pass them to the Client "
+                            f"you give as client=, or leave client= out")
+        return None
+    return ClientConfig.resolve(**kwargs)
+
+
 def with_client(client: Client | None, kwargs: dict, fn):
     """fn(client), with a private Client made from `kwargs` (and closed) if none is given."""
+    config = client_config(client, kwargs)
     own = client is None
-    if not own and kwargs:  # they would silently not apply: the client's own config does
-        raise TypeError(f"{', '.join(sorted(kwargs))} configure a new client: pass them to the Client "
-                        f"you give as client=, or leave client= out")
-    client = client or Client(**kwargs)
+    client = client or Client(config=config)
     try:
         return fn(client)
     finally:

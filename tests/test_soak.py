@@ -39,3 +39,22 @@ def test_the_soak_check_names_each_breach():
     assert "grew 101 MiB" in check(_result(incarnations=big))[0]
     leak = [{"node": 0, "pid": 7, "rss_over_idle_mib": 1, "fds_start": 10, "fds_end": 40}]
     assert check(_result(incarnations=leak)) == ["node 0 descriptors 10 -> 40"]
+
+
+def test_a_short_disk_pressure_soak_serves_everything_through_the_cluster(tmp_path):
+    out = tmp_path / "pressure.json"
+    r = subprocess.run([sys.executable, "-m", "cachenode.bench.cli", "soak", "--disk-pressure", "--duration", "20s",
+                        "--loaders", "6", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["mode"] == "disk-pressure" and res["chaos"] == {}
+    assert res["bypasses"] == 0 and res["named_errors"] == {} and res["outcomes"]["ok"] >= 20
+    assert res["evicted_while_sending"] > 0
+
+
+def test_the_disk_pressure_check_fails_on_any_bypass_error_or_no_pressure():
+    base = _result(mode="disk-pressure", bypasses=0, named_errors={}, error_examples={}, evicted_while_sending=3)
+    assert check(base) == []
+    assert check({**base, "bypasses": 2}) == ["2 reads bypassed the cluster"]
+    assert "1 loads failed with Forbidden" in check({**base, "named_errors": {"Forbidden": 1}})[0]
+    assert "pressure was not real" in check({**base, "evicted_while_sending": 0})[0]

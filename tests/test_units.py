@@ -293,3 +293,18 @@ def test_client_options_beside_a_given_client_are_refused_not_ignored():
 
     with pytest.raises(TypeError, match="background configure a new client"):
         with_client(object(), {"background": True}, lambda c: None)
+
+
+@pytest.mark.parametrize("call", ["load_safetensors", "iter_safetensors", "load_checkpoint"])
+def test_every_loader_function_checks_its_client_options_when_called(call):
+    """One check for all three: options beside client= are refused, unknown ones too, and the
+    generator says so at the call, not at its first next()."""
+    import cachenode.torch as ct
+    from cachenode.client.api import Client
+
+    fn = getattr(ct, call)
+    with Client(nodes=["http://127.0.0.1:9"], token="t") as c:
+        with pytest.raises(TypeError, match="background configure a new client"):
+            fn("az://models/m.safetensors", client=c, background=True)
+    with pytest.raises(TypeError, match="no_such_option"):
+        fn("az://models/m.safetensors", no_such_option=1)
