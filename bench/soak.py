@@ -24,9 +24,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cachenode.client.admin import scrape
 from cachenode.errors import CacheError
-
-from cachenode.node.metrics import scrape
 
 from .testbed import CONTAINER, testbed
 
