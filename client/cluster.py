@@ -7,6 +7,7 @@ from cachenode.errors import PeerUnavailable
 from cachenode.placement import Member, rank
 from cachenode.routing import Channel, read_from_owners
 from cachenode.transport.http_client import HttpNodeClient
+from cachenode.transport.registry import Registry
 
 from .channels import Channels
 from .config import ClientConfig
@@ -34,9 +35,9 @@ class Route:
 class Cluster:
     """Discovery: the first configured node that answers gives the member list."""
 
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, config: ClientConfig, registry: Registry | None = None) -> None:
         self.config = config
-        self.channels = Channels(config)
+        self.channels = Channels(config, registry)
 
     def node(self, url: str) -> HttpNodeClient:
         """The HTTP client of one node (stat, list, members, fill)."""

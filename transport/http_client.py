@@ -14,6 +14,7 @@ from cachenode.placement import Member
 from cachenode.source import SourceRef
 
 from . import wire
+from .base import ChannelOptions
 from .http_fastpath import ConnectFailed, FastBlockGetter
 from .wire import AVOID_HEADER, DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, request_params
 
@@ -122,3 +123,39 @@ class HttpNodeClient:
         except (ValueError, aiohttp.ContentTypeError, AttributeError):
             text = (await r.text())[:200]
             return CacheError(f"cache node {self.base_url} answered {r.status}: {text}")
+
+
+class HttpConnector:
+    """One owner's HTTP clients (a loader's, or a node's to its peers): one aiohttp session,
+    made on first use inside the running loop, and one client per node URL."""
+
+    def __init__(self, options: ChannelOptions) -> None:
+        self._options = options
+        self._session: aiohttp.ClientSession | None = None
+        self._clients: dict[str, HttpNodeClient] = {}
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The shared session (membership's health checks use it too)."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._options.connections_per_node)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return self._session
+
+    def channel(self, url: str, address: str | None = None) -> HttpNodeClient:
+        """The client of the node at `url` (HTTP needs no address beyond the URL)."""
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = HttpNodeClient(url, self._options.token, self.session,
+                                                         read_timeout=self._options.timeout)
+        return client
+
+    def digest_seconds(self) -> float:
+        return sum(c.digest_seconds for c in self._clients.values())
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
