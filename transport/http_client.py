@@ -15,6 +15,7 @@ from cachenode.source import SourceRef
 
 from . import wire
 from .base import ChannelOptions
+from .channel_table import ChannelTable
 from .http_fastpath import ConnectFailed, FastBlockGetter
 from .wire import AVOID_HEADER, DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, request_params
 
@@ -132,7 +133,7 @@ class HttpConnector:
     def __init__(self, options: ChannelOptions) -> None:
         self._options = options
         self._session: aiohttp.ClientSession | None = None
-        self._clients: dict[str, HttpNodeClient] = {}
+        self._clients: ChannelTable[HttpNodeClient] = ChannelTable("http")
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -144,18 +145,14 @@ class HttpConnector:
 
     def channel(self, url: str, address: str | None = None) -> HttpNodeClient:
         """The client of the node at `url` (HTTP needs no address beyond the URL)."""
-        client = self._clients.get(url)
-        if client is None:
-            client = self._clients[url] = HttpNodeClient(url, self._options.token, self.session,
-                                                         read_timeout=self._options.timeout)
-        return client
+        return self._clients.get(url, url, lambda: HttpNodeClient(url, self._options.token, self.session,
+                                                                  read_timeout=self._options.timeout))
 
     def digest_seconds(self) -> float:
-        return sum(c.digest_seconds for c in self._clients.values())
+        return self._clients.digest_seconds()
 
     async def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
+        self._clients.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

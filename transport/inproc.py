@@ -18,6 +18,7 @@ from cachenode.errors import BlockCorrupt, PeerUnavailable
 
 from . import wire
 from .base import ChannelOptions, NodeApi, ServerOptions
+from .channel_table import ChannelTable
 
 INPROC = "inproc"
 
@@ -145,18 +146,13 @@ class InprocConnector:
     def __init__(self, backend: InprocBackend, options: ChannelOptions) -> None:
         self._backend = backend
         self._options = options
-        self._channels: dict[str, InprocChannel] = {}
+        self._channels: ChannelTable[InprocChannel] = ChannelTable(INPROC)
 
     def channel(self, url: str, address: str | None = None) -> InprocChannel:
-        if address is None:
-            raise PeerUnavailable(f"cache node {url} advertises no in-process address")
-        ch = self._channels.get(address)
-        if ch is None:
-            ch = self._channels[address] = InprocChannel(self._backend, url, address, self._options)
-        return ch
+        return self._channels.get(url, address, lambda: InprocChannel(self._backend, url, address, self._options))
 
     def digest_seconds(self) -> float:
-        return sum(c.digest_seconds for c in self._channels.values())
+        return self._channels.digest_seconds()
 
     async def close(self) -> None:
-        self._channels.clear()
+        self._channels.close()

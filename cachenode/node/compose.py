@@ -82,7 +82,7 @@ def build_node(config: NodeConfig, *, registry: Registry | None = None, azure: O
     peers = registry.connector(TCP, ChannelOptions(token=config.token, timeout=config.peer_timeout,
                                                    connections_per_node=PEER_CONNECTIONS))
     assert isinstance(peers, HttpConnector)
-    service = NodeService(config, cache=cache, budgets=budgets, governor=governor, metrics=metrics,
+    service = NodeService(config=config, cache=cache, budgets=budgets, governor=governor, metrics=metrics,
                           membership=membership, peers=peers)
     return NodeParts(config, metrics, governor, budgets, memory, disk, azure, origins, cache, membership,
                      peers, service)

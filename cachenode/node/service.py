@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from ..blocks import Block, BlockRequest
@@ -30,6 +31,7 @@ from .qos import Governor
 log = logging.getLogger("cachenode.service")
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class NodeService:
     """Decides who answers a block request: the owner by rendezvous rank, else the fallbacks.
 
@@ -38,20 +40,20 @@ class NodeService:
     always served locally.
     """
 
-    def __init__(self, config: NodeConfig, *, cache: BlockCache, budgets: Budgets, governor: Governor,
-                 metrics: NodeMetrics, membership: Membership, peers: HttpConnector) -> None:
-        """The parts come from the composition root (compose.build_node), which also starts and
-        closes them: the service builds nothing and owns no lifetime."""
-        self.config = config
-        self.cache = cache
-        self.budgets = budgets
-        self.governor = governor
-        self.metrics = metrics
-        self.membership = membership
-        self.peers = peers
-        self._token = config.token or ""
-        self._forward_secret = config.forward_secret()
-        self._peer_timeout = config.peer_timeout
+    # Its parts, from the composition root (compose.build_node), which also starts and closes
+    # them: the service builds nothing and owns no lifetime.
+    config: NodeConfig
+    cache: BlockCache
+    budgets: Budgets
+    governor: Governor
+    metrics: NodeMetrics
+    membership: Membership
+    peers: HttpConnector  # channels to other nodes (forwards, warm fills), made by the registry
+
+    def __post_init__(self) -> None:
+        self._token = self.config.token or ""
+        self._forward_secret = self.config.forward_secret()
+        self._peer_timeout = self.config.peer_timeout
 
     def peer(self, url: str) -> HttpNodeClient:
         """The channel to another node (forwards, warm fills), made through the transport registry."""
