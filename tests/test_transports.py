@@ -13,12 +13,13 @@ from cachenode.blocks import block_count
 from cachenode.client.api import AsyncClient
 from cachenode.client.iothread import LoopThread
 from cachenode.credentials import AzureCredentials
-from cachenode.errors import BadRequest, Forbidden, OriginUnavailable, PeerUnavailable, SourceNotFound
+from cachenode.errors import BadRequest, BlockCorrupt, Forbidden, OriginUnavailable, PeerUnavailable, SourceNotFound
 from cachenode.node.config import NodeConfig
 from cachenode.node.daemon import NodeServer
+from cachenode.node.service import NodeService
 from cachenode.origin.file import FileOrigin
 from cachenode.placement import Member
-from cachenode.blocks import BlockRequest
+from cachenode.blocks import Block, BlockRequest
 from cachenode.source import parse_source
 from cachenode.transport.inproc import INPROC, InprocBackend
 from cachenode.transport.registry import default_registry
@@ -205,7 +206,7 @@ def test_a_node_that_is_not_listening_is_named_unreachable_not_failing_mid_trans
     import aiohttp
 
     from cachenode.bench.services import free_port
-    from cachenode.blocks import BlockRequest
+    from cachenode.blocks import Block, BlockRequest
     from cachenode.source import parse_source
     from cachenode.transport.http_client import HttpNodeClient
 
@@ -229,28 +230,53 @@ class _BrokenOrigin(FileOrigin):
         raise OriginUnavailable("injected: the origin went away")
 
 
-def test_a_fault_injected_by_subclassing_reaches_the_loader_as_over_the_wire(tmp_path, io_loop):
-    """In-process, deterministic: the node's real service and cache over a broken origin; the loader
-    gets the error the wire would give (502 origin_unavailable), counted by the node."""
+def _read_from_faulty_node(tmp_path, io_loop, **build):
+    """Block 1 of a local file read through the loader's in-process channel from an in-process
+    node built with `build` (its faults); (what the read raised, the node's metrics)."""
     root = tmp_path / "files"
-    root.mkdir()
-    (root / "m.bin").write_bytes(os.urandom(BS + 10))
+    root.mkdir(exist_ok=True)
+    (root / "m.bin").write_bytes(os.urandom(2 * BS))
     url = f"file://{root}/m.bin"
-    node = _InprocNode(tmp_path, None, io_loop, file=_BrokenOrigin([str(root)]),
-                       config={"allow": (f"file://{root}",)})
+    node = _InprocNode(tmp_path, None, io_loop, config={"allow": (f"file://{root}",)}, **build)
     client = AsyncClient(nodes=[node.url], token=TOKEN, transports=(INPROC, "tcp"), registry=node.registry)
 
     async def main():
-        st = await client.stat(url)
-        ch = client.cluster.channel((await client.members())[0])
-        _kind(INPROC, ch)
-        req = BlockRequest(parse_source(url), st["etag"], st["size"], st["block_size"], 1)
-        with pytest.raises(OriginUnavailable, match="injected"):
-            await ch.read_block(req, memoryview(bytearray(10)))
-        await client.close()
+        try:
+            st = await client.stat(url)
+            ch = client.cluster.channel((await client.members())[0])
+            _kind(INPROC, ch)
+            req = BlockRequest(parse_source(url), st["etag"], st["size"], st["block_size"], 1)
+            await ch.read_block(req, memoryview(bytearray(BS)))
+        except Exception as exc:  # noqa: BLE001 - the test looks at what it is
+            return exc
+        finally:
+            await client.close()
+        return None
 
     try:
-        io_loop.run(main())
-        assert node.server.parts.metrics.errors.labels("origin_unavailable")._value.get() == 1
+        return io_loop.run(main()), node.server.parts.metrics
     finally:
         node.stop(io_loop)
+
+
+def test_a_fault_injected_by_subclassing_reaches_the_loader_as_over_the_wire(tmp_path, io_loop):
+    """In-process, deterministic: the node's real service and cache over a broken origin; the loader
+    gets the error the wire would give (502 origin_unavailable), counted by the node."""
+    exc, metrics = _read_from_faulty_node(tmp_path, io_loop, file=_BrokenOrigin([str(tmp_path / "files")]))
+    assert isinstance(exc, OriginUnavailable) and "injected" in str(exc), repr(exc)
+    assert metrics.errors.labels("origin_unavailable")._value.get() == 1
+
+
+class _CorruptingService(NodeService):
+    """A node whose blocks leave with their first byte flipped (a bad disk or NIC, on a real node)."""
+
+    async def serve(self, req, **kwargs):
+        block = await super().serve(req, **kwargs)
+        data = bytearray(block.data if block.data is not None else block.read_file())
+        data[0] ^= 0xFF
+        return Block(block.length, block.digest, block.tier, data=data)
+
+
+def test_a_corrupt_block_from_a_subclassed_service_fails_the_channels_digest_check(tmp_path, io_loop):
+    exc, _ = _read_from_faulty_node(tmp_path, io_loop, service=_CorruptingService)
+    assert isinstance(exc, BlockCorrupt) and "failed its digest check" in str(exc), repr(exc)

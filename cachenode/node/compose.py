@@ -56,9 +56,10 @@ class NodeParts:
 
 
 def build_node(config: NodeConfig, *, registry: Registry | None = None, azure: Origin | None = None,
-               file: Origin | None = None) -> NodeParts:
-    """Every part of one node from its config (tests pass their own origins, or a registry that
-    also holds the in-process transport). Nothing is started: see NodeParts.start."""
+               file: Origin | None = None, service: type[NodeService] = NodeService) -> NodeParts:
+    """Every part of one node from its config. Tests may pass a registry that also holds the
+    in-process transport, and inject faults with subclasses of the real origins or service.
+    Nothing is started: see NodeParts.start."""
     registry = registry or default_registry()
     if azure is None:
         # Imported only when needed: the Azure SDK is slow to import, and tests may bring their own.
@@ -82,7 +83,7 @@ def build_node(config: NodeConfig, *, registry: Registry | None = None, azure: O
     peers = registry.connector(TCP, ChannelOptions(token=config.token, timeout=config.peer_timeout,
                                                    connections_per_node=PEER_CONNECTIONS))
     assert isinstance(peers, HttpConnector)
-    service = NodeService(config=config, cache=cache, budgets=budgets, governor=governor, metrics=metrics,
-                          membership=membership, peers=peers)
+    node_service = service(config=config, cache=cache, budgets=budgets, governor=governor, metrics=metrics,
+                           membership=membership, peers=peers)
     return NodeParts(config, metrics, governor, budgets, memory, disk, azure, origins, cache, membership,
-                     peers, service)
+                     peers, node_service)

@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 
-from ..origin import Origin
 from ..placement import Member
 from ..transport.base import Server, ServerOptions
 from ..transport.registry import TCP, Registry, default_registry
@@ -27,10 +26,11 @@ class NodeServer:
     the daemon. Serves HTTP, UCX with --ucx, and any other `serve` transports of its registry."""
 
     def __init__(self, config: NodeConfig, *, registry: Registry | None = None, serve: tuple[str, ...] = (),
-                 azure: Origin | None = None, file: Origin | None = None) -> None:
+                 **build) -> None:
+        """`build`: build_node's keywords (origins, a service subclass) for tests."""
         self.config = config
         self.registry = registry or default_registry()
-        self.parts = build_node(config, registry=self.registry, azure=azure, file=file)
+        self.parts = build_node(config, registry=self.registry, **build)
         self.service = self.parts.service
         self.membership = self.parts.membership
         # HTTP last: its URL is the node's identity, and what a loader may connect to first.
