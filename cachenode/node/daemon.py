@@ -33,7 +33,7 @@ class NodeServer:
         self.parts = build_node(config, registry=self.registry, **build)
         self.service = self.parts.service
         self.membership = self.parts.membership
-        # HTTP last: its URL is the node's identity, and what a loader may connect to first.
+        # HTTP last (as before): once a loader can reach the node, its other transports are up.
         self._names = (*(("ucx",) if config.ucx else ()), *serve, TCP)
         self._servers: list[Server] = []
         self.url = ""
