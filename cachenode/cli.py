@@ -163,9 +163,9 @@ def serve(host, port, cache_dir, memory_bytes, disk_bytes, block_size, allow, to
         qos=_qos(max_egress, link_speed, idle_iface, idle_headroom, idle_direction),
     )
     if ucx:
-        from .transport.registry import available
+        from .transport.registry import default_registry
 
-        if not available("ucx"):
+        if not default_registry().available("ucx"):
             raise click.UsageError("--ucx needs the ucxx package: pip install 'cachenode[ucx]'")
     from .node.daemon import CannotListen, serve_forever
 
