@@ -304,9 +304,11 @@ def qos(link, transport, repeat, workdir, json_path) -> None:
               help="Instead of chaos: nodes with --memory 0 and 8 MiB of disk for 4 MiB blocks (far below the "
                    "checkpoints), no kills or outages; any bypass or error fails the run, and so does no "
                    "eviction of a block file during a send.")
+@click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 8),
+              help="Cache nodes in the cluster (1: a loader has no other member to turn to).")
 @click.option("--workdir", type=click.Path(file_okay=False))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
-def soak(duration, loaders, chaos_every, disk_pressure, workdir, json_path) -> None:
+def soak(duration, loaders, chaos_every, disk_pressure, n_nodes, workdir, json_path) -> None:
     """Chaos run: concurrent loaders against 3 nodes while nodes are SIGKILLed and restarted and
     the origin (Azurite) stops and starts. Fails unless every load was byte-exact or failed with
     a named error, node memory and cache dirs stayed within their budgets, and no descriptors leaked.
@@ -322,7 +324,7 @@ def soak(duration, loaders, chaos_every, disk_pressure, workdir, json_path) -> N
                    f"{len(log.bad)} bad, {log.bypasses} bypasses; chaos {dict(log.chaos)}")
 
     r = run_soak(seconds, loaders=loaders, chaos_every=chaos_every, workdir=workdir, progress=progress,
-                 disk_pressure=disk_pressure)
+                 disk_pressure=disk_pressure, n_nodes=n_nodes)
     click.echo(f"{r['loads']} loads in {seconds:.0f}s: {r['outcomes']}; named errors {r['named_errors']}")
     for kind, text in r["error_examples"].items():
         click.echo(f"  e.g. {text}")

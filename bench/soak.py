@@ -145,7 +145,7 @@ def _as_bytes(t):
 
 def run_soak(seconds: float, *, loaders: int = 3, n_blobs: int = 4, blob_mib: int = 12,
              chaos_every: float = 6.0, outage: float = 4.0, workdir: str | None = None,
-             seed: int = 0, progress=None, disk_pressure: bool = False) -> dict:
+             seed: int = 0, progress=None, disk_pressure: bool = False, n_nodes: int = 3) -> dict:
     """Run the soak for `seconds`; returns its figures (see `check` for what must hold).
     `disk_pressure`: the disk-pressure mode (module docstring) instead of chaos."""
     import tempfile
@@ -166,7 +166,7 @@ def run_soak(seconds: float, *, loaders: int = 3, n_blobs: int = 4, blob_mib: in
             blobs[f"soak/m{i}.safetensors"] = path.read_bytes()
         block, disk = (PRESSURE_BLOCK, PRESSURE_DISK) if disk_pressure else (BLOCK, DISK)
         memory = 0 if disk_pressure else MEMORY
-        cluster = bed.cluster(3, "--block-size", str(block), "--memory", f"{memory // MiB}MiB",
+        cluster = bed.cluster(n_nodes, "--block-size", str(block), "--memory", f"{memory // MiB}MiB",
                               "--disk", f"{disk // MiB}MiB", "--idle-timeout", "2",
                               "--origin-timeout", "3")
         nodes, token = list(cluster.urls), bed.token  # updated in place if a node moves

@@ -90,9 +90,9 @@ def serve(token_file, no_auth, idle_direction, **params) -> None:
         "qos": _qos(config_values(QosConfig, params), idle_direction),
     })
     if config.ucx:
-        from .transport.registry import available
+        from .transport.registry import default_registry
 
-        if not available("ucx"):
+        if not default_registry().available("ucx"):
             raise click.UsageError("--ucx needs the ucxx package: pip install 'cachenode[ucx]'")
     from .node.daemon import CannotListen, serve_forever
 

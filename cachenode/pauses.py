@@ -69,6 +69,11 @@ class Pauses:
         if p is not None:
             p.probing = False
 
+    def briefly(self, member_id: str) -> bool:
+        """Paused after a single failure (no failed probe yet): worth waiting for."""
+        p = self._paused.get(member_id)
+        return p is not None and p.length <= self._first
+
     def is_paused(self, member_id: str) -> bool:
         return member_id in self._paused
 

@@ -8,6 +8,7 @@ from cachenode.blocks import BlockRequest, ObjectInfo
 from cachenode.errors import CacheError
 from cachenode.placement import Member
 from cachenode.source import SourceRef, parse_source
+from cachenode.transport.registry import Registry
 
 from .bypass import Bypass, BypassWarning
 from .cluster import Cluster
@@ -24,13 +25,14 @@ class AsyncClient:
     """Opens files through cache nodes; falls back to the origin ("bypass") when none answers.
 
     Bound to the event loop it is first used on. Arguments override the environment (see
-    ClientConfig); pass `config=` to give a whole ClientConfig instead.
+    ClientConfig); pass `config=` to give a whole ClientConfig instead. `registry`: the transports
+    to use (default HTTP and UCX; tests add the in-process one).
     """
 
     def __init__(self, nodes: Iterable[str] | None = None, token: str | None = None, *,
-                 config: ClientConfig | None = None, **kwargs) -> None:
+                 config: ClientConfig | None = None, registry: Registry | None = None, **kwargs) -> None:
         self.config = config or ClientConfig.resolve(nodes, token, **kwargs)
-        self.cluster = Cluster(self.config)
+        self.cluster = Cluster(self.config, registry)
         self._bypass = Bypass(self.config)
 
     @property

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import aiohttp
-
 from cachenode.placement import Member
-from cachenode.routing import Channel
+from cachenode.transport.base import ChannelOptions, ClientChannel, Connector
 from cachenode.transport.http_client import HttpNodeClient
-from cachenode.transport.registry import pick
+from cachenode.transport.registry import TCP, Registry, default_registry
 
 from .config import ClientConfig
 
@@ -17,56 +15,44 @@ log = logging.getLogger("cachenode.client")
 
 
 class Channels:
-    """Owns the loader's HTTP session, its HTTP clients (metadata always goes over HTTP) and its
-    UCX context and clients (made on first use: UCX is an accelerator, TCP always works)."""
+    """The loader's channels, made through the transport registry: HTTP ones (metadata always
+    goes over HTTP) and, made on first use, those of a faster transport both sides have (UCX is
+    an accelerator, TCP always works)."""
 
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, config: ClientConfig, registry: Registry | None = None) -> None:
         self.config = config
-        self._session: aiohttp.ClientSession | None = None
-        self._http: dict[str, HttpNodeClient] = {}
-        self._ucx_clients: dict[str, Channel] = {}
-        self._ucx = None
-        self._ucx_failed = False
+        self._registry = registry or default_registry()
+        self._options = ChannelOptions(token=config.token, timeout=config.peer_timeout, window=config.window,
+                                       connections_per_node=max(16, 2 * config.window))
+        self._connectors: dict[str, Connector] = {}
+        self._failed: set[str] = set()  # transports that could not start here: TCP from then on
 
-    def _http_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=max(16, 2 * self.config.window))
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        return self._session
+    def _connector(self, name: str) -> Connector:
+        connector = self._connectors.get(name)
+        if connector is None:
+            connector = self._connectors[name] = self._registry.connector(name, self._options)
+        return connector
 
     def http(self, url: str) -> HttpNodeClient:
-        client = self._http.get(url)
-        if client is None:
-            client = self._http[url] = HttpNodeClient(url, self.config.token, self._http_session(),
-                                                      read_timeout=self.config.peer_timeout)
-        return client
+        return self._connector(TCP).channel(url)
 
-    def for_member(self, member: Member) -> Channel:
+    def for_member(self, member: Member) -> ClientChannel:
         """The block channel to `member`, by the loader's transport preference."""
-        if pick(self.config.transports, member.transports) != "ucx" or self._ucx_failed:
+        name = self._registry.pick(self.config.transports, member.transports)
+        if name == TCP or name in self._failed:
             return self.http(member.url)
-        client = self._ucx_clients.get(member.id)
-        if client is None:
-            try:
-                from cachenode.transport.ucx_client import UcxContext, UcxNodeClient
-
-                self._ucx = self._ucx or UcxContext()
-                client = UcxNodeClient(member.url, member.transports["ucx"], self.config.token, self._ucx,
-                                       timeout=self.config.peer_timeout, max_outstanding=self.config.window)
-            except Exception as exc:  # noqa: BLE001 - UCX is an accelerator, TCP always works
-                log.warning("UCX unavailable (%s); using TCP", exc)
-                self._ucx_failed = True
-                return self.http(member.url)
-            self._ucx_clients[member.id] = client
-        return client
+        try:
+            return self._connector(name).channel(member.url, member.transports[name])
+        except Exception as exc:  # noqa: BLE001 - an accelerator that fails leaves TCP, which always works
+            log.warning("%s unavailable (%s); using TCP", name.upper(), exc)
+            self._failed.add(name)
+            return self.http(member.url)
 
     def digest_seconds(self) -> float:
         """Time every block channel has spent checking digests so far."""
-        return sum(c.digest_seconds for c in (*self._http.values(), *self._ucx_clients.values()))
+        return sum(c.digest_seconds() for c in self._connectors.values())
 
     async def close(self) -> None:
-        for client in self._http.values():
-            client.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for connector in self._connectors.values():
+            await connector.close()
+        self._connectors.clear()

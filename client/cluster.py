@@ -8,6 +8,7 @@ from cachenode.pauses import Pauses
 from cachenode.placement import Member, rank
 from cachenode.routing import Channel, read_from_owners
 from cachenode.transport.http_client import HttpNodeClient
+from cachenode.transport.registry import Registry
 
 from .channels import Channels
 from .config import ClientConfig
@@ -35,9 +36,9 @@ class Route:
 class Cluster:
     """Discovery: the first configured node that answers gives the member list."""
 
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, config: ClientConfig, registry: Registry | None = None) -> None:
         self.config = config
-        self.channels = Channels(config)
+        self.channels = Channels(config, registry)
         # One pause book for every file of this client: a member that failed a read of one
         # file sits out (briefly) for the others too, and is probed once, not once per file.
         self.pauses = Pauses()

@@ -10,7 +10,7 @@ import warnings
 
 import cachenode
 from cachenode.blocks import BlockRequest
-from cachenode.node.cache import Node
+from cachenode.node.compose import build_node
 from cachenode.node.config import NodeConfig
 from cachenode.source import parse_source
 from helpers import TOKEN, MiB, metric
@@ -76,8 +76,9 @@ def test_a_disk_block_handed_out_stays_readable_and_counted_until_closed(tmp_pat
                         block_size=65536, allow=(f"file://{root}",))
 
     async def main():
-        node = Node(config)
-        await node.start()
+        parts = build_node(config)
+        await parts.start()
+        node = parts.cache
         try:
             ref = parse_source(f"file://{root}/m.bin")
             info = await node.stat(ref)
@@ -98,7 +99,7 @@ def test_a_disk_block_handed_out_stays_readable_and_counted_until_closed(tmp_pat
             assert node.disk.held_evicted_bytes == 0 == node.disk.used
             assert node.metrics.disk_evicted_while_held._value.get() == 1
         finally:
-            await node.close()
+            await parts.close()
 
     asyncio.run(main())
 

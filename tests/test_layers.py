@@ -24,8 +24,9 @@ def test_importing_the_loader_loads_no_daemon_module():
     assert out.stdout.strip() == "[]"
 
 
-# Core: every module at the top of cachenode/ but the front doors (the package's lazy loader API,
-# the command line and its option maker, the torch entry), which may import the loader.
+# Core: what loader, node and transport share; every module at the top of cachenode/ but the front
+# doors (the package's lazy loader API, the command line and its option maker, the torch entry),
+# which may import the loader. Transport may import core and nothing else of ours.
 FRONT_DOORS = {"__init__", "__main__", "cli", "options", "torch"}
 CORE = sorted(p.stem for p in (ROOT / "cachenode").glob("*.py") if p.stem not in FRONT_DOORS)
 
@@ -37,7 +38,7 @@ def _imports(path: Path, package: str) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if node.level:
+            if node.level:  # relative to the module's package
                 parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 base = parent + (f".{base}" if base else "")
             names.add(base)
@@ -58,7 +59,7 @@ def test_core_modules_import_only_core():
 
 
 def test_transport_imports_only_core_types():
-    core = {"cachenode.blocks", "cachenode.errors", "cachenode.source", "cachenode.placement"}
+    core = {f"cachenode.{m}" for m in CORE}
     for path in sorted((ROOT / "transport").glob("*.py")):
         ours = {n for n in _imports(path, "cachenode.transport")
                 if n.startswith("cachenode") and not n.startswith("cachenode.transport")}
@@ -71,3 +72,11 @@ def test_loader_side_imports_no_daemon_module():
         package = ".".join(["cachenode", *path.relative_to(ROOT).parent.parts])
         ours = {n for n in _imports(path, package) if n.startswith(("cachenode.node", "cachenode.store"))}
         assert not ours, f"{path.relative_to(ROOT)} imports {sorted(ours)}"
+
+
+def test_the_node_service_imports_at_module_level_only():
+    """Its parts are injected (compose.py): nothing is built or loaded inside a method."""
+    tree = ast.parse((ROOT / "cachenode" / "node" / "service.py").read_text())
+    inner = [f"line {n.lineno}" for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+             for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not inner, f"service.py imports inside functions at {', '.join(inner)}"

@@ -119,3 +119,38 @@ def test_pauses_grow_with_failed_probes_and_end_with_a_good_one():
     assert p.admit("x")
     p.succeeded("x")
     assert p.admit("x") and p.admit("x") and not p.paused()
+
+
+def test_with_one_member_a_single_failure_is_waited_out_not_read_around(tmp_path):
+    """The only member fails one read: the next read waits for its probe (about a second) and
+    gets the block from it, instead of going to the origin."""
+    import asyncio
+
+    from cachenode.errors import PeerUnavailable
+    from cachenode.routing import read_from_owners
+    from cachenode.source import parse_source
+
+    class Flaky:
+        def __init__(self):
+            self.calls = 0
+
+        async def read_block(self, req, dest, **kw):
+            self.calls += 1
+            if self.calls == 1:
+                raise PeerUnavailable("dropped mid-transfer (once)")
+            dest[:] = b"k" * len(dest)
+            return "memory", "d"
+
+    async def main():
+        node, pauses = Flaky(), Pauses()
+        req = BlockRequest(parse_source(f"file://{tmp_path}/x"), "e", 10, 10, 0)
+        dest = memoryview(bytearray(10))
+        t0 = time.monotonic()
+        first = await read_from_owners(req, dest, ["only"], lambda m: node, pauses)
+        t1 = time.monotonic()
+        second = await read_from_owners(req, dest, ["only"], lambda m: node, pauses)
+        return first, second, t1 - t0, time.monotonic() - t1, node.calls
+
+    first, second, took_first, took_second, calls = asyncio.run(main())
+    assert first == ("memory", "d") and 0.9 < took_first < 2  # waited out its own failure, then probed
+    assert second == ("memory", "d") and calls == 3 and took_second < 0.5

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from cachenode.node.config import NodeConfig
-from cachenode.node import BlockRequest, Node
+from cachenode.node import BlockRequest
+from cachenode.node.compose import build_node
 from cachenode.node.qos import Governor, LinkMeter, QosConfig, TokenBucket, decide
 from cachenode.source import parse_source
 from cachenode.units import parse_rate
@@ -51,8 +52,9 @@ def test_loader_is_never_queued_behind_a_paced_background_fill(tmp_path):
     async def main():
         cfg = NodeConfig(cache_dir=str(tmp_path / "c"), block_size=1 << 19, allow=(f"file://{root}",),
                          qos=QosConfig(max_rate=50_000))
-        node = Node(cfg)
-        await node.start()
+        parts = build_node(cfg)
+        node = parts.cache
+        await parts.start()
         try:
             ref = parse_source(f"file://{root}/m.bin")
             info = await node.stat(ref)
@@ -68,7 +70,7 @@ def test_loader_is_never_queued_behind_a_paced_background_fill(tmp_path):
             await asyncio.wait_for(warm, 5)
             return waited, block.length
         finally:
-            await node.close()
+            await parts.close()
 
     waited, length = asyncio.run(main())
     assert length == 1 << 19

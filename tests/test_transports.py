@@ -1,4 +1,4 @@
-"""Transport conformance: the same contract over HTTP, UCX over TCP and UCX over shared memory."""
+"""Transport conformance: the same contract over HTTP, UCX over TCP, UCX over shared memory, and in-process."""
 
 from __future__ import annotations
 
@@ -12,10 +12,17 @@ from cachenode.bench.services import NodeProcess, connection_string
 from cachenode.blocks import block_count
 from cachenode.client.api import AsyncClient
 from cachenode.client.iothread import LoopThread
-from cachenode.errors import BadRequest, Forbidden, PeerUnavailable, SourceNotFound
+from cachenode.credentials import AzureCredentials
+from cachenode.errors import BadRequest, BlockCorrupt, Forbidden, OriginUnavailable, PeerUnavailable, SourceNotFound
+from cachenode.node.config import NodeConfig
+from cachenode.node.daemon import NodeServer
+from cachenode.node.service import NodeService
+from cachenode.origin.file import FileOrigin
 from cachenode.placement import Member
-from cachenode.blocks import BlockRequest
+from cachenode.blocks import Block, BlockRequest
 from cachenode.source import parse_source
+from cachenode.transport.inproc import INPROC, InprocBackend
+from cachenode.transport.registry import default_registry
 from helpers import BS, TOKEN
 
 # name -> (node flags, node environment, loader transport preference)
@@ -23,7 +30,10 @@ TRANSPORTS = {
     "http": ((), {}, "tcp"),
     "ucx-tcp": (("--ucx",), {"UCX_TLS": "tcp"}, "ucx"),
     "ucx-shm": (("--ucx",), {"UCX_TLS": "sm,cma,tcp"}, "ucx"),
+    INPROC: None,  # a node in this process, its channel calling the node service directly
 }
+CHANNEL_CLASS = {"http": "HttpNodeClient", "ucx-tcp": "UcxNodeClient", "ucx-shm": "UcxNodeClient",
+                 INPROC: "InprocChannel"}
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +44,59 @@ def io_loop():
     loop.close()
 
 
+class _ProcessNode:
+    """`cachenode serve` in a child process; killed means SIGKILL."""
+
+    def __init__(self, tmp_path, conn_str: str, flags, env) -> None:
+        self.node = NodeProcess(tmp_path / "node", token=TOKEN, conn_str=conn_str,
+                                args=("--block-size", str(BS), "--peer-timeout", "3", *flags), env=env).start()
+        self.url = self.node.url
+        self.registry = None  # the loader's default: HTTP and UCX
+
+    async def kill(self) -> None:
+        self.node.proc.send_signal(signal.SIGKILL)
+        self.node.proc.wait(10)
+
+    def stop(self, io_loop) -> None:
+        self.node.stop()
+
+
+class _InprocNode:
+    """A node in the test process, also serving the in-process transport; killed means its
+    listeners and parts are gone (its channels then fail like a dead node's)."""
+
+    def __init__(self, tmp_path, conn_str: str, io_loop, **parts) -> None:
+        self.registry = default_registry(InprocBackend())
+        config = NodeConfig(port=0, cache_dir=str(tmp_path / "node"), block_size=BS, token=TOKEN, peer_timeout=3,
+                            azure=AzureCredentials(connection_string=conn_str), **parts.pop("config", {}))
+        self.server = NodeServer(config, registry=self.registry, serve=(INPROC,), **parts)
+        self.url = io_loop.run(self.server.start())
+        self._up = True
+
+    async def kill(self) -> None:
+        self._up = False
+        await self.server.stop()
+
+    def stop(self, io_loop) -> None:
+        if self._up:
+            self._up = False
+            io_loop.run(self.server.stop())
+
+
+def _preference(name: str) -> str | tuple[str, ...]:
+    return (INPROC, "tcp") if name == INPROC else TRANSPORTS[name][2]
+
+
 @pytest.fixture(params=list(TRANSPORTS))
 def transport(request, tmp_path, proxy, io_loop):
-    flags, env, pref = TRANSPORTS[request.param]
-    node = NodeProcess(tmp_path / "node", token=TOKEN, conn_str=connection_string(proxy.port),
-                       args=("--block-size", str(BS), "--peer-timeout", "3", *flags), env=env).start()
-    client = AsyncClient(nodes=[node.url], token=TOKEN, transports=pref, peer_timeout=3)
+    conn_str = connection_string(proxy.port)
+    if request.param == INPROC:
+        node = _InprocNode(tmp_path, conn_str, io_loop)
+    else:
+        flags, env, _ = TRANSPORTS[request.param]
+        node = _ProcessNode(tmp_path, conn_str, flags, env)
+    pref = _preference(request.param)
+    client = AsyncClient(nodes=[node.url], token=TOKEN, transports=pref, peer_timeout=3, registry=node.registry)
 
     others: list[AsyncClient] = []
 
@@ -47,7 +104,8 @@ def transport(request, tmp_path, proxy, io_loop):
         """The loader's channel to the node, as its transport preference picks it."""
         c = client
         if token != TOKEN:
-            c = AsyncClient(nodes=[node.url], token=token, transports=pref, peer_timeout=3)
+            c = AsyncClient(nodes=[node.url], token=token, transports=pref, peer_timeout=3,
+                            registry=node.registry)
             others.append(c)
         me = (await client.members())[0]
         return c.cluster.channel(Member(me.id, me.url, True, me.transports))
@@ -55,7 +113,7 @@ def transport(request, tmp_path, proxy, io_loop):
     yield request.param, node, client, channel
     for c in [client, *others]:
         io_loop.run(c.close())
-    node.stop()
+    node.stop(io_loop)
 
 
 def _req(url: str, client: AsyncClient, io_loop, index: int) -> BlockRequest:
@@ -64,7 +122,7 @@ def _req(url: str, client: AsyncClient, io_loop, index: int) -> BlockRequest:
 
 
 def _kind(name: str, ch) -> None:
-    assert type(ch).__name__ == ("HttpNodeClient" if name == "http" else "UcxNodeClient")
+    assert type(ch).__name__ == CHANNEL_CLASS[name]
 
 
 def test_byte_exact_blocks_and_short_last_block(blobs, transport, io_loop):
@@ -133,8 +191,7 @@ def test_peer_dies_mid_transfer(blobs, transport, io_loop):
     async def read_until_dead():
         for r in reqs:
             if r.index == 8:
-                node.proc.send_signal(signal.SIGKILL)
-                node.proc.wait(10)
+                await node.kill()
             await ch.read_block(r, memoryview(out)[r.index * BS:(r.index + 1) * BS])
             done.append(r.index)
 
@@ -149,7 +206,7 @@ def test_a_node_that_is_not_listening_is_named_unreachable_not_failing_mid_trans
     import aiohttp
 
     from cachenode.bench.services import free_port
-    from cachenode.blocks import BlockRequest
+    from cachenode.blocks import Block, BlockRequest
     from cachenode.source import parse_source
     from cachenode.transport.http_client import HttpNodeClient
 
@@ -164,3 +221,62 @@ def test_a_node_that_is_not_listening_is_named_unreachable_not_failing_mid_trans
 
     msg = asyncio.run(main())
     assert f"cache node {dead} not reachable: ConnectionRefusedError" in msg and "mid-transfer" not in msg, msg
+
+
+class _BrokenOrigin(FileOrigin):
+    """A file origin whose reads fail as an unreachable one's do: a fault injected by subclassing."""
+
+    async def read_into(self, ref, etag, offset, dest):
+        raise OriginUnavailable("injected: the origin went away")
+
+
+def _read_from_faulty_node(tmp_path, io_loop, **build):
+    """Block 1 of a local file read through the loader's in-process channel from an in-process
+    node built with `build` (its faults); (what the read raised, the node's metrics)."""
+    root = tmp_path / "files"
+    root.mkdir(exist_ok=True)
+    (root / "m.bin").write_bytes(os.urandom(2 * BS))
+    url = f"file://{root}/m.bin"
+    node = _InprocNode(tmp_path, None, io_loop, config={"allow": (f"file://{root}",)}, **build)
+    client = AsyncClient(nodes=[node.url], token=TOKEN, transports=(INPROC, "tcp"), registry=node.registry)
+
+    async def main():
+        try:
+            st = await client.stat(url)
+            ch = client.cluster.channel((await client.members())[0])
+            _kind(INPROC, ch)
+            req = BlockRequest(parse_source(url), st["etag"], st["size"], st["block_size"], 1)
+            await ch.read_block(req, memoryview(bytearray(BS)))
+        except Exception as exc:  # noqa: BLE001 - the test looks at what it is
+            return exc
+        finally:
+            await client.close()
+        return None
+
+    try:
+        return io_loop.run(main()), node.server.parts.metrics
+    finally:
+        node.stop(io_loop)
+
+
+def test_a_fault_injected_by_subclassing_reaches_the_loader_as_over_the_wire(tmp_path, io_loop):
+    """In-process, deterministic: the node's real service and cache over a broken origin; the loader
+    gets the error the wire would give (502 origin_unavailable), counted by the node."""
+    exc, metrics = _read_from_faulty_node(tmp_path, io_loop, file=_BrokenOrigin([str(tmp_path / "files")]))
+    assert isinstance(exc, OriginUnavailable) and "injected" in str(exc), repr(exc)
+    assert metrics.errors.labels("origin_unavailable")._value.get() == 1
+
+
+class _CorruptingService(NodeService):
+    """A node whose blocks leave with their first byte flipped (a bad disk or NIC, on a real node)."""
+
+    async def serve(self, req, **kwargs):
+        block = await super().serve(req, **kwargs)
+        data = bytearray(block.data if block.data is not None else block.read_file())
+        data[0] ^= 0xFF
+        return Block(block.length, block.digest, block.tier, data=data)
+
+
+def test_a_corrupt_block_from_a_subclassed_service_fails_the_channels_digest_check(tmp_path, io_loop):
+    exc, _ = _read_from_faulty_node(tmp_path, io_loop, service=_CorruptingService)
+    assert isinstance(exc, BlockCorrupt) and "failed its digest check" in str(exc), repr(exc)

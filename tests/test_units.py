@@ -220,9 +220,9 @@ def test_several_nodes_in_one_process(tmp_path):
             async with cachenode.AsyncClient(nodes=[a.url], token="t") as c:
                 f = await c.open(f"file://{shared}/m.bin")
                 assert await f.read() == data
-            assert a.node.metrics.fills._value.get() == 4
-            assert b.node.metrics.fills._value.get() == 0
-            assert len(b.node.memory) == 0
+            assert a.parts.metrics.fills._value.get() == 4
+            assert b.parts.metrics.fills._value.get() == 0
+            assert len(b.parts.memory) == 0
     asyncio.run(main())
 
 

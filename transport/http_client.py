@@ -14,6 +14,8 @@ from cachenode.placement import Member
 from cachenode.source import SourceRef
 
 from . import wire
+from .base import ChannelOptions
+from .channel_table import ChannelTable
 from .http_fastpath import ConnectFailed, FastBlockGetter, UnexpectedFraming
 from .wire import AVOID_HEADER, DIGEST_HEADER, FORWARDED_HEADER, TIER_HEADER, request_params
 
@@ -128,3 +130,35 @@ class HttpNodeClient:
             text = (await r.text(errors="replace"))[:200]
             return UnexpectedReply(f"cache node {self.base_url} answered {r.method} {r.url.path} with "
                                    f"HTTP {r.status} and a body that is not an error of ours: {text!r}")
+
+
+class HttpConnector:
+    """One owner's HTTP clients (a loader's, or a node's to its peers): one aiohttp session,
+    made on first use inside the running loop, and one client per node URL."""
+
+    def __init__(self, options: ChannelOptions) -> None:
+        self._options = options
+        self._session: aiohttp.ClientSession | None = None
+        self._clients: ChannelTable[HttpNodeClient] = ChannelTable("http")
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The shared session (membership's health checks use it too)."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._options.connections_per_node)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return self._session
+
+    def channel(self, url: str, address: str | None = None) -> HttpNodeClient:
+        """The client of the node at `url` (HTTP needs no address beyond the URL)."""
+        return self._clients.get(url, url, lambda: HttpNodeClient(url, self._options.token, self.session,
+                                                                  read_timeout=self._options.timeout))
+
+    def digest_seconds(self) -> float:
+        return self._clients.digest_seconds()
+
+    async def close(self) -> None:
+        self._clients.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -3,50 +3,26 @@
 from __future__ import annotations
 
 import logging
-from typing import Protocol
 
 from aiohttp import web
 
-from cachenode.blocks import Block, BlockRequest
 from cachenode.errors import BadRequest, CacheError
 from cachenode.source import SourceRef
 
 from . import wire
+from .base import NodeApi
 from .http_paced import send_background
 from .http_sendall import send_block_body, send_file_body
 
 log = logging.getLogger("cachenode.http")
 
 
-class NodeApi(Protocol):
-    """What the servers call: the node service (cachenode.node.service.NodeService)."""
-
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    def authorize(self, token: str | None) -> None: ...
-    def failed(self, exc: Exception) -> tuple[int, dict]: ...
-    def refused(self, kind: str) -> None: ...
-    def client_gone(self) -> None: ...
-    async def serve(self, req: BlockRequest, *, verify: bool = False, forwarded: str | None = None,
-                    avoid: frozenset[str] = frozenset(), transport: str = "http") -> Block: ...
-    def background_pace(self) -> float | None: ...
-    async def serve_background(self, req: BlockRequest, *, begin, write, verify: bool = False,
-                               forwarded: str | None = None, avoid: frozenset[str] = frozenset(),
-                               transport: str = "http") -> None: ...
-    async def stat(self, ref: SourceRef) -> dict: ...
-    async def list(self, ref: SourceRef) -> dict: ...
-    def members(self) -> dict: ...
-    def health(self) -> dict: ...
-    def metrics_text(self) -> bytes: ...
-    async def fill(self, payload) -> dict: ...
-    async def warm(self, body) -> dict: ...
-
-
 SERVICE_KEY = web.AppKey("service", NodeApi)
 
 
 def create_app(service: NodeApi) -> web.Application:
-    """App factory: the service's lifetime is tied to the app's (started on startup, closed on cleanup)."""
+    """App factory: the node's endpoints in front of `service` (whose parts the node's
+    composition root starts before the app and closes after it)."""
     app = web.Application(middlewares=[_errors, _auth], client_max_size=16 * 1024**2)
     app[SERVICE_KEY] = service
     app.router.add_get(wire.HEALTH_PATH, healthz)
@@ -57,15 +33,7 @@ def create_app(service: NodeApi) -> web.Application:
     app.router.add_get(wire.MEMBERS_PATH, members)
     app.router.add_post(wire.FILL_PATH, fill)
     app.router.add_post(wire.WARM_PATH, warm)
-    app.cleanup_ctx.append(_service_lifetime)
     return app
-
-
-async def _service_lifetime(app: web.Application):
-    service = app[SERVICE_KEY]
-    await service.start()
-    yield
-    await service.close()
 
 
 @web.middleware
@@ -136,12 +104,11 @@ async def warm(request: web.Request) -> web.Response:
 
 
 async def get_block(request: web.Request) -> web.StreamResponse:
-    q = request.query
     service = request.app[SERVICE_KEY]
-    args = dict(verify=wire.wants_verify(q), forwarded=request.headers.get(wire.FORWARDED_HEADER),
-                avoid=wire.parse_avoid(request.headers.get(wire.AVOID_HEADER)))
-    req = wire.parse_block_request(q)
-    if wire.wants_background(q):
+    call = wire.decode_block_call(request.query, forwarded=request.headers.get(wire.FORWARDED_HEADER),
+                                  avoid=request.headers.get(wire.AVOID_HEADER))
+    req, args = call.req, call.options
+    if call.background:
         return await send_background(request, service, req, args)
     block = await service.serve(req, **args)
     try:

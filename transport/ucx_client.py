@@ -13,6 +13,8 @@ from cachenode.blocks import BlockRequest, digest_off_loop
 from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
 
 from . import ucx_wire as w
+from .base import ChannelOptions
+from .channel_table import ChannelTable
 from .wire import (
     BACKGROUND_PATIENCE, BLOCK_DIGEST, BLOCK_LENGTH, BLOCK_PIECE, BLOCK_TIER, MAX_PIECES, UCX_AVOID, UCX_TOKEN,
     error_from_body, request_params,
@@ -138,3 +140,31 @@ class UcxNodeClient:
         if got_digest != info[BLOCK_DIGEST]:
             raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} (ucx) failed its digest check")
         return info.get(BLOCK_TIER, ""), info[BLOCK_DIGEST]
+
+    def close(self) -> None:
+        """Nothing to close: endpoints belong to the process's UCX context and live as long."""
+
+
+class UcxConnector:
+    """One owner's UCX clients: the process's UCX context (made with the first client, in the
+    running loop) and one client per node worker address."""
+
+    def __init__(self, options: ChannelOptions) -> None:
+        self._options = options
+        self._ctx: UcxContext | None = None
+        self._clients: ChannelTable[UcxNodeClient] = ChannelTable("ucx")
+
+    def channel(self, url: str, address: str | None = None) -> UcxNodeClient:
+        """The client of the node at `url` whose worker advertised `address` (base64)."""
+        return self._clients.get(url, address, lambda: self._client(url, address))
+
+    def _client(self, url: str, address: str) -> UcxNodeClient:
+        self._ctx = self._ctx or UcxContext()
+        return UcxNodeClient(url, address, self._options.token, self._ctx, timeout=self._options.timeout,
+                             max_outstanding=self._options.window)
+
+    def digest_seconds(self) -> float:
+        return self._clients.digest_seconds()
+
+    async def close(self) -> None:
+        self._clients.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 
 from . import ucx_wire as w
@@ -23,7 +24,7 @@ class UcxServer:
     """
 
     def __init__(self, service, receivers: int = 16, max_endpoints: int | None = None) -> None:
-        self.service = service  # the node service (http_server.NodeApi), the same as HTTP's
+        self.service = service  # the node service (base.NodeApi), the same as HTTP's
         self._receivers = receivers
         self._max_endpoints = max_endpoints  # reply endpoints kept (the node's connection cap)
         self._tasks: list[asyncio.Task] = []
@@ -31,12 +32,13 @@ class UcxServer:
         self._pending = asyncio.Semaphore(BACKGROUND_PENDING)
         self.address = b""
 
-    async def start(self) -> bytes:
+    async def start(self) -> str:
+        """Start receiving; the worker address members advertise (base64)."""
         ucxx = self._ucxx = w.init_ucx()
         self._eps = w.Endpoints(ucxx, cap=self._max_endpoints)
         self.address = ucxx.get_worker_address().tobytes()
         self._tasks = [asyncio.ensure_future(self._serve()) for _ in range(self._receivers)]
-        return self.address
+        return base64.b64encode(self.address).decode()
 
     async def close(self) -> None:
         for t in [*self._tasks, *self._background]:
@@ -85,11 +87,10 @@ class UcxServer:
         began = False
         try:
             self.service.authorize(str(fields.get(wire.UCX_TOKEN) or "") or None)
-            q = {k: str(v) for k, v in fields.items()}
-            req = wire.parse_block_request(q)
-            args = dict(verify=wire.wants_verify(q), avoid=wire.parse_avoid(fields.get(wire.UCX_AVOID)),
-                        transport="ucx")
-            if wire.wants_background(q):
+            call = wire.decode_block_call({k: str(v) for k, v in fields.items()},
+                                          avoid=fields.get(wire.UCX_AVOID))
+            req, args = call.req, {**call.options, "transport": "ucx"}
+            if call.background:
                 pieces = iter(range(w.MAX_PIECES))
 
                 async def begin(block, piece: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from cachenode.blocks import (
@@ -144,6 +145,25 @@ def parse_avoid(value: str | Iterable[str] | None) -> frozenset[str]:
         return frozenset()
     items = value.split(",") if isinstance(value, str) else value
     return frozenset(str(a) for a in items if a)
+
+
+@dataclass(frozen=True)
+class BlockCall:
+    """A decoded block request and how to serve it: `options` are the node service's keywords."""
+
+    req: BlockRequest
+    background: bool
+    options: dict
+
+
+def decode_block_call(fields: Mapping[str, str], *, forwarded: str | None = None,
+                      avoid: str | Iterable[str] | None = None) -> BlockCall:
+    """The one decoder of a block call, for every server: the request fields (HTTP's query,
+    UCX's JSON), plus what HTTP carries in headers (the forwarded marker, the avoid list).
+    BadRequest names the first bad field."""
+    req = parse_block_request(fields)
+    options = dict(verify=wants_verify(fields), forwarded=forwarded, avoid=parse_avoid(avoid))
+    return BlockCall(req, wants_background(fields), options)
 
 
 def _int_field(q: Mapping[str, str], name: str) -> int:

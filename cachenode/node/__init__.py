@@ -1,6 +1,6 @@
 """The cache node (daemon side): block cache, node service, membership, QoS, metrics, daemon."""
 
 from ..blocks import Block, BlockRequest
-from .cache import Node
+from .cache import BlockCache
 
-__all__ = ["Node", "Block", "BlockRequest"]
+__all__ = ["BlockCache", "Block", "BlockRequest"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import OrderedDict
 
@@ -14,6 +13,7 @@ from ..origin import Origin, Origins
 from ..source import SourceRef
 from ..store.disk import DiskFull, DiskTier
 from ..store.memory import MemoryTier
+from .budgets import Budgets
 from .config import NodeConfig
 from .metrics import NodeMetrics
 from .qos import Governor
@@ -21,49 +21,30 @@ from .singleflight import SingleFlight
 
 log = logging.getLogger("cachenode.node")
 
-# Background sends in progress at once per node (each holds one block until its last piece left).
-BACKGROUND_SENDS = 8
 
+class BlockCache:
+    """One node's block cache over the tiers, origins, governor and budgets it is given.
+    Several may live in one process (tests): no global state."""
 
-class Node:
-    """One cache node. Several may live in one process (tests): no global state."""
-
-    def __init__(self, config: NodeConfig, *, azure: Origin | None = None,
-                 file: Origin | None = None) -> None:
+    def __init__(self, config: NodeConfig, *, memory: MemoryTier, disk: DiskTier, origins: Origins,
+                 governor: Governor, budgets: Budgets, metrics: NodeMetrics) -> None:
         self.config = config
-        self.metrics = NodeMetrics()
-        self.memory = MemoryTier(config.memory_bytes)
-        self.disk = DiskTier(os.path.join(config.cache_dir, "blocks"), config.disk_bytes,
-                             on_held_eviction=self.metrics.disk_evicted_while_held.inc)
-        if azure is None:
-            from ..origin.azure import AzureOrigin
-
-            azure = AzureOrigin(config.azure, retries=config.origin_retries,
-                                backoff=config.origin_backoff, timeout=config.origin_timeout)
-        self.azure = azure
-        # One account per node: every Azure source goes to the node's own configured origin.
-        self.origins = Origins(lambda ref: self.azure, file, config.file_roots())
+        self.metrics = metrics
+        self.memory = memory
+        self.disk = disk
+        self.origins = origins
+        self.governor = governor
+        self.budgets = budgets
         self._flights: SingleFlight[Block] = SingleFlight()
         self._writes: set[asyncio.Task] = set()
-        self.governor = Governor(config.qos)
         self._boost: dict[str, asyncio.Event] = {}  # background fills a loader now waits for
         self._stats: OrderedDict[SourceRef, tuple[float, ObjectInfo]] = OrderedDict()  # last stat answers
-        # A block being filled (or forwarded) is not in the memory tier's budget yet: bound
-        # them, so resident memory stays within --memory plus (slots x block size). Background
-        # fills, which may wait seconds for bandwidth, have slots of their own and never hold
-        # a loader's.
-        self.slots = max(4, config.memory_bytes // 4 // config.block_size)
-        self.inflight = asyncio.Semaphore(self.slots)
-        self._bg_inflight = asyncio.Semaphore(max(1, self.slots // 4))
-        # Background sends hold their block for the whole paced transfer: a few at a time, so
-        # the buffers they keep (disk blocks read in, forwarded and evicted ones) stay bounded.
-        self.background_sends = asyncio.Semaphore(BACKGROUND_SENDS)
         self._warned_full = False
         self.metrics.memory_capacity.set(config.memory_bytes)
         self.metrics.disk_capacity.set(config.disk_bytes)
 
     async def start(self) -> None:
-        self.governor.start()
+        """Load the disk tier's index (blocks cached before a restart are served again)."""
         n = await asyncio.to_thread(self.disk.rebuild)
         log.info("disk tier %s: %d blocks, %d bytes (%d files dropped: truncated or not ours)",
                  self.disk.root, n, self.disk.used, self.disk.dropped)
@@ -75,11 +56,9 @@ class Node:
             await asyncio.gather(*self._writes, return_exceptions=True)
 
     async def close(self) -> None:
-        await self.governor.close()
+        """Finish the disk writes still pending, then close the disk tier they write to."""
         await self.flush_disk_writes()
         await asyncio.to_thread(self.disk.close)
-        await self.azure.close()
-        await self.origins.close()
 
     def origin_for(self, ref: SourceRef) -> Origin:
         if not self.config.allows(ref):
@@ -146,11 +125,6 @@ class Node:
             self.metrics.fills_deduplicated.inc()
         return block
 
-    def fill_slots(self, background: bool) -> asyncio.Semaphore:
-        """The slots a block being filled or forwarded takes: background traffic, which may
-        wait long for bandwidth, has its own and never holds a loader's."""
-        return self._bg_inflight if background else self.inflight
-
     async def warm_block(self, req: BlockRequest) -> bool:
         """Make sure the block is cached here; True if it already was."""
         block = await self.get_block(req, background=True)
@@ -195,7 +169,7 @@ class Node:
             # Every waiter of the flight gets this one Block: an open file would be closed
             # by the first sender under the others, so hand out its bytes instead.
             return await _in_memory(block)
-        async with self.fill_slots(background):
+        async with self.budgets.fill_slots(background):
             return await self._fill_now(origin, req, key, offset, length, background)
 
     async def _fill_now(self, origin: Origin, req: BlockRequest, key: str, offset: int, length: int,

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
-
-import aiohttp
 
 from ..blocks import Block, BlockRequest
 from ..errors import BadRequest, Forbidden, PeerUnavailable, Unauthorized
@@ -21,13 +20,19 @@ from ..placement import rank
 from ..routing import read_from_owners
 from ..source import SourceRef
 from ..transport import wire
-from .cache import Node
+from ..transport.http_client import HttpConnector, HttpNodeClient
+from ..warming import select_objects, warm_objects
+from .budgets import Budgets
+from .cache import BlockCache
 from .config import NodeConfig
 from .membership import Membership
+from .metrics import NodeMetrics
+from .qos import Governor
 
 log = logging.getLogger("cachenode.service")
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class NodeService:
     """Decides who answers a block request: the owner by rendezvous rank, else the fallbacks.
 
@@ -36,43 +41,26 @@ class NodeService:
     always served locally.
     """
 
-    def __init__(self, config: NodeConfig, node: Node | None = None) -> None:
-        self.config = config
-        self.node = node or Node(config)
-        self.membership = Membership(
-            peers=config.peers, peers_file=config.peers_file, peers_dns=config.peers_dns,
-            health_interval=config.health_interval, health_timeout=min(2.0, config.peer_timeout))
-        self._token = config.token or ""
-        self._forward_secret = config.forward_secret()
-        self._peer_timeout = config.peer_timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._clients: dict[str, object] = {}
-        self.transports: dict[str, str] = {}  # besides HTTP, e.g. {"ucx": worker address}
-        self.pauses = Pauses()  # owners that failed a forward: the loaders' back-off rule
+    # Its parts, from the composition root (compose.build_node), which also starts and closes
+    # them: the service builds nothing and owns no lifetime.
+    config: NodeConfig
+    cache: BlockCache
+    budgets: Budgets
+    governor: Governor
+    metrics: NodeMetrics
+    membership: Membership
+    peers: HttpConnector  # channels to other nodes (forwards, warm fills), made by the registry
+    # Owners that failed a forward sit out a pause: the loaders' rule (cachenode.pauses).
+    pauses: Pauses = field(default_factory=Pauses)
 
-    async def start(self) -> None:
-        await self.node.start()
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=32)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        await self.membership.start(self._session)
+    def __post_init__(self) -> None:
+        self._token = self.config.token or ""
+        self._forward_secret = self.config.forward_secret()
+        self._peer_timeout = self.config.peer_timeout
 
-    async def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
-        await self.membership.close()
-        if self._session is not None:
-            await self._session.close()
-        await self.node.close()
-
-    def peer(self, url: str):
-        from ..transport.http_client import HttpNodeClient
-
-        client = self._clients.get(url)
-        if client is None:
-            assert self._session is not None
-            client = self._clients[url] = HttpNodeClient(url, self._token, self._session,
-                                                         read_timeout=self._peer_timeout)
-        return client
+    def peer(self, url: str) -> HttpNodeClient:
+        """The channel to another node (forwards, warm fills), made through the transport registry."""
+        return self.peers.channel(url)
 
     # -- checks every request passes -------------------------------------------------------
 
@@ -101,16 +89,20 @@ class NodeService:
 
     def client_gone(self) -> None:
         """A client hung up mid-response: counted, not an error."""
-        self.node.metrics.client_disconnects.inc()
+        self.metrics.client_disconnects.inc()
 
     def refused(self, kind: str) -> None:
         """A request the transport itself refused (e.g. an unknown path), counted by kind."""
-        self.node.metrics.errors.labels(kind).inc()
+        self.metrics.errors.labels(kind).inc()
+
+    def connection_shed(self) -> None:
+        """A silent connection closed at the connection cap for a new one (counted)."""
+        self.metrics.connections_shed.inc()
 
     def failed(self, exc: Exception) -> tuple[int, dict]:
         """(status, error body) for a failed request, counted by kind."""
         status, body = wire.error_body(exc)
-        self.node.metrics.errors.labels(body["error"]).inc()
+        self.metrics.errors.labels(body["error"]).inc()
         if status >= 500:
             log.warning("request failed: %s", exc)
         return status, body
@@ -123,18 +115,18 @@ class NodeService:
         """The block for `req`. A foreground block is accounted here and the caller sends it
         right away; a background one is `serve_background`'s to send, in paced pieces. The
         caller closes the block once sent (a disk block holds its file open until then)."""
-        m = self.node.metrics
+        m = self.metrics
         if transport == "ucx":
             m.ucx_requests.inc()
         block = await self._get_block(req, verify=verify, forwarded=forwarded, avoid=avoid,
                                       background=background)
         if not background:
             try:
-                await self.node.governor.foreground(block.length)
+                await self.governor.foreground(block.length)
             except BaseException:
                 block.close()  # never handed over: its file is ours to close
                 raise
-            self.node.governor.own(block.length, "tx")
+            self.governor.own(block.length, "tx")
         m.served_bytes.inc(block.length)
         m.served_blocks.labels(block.tier).inc()
         return block
@@ -142,7 +134,7 @@ class NodeService:
     def background_pace(self) -> float | None:
         """Wire bytes/s a transport that can pace a send (TCP) gives one background piece;
         None when nothing paces background traffic."""
-        return self.node.governor.send_pace()
+        return self.governor.send_pace()
 
     async def serve_background(self, req: BlockRequest, *, begin: Callable[[Block, int], Awaitable[None]],
                                write: Callable[[memoryview], Awaitable[None]], verify: bool = False,
@@ -157,31 +149,30 @@ class NodeService:
         long must not hold a piece slot, which all background sends share): TimeoutError, and
         the transport drops the connection.
         """
-        async with self.node.background_sends:
+        async with self.budgets.background_sends():
             block = await self.serve(req, verify=verify, forwarded=forwarded, avoid=avoid,
                                      transport=transport, background=True)
             try:
                 data = block.data if block.data is not None else await asyncio.to_thread(block.read_file)
             finally:
                 block.close()
-            governor = self.node.governor
-            piece = governor.send_piece(block.length)
+            piece = self.governor.send_piece(block.length)
             await begin(block, piece)
-            await governor.send(data, write, piece, deadline=self._peer_timeout * wire.BACKGROUND_PATIENCE)
+            await self.governor.send(data, write, piece, deadline=self._peer_timeout * wire.BACKGROUND_PATIENCE)
 
     async def _get_block(self, req: BlockRequest, *, verify: bool = False, forwarded: str | None = None,
                          avoid: frozenset[str] = frozenset(), background: bool = False) -> Block:
-        self.node.origin_for(req.ref)  # allow-list first: never forward what we would refuse
+        self.cache.origin_for(req.ref)  # allow-list first: never forward what we would refuse
         self._check_block_size(req)
         # A background read that misses fills as warming does: paced on rx, and lifted at once
         # if a loader starts waiting for the same block.
         if self.from_node(forwarded):
-            return await self.node.get_block(req, verify=verify, background=background)
+            return await self.cache.get_block(req, verify=verify, background=background)
         if avoid:
             avoid = await self.membership.confirm_down(avoid)
         _, length = req.span
         block = await self._from_owners(req, length, avoid, background)
-        return block if block is not None else await self.node.get_block(req, verify=verify, background=background)
+        return block if block is not None else await self.cache.get_block(req, verify=verify, background=background)
 
     async def _from_owners(self, req: BlockRequest, length: int, avoid: frozenset[str],
                            background: bool = False) -> Block | None:
@@ -196,18 +187,18 @@ class NodeService:
         def on_down(member_id: str, exc: Exception) -> None:
             # Paused (the loaders' rule, in read_from_owners), not marked down: the health
             # checks decide membership; one failed forward must not drop an owner for long.
-            self.node.metrics.errors.labels("peer").inc()
+            self.metrics.errors.labels("peer").inc()
 
         # The forwarded block's buffer counts like a fill's; released before any local fill,
         # which takes a slot of its own.
-        async with self.node.fill_slots(background):
+        async with self.budgets.fill_slots(background):
             buf = bytearray(length)
             got = await read_from_owners(req, memoryview(buf), owners, self._channel, self.pauses,
                                          avoid=avoid, forwarded=self._forward_secret or "1",
                                          background=background, on_down=on_down)
         if got is None:
             return None
-        self.node.metrics.forwarded.inc()
+        self.metrics.forwarded.inc()
         return Block(length, got[1], "peer", data=buf)  # not kept here: no replication
 
     def _check_block_size(self, req: BlockRequest) -> None:
@@ -225,10 +216,10 @@ class NodeService:
     # -- metadata, warming ------------------------------------------------------------------
 
     async def stat(self, ref: SourceRef) -> dict:
-        return wire.stat_to_wire(ref, await self.node.stat(ref), self.config.block_size)
+        return wire.stat_to_wire(ref, await self.cache.stat(ref), self.config.block_size)
 
     async def list(self, ref: SourceRef) -> dict:
-        return wire.listing_to_wire(await self.node.list(ref, ref.path), self.config.block_size)
+        return wire.listing_to_wire(await self.cache.list(ref, ref.path), self.config.block_size)
 
     def members(self) -> dict:
         return wire.members_to_wire(self.membership.self_id, self.membership.members())
@@ -239,8 +230,8 @@ class NodeService:
         return {"ok": True, "id": me.id if me else None, "transports": me.transports if me else {}}
 
     def metrics_text(self) -> bytes:
-        self.node.refresh_metrics()
-        return self.node.metrics.render()
+        self.cache.refresh_metrics()
+        return self.metrics.render()
 
     async def fill(self, payload) -> dict:
         """Warm: fill blocks `indices` of one object here, a few at a time; count those cached."""
@@ -250,19 +241,17 @@ class NodeService:
 
         async def one(i: int) -> bool:
             async with sem:
-                return await self.node.warm_block(BlockRequest(base.ref, base.etag, base.size, base.block_size, i))
+                return await self.cache.warm_block(BlockRequest(base.ref, base.etag, base.size, base.block_size, i))
 
         cached = await asyncio.gather(*(one(i) for i in indices))
         return {"blocks": len(indices), "cached": sum(cached)}
 
     async def warm(self, body) -> dict:
         """Warm everything under a prefix across the cluster, coordinated by this node."""
-        from ..warming import select_objects, warm_objects
-
         if not isinstance(body, dict):
             raise BadRequest("warm request must be a JSON object naming a source")
         ref = SourceRef.from_params(body, prefix=True)
-        objects = select_objects(await self.node.list(ref, ref.path), ref.path)
+        objects = select_objects(await self.cache.list(ref, ref.path), ref.path)
         me = self.membership.self_id
 
         async def send_fill(member, payload):

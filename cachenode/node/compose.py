@@ -1,0 +1,90 @@
+"""The node's composition root: every part of a node built once, here, and injected where it is used."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..origin import Origin, Origins
+from ..store.disk import DiskTier
+from ..store.memory import MemoryTier
+from ..transport.base import ChannelOptions
+from ..transport.http_client import HttpConnector
+from ..transport.registry import TCP, Registry, default_registry
+from .budgets import Budgets
+from .cache import BlockCache
+from .config import NodeConfig
+from .membership import Membership
+from .metrics import NodeMetrics
+from .qos import Governor
+from .service import NodeService
+
+# Node-to-node HTTP connections kept per peer (forwards and warm fills).
+PEER_CONNECTIONS = 32
+
+
+@dataclass
+class NodeParts:
+    """A node's parts, wired. Whoever built them starts and closes them (`start`, `close`)."""
+
+    config: NodeConfig
+    metrics: NodeMetrics
+    governor: Governor
+    budgets: Budgets
+    memory: MemoryTier
+    disk: DiskTier
+    azure: Origin
+    origins: Origins
+    cache: BlockCache
+    membership: Membership
+    peers: HttpConnector
+    service: NodeService
+
+    async def start(self) -> None:
+        self.governor.start()
+        await self.cache.start()
+        # Health checks share the peers' HTTP session (its connection pool).
+        await self.membership.start(self.peers.session)
+
+    async def close(self) -> None:
+        await self.membership.close()
+        await self.peers.close()
+        await self.governor.close()
+        await self.cache.close()  # pending disk writes finish in here
+        await self.azure.close()
+        await self.origins.close()
+
+
+def build_node(config: NodeConfig, *, registry: Registry | None = None, azure: Origin | None = None,
+               file: Origin | None = None, service: type[NodeService] = NodeService) -> NodeParts:
+    """Every part of one node from its config. Tests may pass a registry that also holds the
+    in-process transport, and inject faults with subclasses of the real origins or service.
+    Nothing is started: see NodeParts.start."""
+    registry = registry or default_registry()
+    if azure is None:
+        # Imported only when needed: the Azure SDK is slow to import, and tests may bring their own.
+        from ..origin.azure import AzureOrigin
+
+        azure = AzureOrigin(config.azure, retries=config.origin_retries, backoff=config.origin_backoff,
+                            timeout=config.origin_timeout)
+    metrics = NodeMetrics()
+    governor = Governor(config.qos)
+    budgets = Budgets(config.memory_bytes, config.block_size)
+    memory = MemoryTier(config.memory_bytes)
+    disk = DiskTier(os.path.join(config.cache_dir, "blocks"), config.disk_bytes,
+                    on_held_eviction=metrics.disk_evicted_while_held.inc)
+    # One account per node: every Azure source goes to the node's own configured origin.
+    origins = Origins(lambda ref: azure, file, config.file_roots())
+    cache = BlockCache(config, memory=memory, disk=disk, origins=origins, governor=governor, budgets=budgets,
+                       metrics=metrics)
+    membership = Membership(peers=config.peers, peers_file=config.peers_file, peers_dns=config.peers_dns,
+                            health_interval=config.health_interval,
+                            health_timeout=min(2.0, config.peer_timeout))
+    # Node-to-node traffic (forwards, warm fills) goes over HTTP, through the registry.
+    peers = registry.connector(TCP, ChannelOptions(token=config.token, timeout=config.peer_timeout,
+                                                   connections_per_node=PEER_CONNECTIONS))
+    assert isinstance(peers, HttpConnector)
+    node_service = service(config=config, cache=cache, budgets=budgets, governor=governor, metrics=metrics,
+                           membership=membership, peers=peers)
+    return NodeParts(config, metrics, governor, budgets, memory, disk, azure, origins, cache, membership,
+                     peers, node_service)
