@@ -344,7 +344,7 @@ def _duration(text: str) -> float:
 
 
 
-from .simcli import simulate  # noqa: E402  (a model, not a measurement: its own module)
+from .sim.command import simulate  # noqa: E402  (a model, not a measurement: its own module)
 
 main.add_command(simulate)
 

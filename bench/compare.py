@@ -112,7 +112,7 @@ def mount_unavailable() -> str | None:
 def warm_mount(rec: Recorder, mountpoint: Path, node: str, token: str, blob: str) -> None:
     """cache_warm_mount: safetensors.load_file from a fresh `cachenode mount` of the warm cluster,
     in a fresh process, every tensor cloned into fresh memory (as local_safetensors does)."""
-    from .services import MountProcess
+    from cachenode.testing.mount import MountProcess
 
     reason = mount_unavailable()
     if reason:

@@ -14,12 +14,13 @@ from contextlib import ExitStack
 
 import click
 
+from cachenode.testing.azurite import connection_string
+from cachenode.testing.netns import VethHost
+from cachenode.testing.relay import Relay
+
 from . import rounds
 from .compare import copy_blob, machine, reference_digest
-from .netns import VethHost
-from .relay import Relay
 from .scenarios import Recorder
-from .services import connection_string
 from .testbed import CONTAINER, testbed
 
 def _tbf(gbit: float) -> tuple[str, int]:

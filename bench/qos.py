@@ -18,11 +18,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from cachenode.node.metrics import scrape
+from cachenode.testing.azurite import Azurite, connection_string
+from cachenode.testing.netns import VethHost
+from cachenode.testing.node import NodeProcess
+from cachenode.testing.ports import free_port
+from cachenode.testing.relay import Relay
 
-from .netns import VethHost
-from .relay import Relay
 from .rounds import median_range
-from .services import Azurite, NodeProcess, connection_string, free_port
 
 
 def bulk_flow(server_at: tuple[str, ...], server_ip: str, seconds: float,

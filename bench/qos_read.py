@@ -21,11 +21,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from cachenode.node.metrics import scrape
+from cachenode.testing.azurite import Azurite, connection_string
+from cachenode.testing.netns import HostPair, VethHost
+from cachenode.testing.node import NodeProcess
+from cachenode.testing.ports import free_port
+from cachenode.testing.relay import Relay
 
-from .netns import HostPair, VethHost
 from .qos import bulk_flow, summarize, too_fast
-from .relay import Relay
-from .services import Azurite, NodeProcess, connection_string, free_port
 
 # Runs in the reader's namespace: reads the whole blob as background traffic and prints when
 # it started and ended (monotonic clock: the same in every namespace) and the bytes' digest.

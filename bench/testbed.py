@@ -8,8 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from cachenode.testing.azurite import Azurite
+from cachenode.testing.cluster import LocalCluster
+from cachenode.testing.paths import scratch_dir
+
 from .checkpoint import make_safetensors, upload
-from .services import Azurite, LocalCluster, scratch_dir
 from .table import byte_bar
 
 CONTAINER = "models"

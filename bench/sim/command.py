@@ -10,7 +10,7 @@ import click
 from cachenode.cli import Size
 from cachenode.units import format_size
 
-from .output import write_results
+from ..output import write_results
 
 
 def _block_size(ctx, param, value: int) -> int:
@@ -34,7 +34,7 @@ def _scenario(r, model_bytes: int, readers: int) -> dict:
 
 def run_simulation(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte, window, fail,
                    fail_at, stretches, busy, reader_gbyte=0.0) -> dict:
-    from .simulate import LoadParams, Simulation, cluster_of
+    from .model import LoadParams, Simulation, cluster_of
 
     params = LoadParams(size, block_size, window=window, fail=fail, fail_at=fail_at, stretches=stretches,
                         busy=busy, reader_rate=reader_gbyte * 1e9 if reader_gbyte else math.inf)
@@ -51,7 +51,7 @@ def run_simulation(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn
 
 
 def _show(result: dict) -> None:
-    from .table import print_table
+    from ..table import print_table
 
     rows = [{"scenario": k, **v} for k, v in result["scenarios"].items()]
     ratio = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -62,7 +62,7 @@ def _show(result: dict) -> None:
 
 
 def _show_validation(v: dict) -> None:
-    from .table import print_table
+    from ..table import print_table
 
     rows = [{"load": k, "measured": v["measured"][k]["seconds"], "predicted": v["predicted"][k]["seconds"],
              "error": (v["predicted"][k]["seconds"] - v["measured"][k]["seconds"]) / v["measured"][k]["seconds"]}
@@ -131,7 +131,7 @@ def simulate(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte
     from cachenode.client.config import ClientConfig
 
     if validate:
-        from .simvalidate import validate as run_validate
+        from .validate import validate as run_validate
 
         if os.geteuid() != 0:
             raise click.ClickException("--validate runs cachebench links, which creates network namespaces "

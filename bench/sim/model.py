@@ -7,7 +7,7 @@ waiting for it waits on that one fill (single-flight); readers ask each block's 
 when owners die, the next live member in rank takes their blocks over and fills them again.
 
 What is modelled: bytes move as fluid flows over links (each host's NIC in and out, the origin
-account's egress), shared max-min fairly per connection (bench/flowmodel.py), recomputed at
+account's egress), shared max-min fairly per connection (bench/sim/flowmodel.py), recomputed at
 every event (a reader crossing a stretch of blocks, catching up with the readers ahead of it,
 finishing; nodes dying). A reader is one flow spread over the owners of the blocks it reads
 next, in proportion to the bytes each owns, so a cluster of 1024 nodes and a 270 GB model runs
@@ -37,7 +37,7 @@ from cachenode.placement import rank, score
 from cachenode.source import parse_source
 
 from .flowmodel import Flow, fair_rates
-from .simqos import background_rate
+from .governor import background_rate
 
 # Payload bytes per byte on an Ethernet wire at MTU 1500: 1448 bytes of TCP payload (with the
 # timestamp option) in a 1514-byte frame. tc and NICs count frames, loaders count payload.
