@@ -60,3 +60,27 @@ def _ratios(r: dict) -> dict:
             "tcp_over_raw_tcp_same_process": gb["tcp"] / gb["raw_tcp_same_process"],
             "ucx_over_tcp": gb["ucx"] / gb["tcp"],
             "ucx_tcp_over_tcp": gb["ucx_tcp"] / gb["tcp"]}
+
+
+def command(size: int, block_size: str, workdir: str | None, json_path: str | None, repeat: int) -> None:
+    """`cachebench transports`: the rounds, then each wire's median and range and the targets."""
+    from .output import write_results
+    from .rounds import fmt_range
+
+    result = run_transports(size, block_size, workdir, repeat)
+    r, q = result["ratios"], result["ratios_range"]
+
+    def gb(entry: dict) -> str:
+        return fmt_range(entry["gb_per_s"], *entry["range"]["gb_per_s"], unit=" GB/s")
+
+    click.echo(f"\n{repeat} rounds: medians (min-max)")
+    click.echo(f"raw TCP socket, 2 processes    {gb(result['raw_tcp'])}  (1 MiB writes)")
+    click.echo(f"raw TCP socket, 1 process      {gb(result['raw_tcp_same_process'])}  "
+               f"(sender thread; HTTP is {fmt_range(r['tcp_over_raw_tcp_same_process'], *q['tcp_over_raw_tcp_same_process'])}x this)")
+    for name, t in result["transports"].items():
+        click.echo(f"{name:<30} {gb(t)}  ({t['channel']})")
+    click.echo(f"\ntargets: HTTP >= 0.7x raw TCP: {fmt_range(r['tcp_over_raw_tcp'], *q['tcp_over_raw_tcp'])} "
+               f"[{'met' if r['tcp_over_raw_tcp'] >= 0.7 else 'NOT met'}]; "
+               f"UCX (shm) >= 1.5x HTTP: {fmt_range(r['ucx_over_tcp'], *q['ucx_over_tcp'])} "
+               f"[{'met' if r['ucx_over_tcp'] >= 1.5 else 'NOT met'}]")
+    write_results(result, json_path, None, "")
