@@ -45,3 +45,19 @@ def test_transport_imports_only_core_types():
     for path in sorted((ROOT / "transport").glob("*.py")):
         ours = {n for n in _imports(path) if n.startswith("cachenode") and not n.startswith("cachenode.transport")}
         assert ours <= core, f"{path.name} imports {sorted(ours - core)}"
+
+
+# bench's own tests: they measure through `cachebench` and may import its modules
+BENCH_TESTS = {"test_bench.py", "test_simulate.py", "test_soak.py", "test_quickstart.py"}
+
+
+def test_the_harness_needs_neither_pytest_nor_the_benchmarks():
+    """`cachenode.testing` ships in the wheel: it imports no pytest and nothing of `cachenode.bench`;
+    among the tests only bench's own import `cachenode.bench`."""
+    for path in sorted((ROOT / "cachenode" / "testing").glob("*.py")):
+        bad = {n for n in _imports(path) if n.split(".")[0] in ("pytest", "_pytest") or n.startswith("cachenode.bench")}
+        assert not bad, f"cachenode/testing/{path.name} imports {sorted(bad)}"
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        if path.name not in BENCH_TESTS:
+            bad = {n for n in _imports(path) if n.startswith("cachenode.bench")}
+            assert not bad, f"tests/{path.name} imports {sorted(bad)}"
