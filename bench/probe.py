@@ -25,7 +25,7 @@ from typing import Callable
 # and returns it, a callable that measures and returns the result (a dict).
 KINDS = {"cache": "contender", "local": "contender", "blob_sdk": "contender", "adlfs": "contender",
          "runai": "contender", "wire": "wire_probe", "raw_tcp": "wire_probe", "raw_sender": "wire_probe",
-         "background_read": "qos_read"}
+         "background_read": "qos_read", "warm": "qos_read"}
 
 
 def _env(spec: dict) -> dict[str, str]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,7 +25,7 @@ from cachenode.testing.node import NodeProcess
 from cachenode.testing.ports import free_port
 from cachenode.testing.relay import Relay
 
-from .probe import run_together
+from .probe import run_probe, run_together
 from .qos import bulk_flow, summarize, too_fast
 
 # The node counts a background piece as it lets it go: its counter, read when the flow
@@ -70,10 +68,17 @@ def _round(pair: HostPair, node, reader_env: dict, url: str, node_url: str, toke
 
 
 def prepare(spec: dict) -> Callable[[], dict]:
-    """The probe kind "background_read": opens the blob with `background=True`; the measurement
-    reads it whole and gives when it started and ended (monotonic clock: the same in every
-    namespace) and the bytes' digest."""
+    """The probe kinds run in the reader's namespace: "warm" (the blob into the node's cache) and
+    "background_read", which opens the blob with `background=True`; its measurement reads it
+    whole and gives when it started and ended (monotonic clock: the same in every namespace)
+    and the bytes' digest."""
     import cachenode
+
+    if spec["kind"] == "warm":
+        def warm() -> dict:
+            cachenode.warm(spec["url"], nodes=[spec["node"]], token=spec["token"])
+            return {}
+        return warm
 
     f = cachenode.open(spec["url"], nodes=[spec["node"]], token=spec["token"], transports=spec["transport"],
                        background=True)
@@ -123,13 +128,11 @@ def run_qos_read(workdir: str | Path, transport: str = "ucx", link: str = "100mb
             svc.get_blob_client("qos", "r.bin").upload_blob(data)
         url = f"{azurite.endpoint}/qos/r.bin"
         # cached first (over the unshaped link): the rounds move only node -> reader traffic
-        warm = subprocess.run([*pair.exec_b(), sys.executable, "-c",
-                               "import sys, cachenode; cachenode.warm(sys.argv[1], nodes=[sys.argv[2]], token=sys.argv[3])",
-                               url, f"http://{pair.A_IP}:{port}", token],
-                              capture_output=True, text=True, timeout=300,
-                              env={**os.environ, **reader_env, "UCX_WARN_UNUSED_ENV_VARS": "n"})
-        if warm.returncode != 0:
-            raise RuntimeError(f"warming the blob failed: {warm.stderr[-2000:]}")
+        try:
+            run_probe({"kind": "warm", "url": url, "node": f"http://{pair.A_IP}:{port}", "token": token,
+                       "wrap": list(pair.exec_b()), "env": reader_env}, timeout=300)
+        except RuntimeError as exc:
+            raise RuntimeError(f"warming the blob failed: {exc}") from None
         for i in range(repeat):
             runs.append(_round(pair, node, reader_env, url, f"http://{pair.A_IP}:{port}", token, transport, digest,
                                link_bytes_per_s, flow_seconds))
