@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
+from cachenode.testing.blobs import upload
+
 from . import rounds, runai
-from .checkpoint import upload
 from .scenarios import Recorder
 from .table import byte_bar
 from .testbed import CONTAINER, testbed

@@ -137,7 +137,9 @@ def run_soak(seconds: float, *, loaders: int = 3, n_blobs: int = 4, blob_mib: in
 
     from cachenode.client.bypass import BypassWarning
 
-    from .checkpoint import make_safetensors, upload
+    from cachenode.testing.blobs import upload
+
+    from .checkpoint import make_safetensors
 
     warnings.simplefilter("ignore", BypassWarning)  # bypass is expected while nodes die
     rng = random.Random(seed)

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Iterator
 
 from cachenode.testing.azurite import Azurite
+from cachenode.testing.blobs import upload
 from cachenode.testing.cluster import LocalCluster
 from cachenode.testing.paths import scratch_dir
 
-from .checkpoint import make_safetensors, upload
+from .checkpoint import make_safetensors
 from .table import byte_bar
 
 CONTAINER = "models"

@@ -6,6 +6,7 @@ One idea a module (no pytest here, and nothing started at import):
 - `ports`: a free loopback port; waiting until a port listens
 - `paths`: the source tree the harness runs from; scratch folders
 - `azurite`: the Azure Blob emulator as a child process, its account and connection strings
+- `blobs`: a file uploaded as a blob (creating its container)
 - `node`: `cachenode serve` as a child process
 - `cluster`: n node processes sharing a peers file; a node's view of the members
 - `mount`: `cachenode mount` as a child process
