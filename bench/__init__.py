@@ -1,1 +1,1 @@
-"""The benchmark CLI (`cachebench`) and the local services it and the tests start."""
+"""The benchmark CLI (`cachebench`): load-time measurements and the cluster simulator."""

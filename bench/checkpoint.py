@@ -1,4 +1,4 @@
-"""Generate a realistic safetensors checkpoint of a given size, and upload files to Azure Blob."""
+"""Generate a realistic safetensors checkpoint of a given size (whole transformer-ish layers)."""
 
 from __future__ import annotations
 
@@ -50,31 +50,3 @@ def make_safetensors(path: str | Path, size: int, seed: int = 0,
             if progress:
                 progress(n)
     return 8 + len(header) + offset
-
-
-def upload(conn_str: str, container: str, blob: str, path: str | Path,
-           progress: Callable[[int], None] | None = None, ca_file: str | None = None) -> str:
-    """Upload a local file as a block blob (creating the container); returns its ETag.
-
-    `ca_file`: the certificate to trust for an HTTPS endpoint (a test Azurite's own)."""
-    from azure.core.exceptions import ResourceExistsError
-    from azure.storage.blob import BlobServiceClient
-
-    kwargs = {"connection_verify": ca_file} if ca_file else {}
-    with BlobServiceClient.from_connection_string(conn_str, **kwargs) as svc:
-        try:
-            svc.create_container(container)
-        except ResourceExistsError:
-            pass
-        done = [0]
-
-        def hook(current, total):
-            # parallel chunks report out of order: count only what moves the high-water mark
-            if progress and current is not None and current > done[0]:
-                progress(current - done[0])
-                done[0] = current
-
-        with open(path, "rb") as f:
-            res = svc.get_blob_client(container, blob).upload_blob(
-                f, overwrite=True, max_concurrency=4, progress_hook=hook)
-        return res["etag"]

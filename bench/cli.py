@@ -1,17 +1,13 @@
-"""`cachebench`: load-time benchmarks of cachenode against the alternatives."""
+"""`cachebench`: its options, wired to the command functions (each command module prints its own results)."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import sys
 
 import click
 
 from cachenode.options import Size
-
-from .output import write_results
 
 
 class Counts(click.ParamType):
@@ -42,6 +38,16 @@ class BlockSize(Size):
             return str(check_block_size(n))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def _sim_block_size(ctx, param, value: int) -> int:
+    """simulate's --block-size: within the node's limits, as bytes."""
+    from cachenode.blocks import check_block_size
+
+    try:
+        return check_block_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _load_options(concurrency: str):
@@ -90,16 +96,9 @@ def main() -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write results as JSON.")
 def quickstart(size, block_size, n_nodes, workdir, keep, json_path) -> None:
     """Start Azurite and a local cluster, upload a generated checkpoint, load it cold then warm."""
-    from .quickstart import run_quickstart, show
+    from .quickstart import command
 
-    rows = run_quickstart(size, block_size, workdir, keep, n_nodes)
-    click.echo()
-    show(rows)
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump({"scenarios": rows}, f, indent=2)
-    if not all(r["verified"] for r in rows):
-        raise click.ClickException("a load returned bytes that differ from the checkpoint")
+    command(size, block_size, n_nodes, workdir, keep, json_path)
 
 
 @main.command()
@@ -121,38 +120,9 @@ def compare(size, n_nodes, readers, transport, block_size, concurrencies, workdi
     medians over the rounds with min-max beside them, and ratios are taken within each round.
     Cache loads also report where their time went (measured by the loader).
     """
-    from .compare import run_compare, target_lines
-    from .table import breakdown_line, cpu_line, print_table, spread_cell
-    from cachenode.units import format_size
+    from .compare import command
 
-    result = run_compare(size, n_nodes, readers, transport, block_size, concurrencies, workdir, repeat)
-    click.echo(f"\n{repeat} rounds: medians (min-max)")
-    rows = [{"scenario": k, **v} for k, v in result["scenarios"].items() if "seconds" in v]
-    print_table(rows, [("scenario", "scenario", "{}"), ("seconds", None, spread_cell("{:.2f}", "seconds")),
-                       ("GB/s", None, spread_cell("{:.2f}", "gb_per_s")),
-                       ("origin bytes", "origin_bytes", format_size),
-                       ("peak RSS", "peak_rss_bytes", format_size), ("verified", "verified", "{}")])
-    for k, v in result["scenarios"].items():
-        if "skipped" in v:
-            click.echo(f"{k}: skipped ({v['skipped']})")
-    click.echo("\nwhere the cache loads' time went (medians, seconds):")
-    for k, v in result["scenarios"].items():
-        if "breakdown" in v:
-            click.echo(breakdown_line(k, v["breakdown"]))
-    click.echo(f"\nCPU seconds during each load (medians; this machine has {os.cpu_count()} cores):")
-    for k, v in result["scenarios"].items():
-        if "cpu_seconds" in v:
-            click.echo(cpu_line(k, v["cpu_seconds"], v["seconds"]))
-    click.echo("\ntargets (medians of per-round ratios, min-max):")
-    for line in target_lines(result["ratios"], result["ratios_range"]):
-        click.echo(line)
-    if "warm_over_adlfs" in result["ratios"]:
-        lo, hi = result["ratios_range"]["warm_over_adlfs"]
-        click.echo(f"  cache_warm over adlfs: {result['ratios']['warm_over_adlfs']:.3f} ({lo:.3f}-{hi:.3f})")
-    write_results(result, json_path, plot_path, f"cachebench compare: {format_size(result['model_bytes'])}, "
-           f"{n_nodes} nodes, {readers} concurrent readers ({os.cpu_count()} CPUs)")
-    if not all(v.get("verified", True) for v in result["scenarios"].values()):
-        raise click.ClickException("a contender returned bytes that differ from the checkpoint")
+    command(size, n_nodes, readers, transport, block_size, concurrencies, workdir, json_path, plot_path, repeat)
 
 
 @main.command()
@@ -171,26 +141,9 @@ def transports(size, block_size, workdir, json_path, repeat) -> None:
     process, best of 3 passes; every wire once per round, figures are medians over the rounds
     (min-max), ratios taken within each round.
     """
-    from .rounds import fmt_range
-    from .transports import run_transports
+    from .transports import command
 
-    result = run_transports(size, block_size, workdir, repeat)
-    r, q = result["ratios"], result["ratios_range"]
-
-    def gb(entry: dict) -> str:
-        return fmt_range(entry["gb_per_s"], *entry["range"]["gb_per_s"], unit=" GB/s")
-
-    click.echo(f"\n{repeat} rounds: medians (min-max)")
-    click.echo(f"raw TCP socket, 2 processes    {gb(result['raw_tcp'])}  (1 MiB writes)")
-    click.echo(f"raw TCP socket, 1 process      {gb(result['raw_tcp_same_process'])}  "
-               f"(sender thread; HTTP is {fmt_range(r['tcp_over_raw_tcp_same_process'], *q['tcp_over_raw_tcp_same_process'])}x this)")
-    for name, t in result["transports"].items():
-        click.echo(f"{name:<30} {gb(t)}  ({t['channel']})")
-    click.echo(f"\ntargets: HTTP >= 0.7x raw TCP: {fmt_range(r['tcp_over_raw_tcp'], *q['tcp_over_raw_tcp'])} "
-               f"[{'met' if r['tcp_over_raw_tcp'] >= 0.7 else 'NOT met'}]; "
-               f"UCX (shm) >= 1.5x HTTP: {fmt_range(r['ucx_over_tcp'], *q['ucx_over_tcp'])} "
-               f"[{'met' if r['ucx_over_tcp'] >= 1.5 else 'NOT met'}]")
-    write_results(result, json_path, None, "")
+    command(size, block_size, workdir, json_path, repeat)
 
 
 @main.command()
@@ -210,24 +163,9 @@ def links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, work
     Network namespaces + veth + tc tbf emulate the two links on this machine; the loaders run
     in fresh processes in the root namespace and every load is verified.
     """
-    from .links import run_links
+    from .links import command
 
-    if os.geteuid() != 0:
-        raise click.ClickException("cachebench links creates network namespaces and needs root")
-    from .rounds import fmt_range
-
-    r = run_links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, workdir, repeat)
-    q, qr = r["ratios"], r["ratios_range"]
-    ok = q["warm_speedup_over_cold"] >= 0.8 * q["link_ratio"]
-    click.echo(f"\n{repeat} rounds, medians of per-round ratios (min-max)")
-    click.echo(f"warm speedup over cold {fmt_range(q['warm_speedup_over_cold'], *qr['warm_speedup_over_cold'])}x; "
-               f"link ratio {q['link_ratio']:.2f}x; target >= {0.8 * q['link_ratio']:.2f}x [{'met' if ok else 'NOT met'}]")
-    click.echo(f"cache warm vs blob direct {fmt_range(q['warm_over_blob_direct'], *qr['warm_over_blob_direct'])}x, "
-               f"cache cold vs blob direct {fmt_range(q['cold_over_blob_direct'], *qr['cold_over_blob_direct'])}x")
-    write_results(r, json_path, plot_path, f"cachebench links: origin {origin_gbit:g} Gbit/s, peers {peer_gbit:g} Gbit/s, "
-           f"{r['model_bytes'] / 2**30:.2f} GiB ({os.cpu_count()} CPUs)")
-    if not all(v["verified"] for v in r["scenarios"].values()):
-        raise click.ClickException("a load returned bytes that differ from the checkpoint")
+    command(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, workdir, json_path, plot_path, repeat)
 
 
 @main.command()
@@ -249,48 +187,9 @@ def qos(link, transport, repeat, workdir, json_path) -> None:
     beside the cache traffic, and the cache traffic once the flow stops. Targets: the flow keeps
     >= 90% of its rate, the cache then uses >= 80% of the link.
     """
-    import tempfile
+    from .qos import command
 
-    from cachenode.units import parse_rate
-
-    from .qos import run_qos
-    from .qos_read import run_qos_read
-
-    if os.geteuid() != 0:
-        raise click.ClickException("cachebench qos creates a network namespace and needs root")
-    try:
-        rate = parse_rate(link.lower().replace("mbit", "Mbit").replace("gbit", "Gbit"))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--link") from None
-
-    what = f"{transport} read" if transport else "warm"
-
-    def progress(i, r):
-        click.echo(f"round {i + 1}/{repeat}: flow alone {r['foreground_alone_gb_per_s'] * 1e3:5.1f} MB/s, "
-                   f"during {what} {r['foreground_with_cache_gb_per_s'] * 1e3:5.1f} MB/s "
-                   f"({100 * r['foreground_kept']:.0f}% kept), {what} after "
-                   f"{r['cache_idle_gb_per_s'] * 1e3:5.1f} MB/s ({100 * r['cache_idle_link_share']:.0f}% of the link)")
-
-    with tempfile.TemporaryDirectory(prefix="cachebench-qos-") as tmp:
-        try:
-            if transport:
-                r = run_qos_read(workdir or tmp, transport=transport, link=link, link_bytes_per_s=rate,
-                                 repeat=repeat, progress=progress)
-            else:
-                r = run_qos(workdir or tmp, link=link, link_bytes_per_s=rate, repeat=repeat, progress=progress)
-        except RuntimeError as exc:
-            raise click.ClickException(str(exc)) from None
-    kept, share = r["ranges"]["foreground_kept"], r["ranges"]["cache_idle_link_share"]
-    click.echo(f"link {r['link_gbit']:.2f} Gbit/s, {repeat} rounds (median, min-max)")
-    alone = r["ranges"]["foreground_alone_gb_per_s"]
-    click.echo(f"{'bulk flow alone':<30s}{r['foreground_alone_gb_per_s'] * 1e3:8.1f} MB/s "
-               f"({alone[0] * 1e3:.1f}-{alone[1] * 1e3:.1f}; the link's {r['link_gbit'] * 125:.1f} less framing)")
-    click.echo(f"{'bulk flow beside ' + what:<30s}{r['foreground_with_cache_gb_per_s'] * 1e3:8.1f} MB/s "
-               f"({100 * r['foreground_kept']:.0f}% kept, {100 * kept[0]:.0f}-{100 * kept[1]:.0f}%; target >= 90%)")
-    click.echo(f"{what + ' once the flow stops':<30s}{r['cache_idle_gb_per_s'] * 1e3:8.1f} MB/s "
-               f"({100 * r['cache_idle_link_share']:.0f}% of the link, {100 * share[0]:.0f}-{100 * share[1]:.0f}%; "
-               "target >= 80%)")
-    write_results(r, json_path, None, "")
+    command(link, transport, repeat, workdir, json_path)
 
 
 @main.command()
@@ -314,31 +213,10 @@ def soak(duration, loaders, chaos_every, disk_pressure, n_nodes, workdir, json_p
     a named error, node memory and cache dirs stayed within their budgets, and no descriptors leaked.
     With --disk-pressure: the disk-pressure mode (see that option).
     """
-    from .soak import check, run_soak
+    from .soak import command
 
-    seconds = _duration(duration)
-
-    def progress(log, left):
-        o = log.outcomes
-        click.echo(f"{max(0, left):5.0f}s left: {o['ok']} ok, {o['named']} named errors, "
-                   f"{len(log.bad)} bad, {log.bypasses} bypasses; chaos {dict(log.chaos)}")
-
-    r = run_soak(seconds, loaders=loaders, chaos_every=chaos_every, workdir=workdir, progress=progress,
-                 disk_pressure=disk_pressure, n_nodes=n_nodes)
-    click.echo(f"{r['loads']} loads in {seconds:.0f}s: {r['outcomes']}; named errors {r['named_errors']}")
-    for kind, text in r["error_examples"].items():
-        click.echo(f"  e.g. {text}")
-    click.echo(f"chaos {r['chaos']}; cache dir peak {r['max_cache_dir_mib']} MiB (--disk {r['disk_budget_mib']} MiB); "
-               f"{r['bypasses']} bypasses; {r['evicted_while_sending']} block files evicted during a send")
-    for x in r["incarnations"]:
-        click.echo(f"  node {x['node']} pid {x['pid']}: idle {x['idle_rss_mib']} MiB, +{x['rss_over_idle_mib']} MiB "
-                   f"peak (budget +{r['rss_budget_over_idle_mib']}), fds {x['fds_start']} -> {x['fds_end']}")
-    broken = check(r)
-    r["broken"] = broken
-    write_results(r, json_path, None, "")
-    if broken:
-        raise click.ClickException("soak failed:\n  " + "\n  ".join(broken))
-    click.echo("soak passed")
+    command(_duration(duration), loaders, chaos_every, workdir, json_path, disk_pressure=disk_pressure,
+            n_nodes=n_nodes)
 
 
 def _duration(text: str) -> float:
@@ -351,11 +229,65 @@ def _duration(text: str) -> float:
                                  param_hint="--duration") from None
 
 
+@main.command()
+@click.option("--nodes", default=32, show_default=True, type=click.IntRange(1, 4096),
+              help="Cache nodes, one per host (GPU server) with its own NIC.")
+@click.option("--readers", default=1, show_default=True, type=click.IntRange(1, 100_000),
+              help="Concurrent readers, each loading the whole model, spread round-robin over the hosts.")
+@click.option("--size", default="270GB", show_default=True, type=Size(), help="Model size.")
+@click.option("--block-size", default="8MiB", show_default=True, type=Size(), callback=_sim_block_size,
+              help="Node block size.")
+@click.option("--nic-gbit", default=200.0, show_default=True, type=click.FloatRange(0.001, 1e6),
+              help="Each host's NIC, Gbit/s each way (8x400 Gbit/s: 3200).")
+@click.option("--origin-gbit", default=200.0, show_default=True, type=click.FloatRange(0.001, 1e6),
+              help="The storage account's egress, Gbit/s (Azure's default for GPv2 in large regions).")
+@click.option("--origin-conn-mbyte", "conn_mbyte", default=47.0, show_default=True,
+              type=click.FloatRange(0.001, 1e6),
+              help="MB/s of one origin connection (47: 8 connections load 270 GB in 12 min, the demo's blob time).")
+@click.option("--window", default=None, type=click.IntRange(1, 1024),
+              help="Blocks in flight per reader [default: the loader's, client/config.py].")
+@click.option("--fail", default=0, show_default=True, type=click.IntRange(0, 4095),
+              help="Nodes that die during the run (the first K member ids).")
+@click.option("--fail-at", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="...when the cold load's front has read this share of the model (1: between cold and warm).")
+@click.option("--busy", default=0.0, show_default=True, type=click.FloatRange(0, 0.95),
+              help="Share of every NIC the GPU jobs' own traffic holds: loads get the rest; warming gets "
+                   "what the node's idle-bandwidth governor (cachenode/node/qos.py) grants beside it.")
+@click.option("--reader-gbyte", default=0.0, show_default=True, type=click.FloatRange(0, 1e6),
+              help="GB/s one reader process can take in (copies, PCIe); 0: no limit but the links.")
+@click.option("--stretches", default=128, show_default=True, type=click.IntRange(1, 4096),
+              help="Events per load: the model is cut into this many stretches of blocks.")
+@click.option("--validate", is_flag=True,
+              help="Instead: run `cachebench links` here (root) and print it beside the model's prediction.")
+@click.option("--validate-size", default="64MiB", show_default=True, type=Size(), help="Checkpoint size of --validate.")
+@click.option("--validate-origin-gbit", default=0.2, show_default=True, type=click.FloatRange(0.01, 100),
+              help="Origin link of --validate, Gbit/s.")
+@click.option("--validate-peer-gbit", default=0.5, show_default=True, type=click.FloatRange(0.01, 100),
+              help="Peer link of --validate, Gbit/s.")
+@click.option("--validate-nodes", default=3, show_default=True, type=click.IntRange(1, 16),
+              help="Nodes of --validate.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep --validate's files here instead of a temp dir.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG bar chart.")
+def simulate(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte, window, fail, fail_at,
+             busy, reader_gbyte, stretches, validate, validate_size, validate_origin_gbit, validate_peer_gbit, validate_nodes,
+             workdir, json_path, plot_path) -> None:
+    """Predict load times at scales this machine cannot run: a flow-level model of the cluster.
 
+    The model places blocks with the real rendezvous hashing and block keys, fills each block
+    once from the origin by its owner, routes readers to owners and, when nodes die, to the next
+    member in rank; bytes flow over each host's NIC and the storage account's egress, shared
+    max-min fairly per connection. It prints the load times of a direct blob download, of
+    warming the cluster ahead (`cachenode warm`, background traffic), of a cold and of a warm
+    load, origin bytes and how evenly the nodes serve. With --validate it instead runs a small `cachebench
+    links` here and prints its measured times beside the model's prediction of that run.
+    """
+    from .sim.command import command
 
-from .simcli import simulate  # noqa: E402  (a model, not a measurement: its own module)
+    command(nodes, readers, size, block_size, nic_gbit, origin_gbit, conn_mbyte, window, fail, fail_at, busy,
+            reader_gbyte, stretches, validate, validate_size, validate_origin_gbit, validate_peer_gbit,
+            validate_nodes, workdir, json_path, plot_path)
 
-main.add_command(simulate)
 
 if __name__ == "__main__":
     main()

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
+from cachenode.testing.blobs import upload
+
 from . import rounds, runai
-from .checkpoint import upload
 from .scenarios import Recorder
 from .table import byte_bar
 from .testbed import CONTAINER, testbed
@@ -112,7 +113,7 @@ def mount_unavailable() -> str | None:
 def warm_mount(rec: Recorder, mountpoint: Path, node: str, token: str, blob: str) -> None:
     """cache_warm_mount: safetensors.load_file from a fresh `cachenode mount` of the warm cluster,
     in a fresh process, every tensor cloned into fresh memory (as local_safetensors does)."""
-    from .services import MountProcess
+    from cachenode.testing.mount import MountProcess
 
     reason = mount_unavailable()
     if reason:
@@ -176,3 +177,42 @@ def target_lines(r: dict, ranges: dict | None = None) -> list[str]:
         spread = f" ({ranges[key][0]:.3f}-{ranges[key][1]:.3f})" if ranges and key in ranges else ""
         lines.append(f"  [{'met' if ok else 'NOT met'}] {text}: {v:.3f}{spread}")
     return lines
+
+
+def command(size: int, n_nodes: int, readers: int, transport: str, block_size: str, concurrencies: tuple[int, ...],
+            workdir: str | None, json_path: str | None, plot_path: str | None, repeat: int) -> None:
+    """`cachebench compare`: the rounds, then the table, where the cache loads' time went, CPU
+    seconds, the targets, and the JSON and plot if asked; fails if a contender's bytes differ."""
+    from cachenode.units import format_size
+
+    from .output import write_results
+    from .table import breakdown_line, cpu_line, print_table, spread_cell
+
+    result = run_compare(size, n_nodes, readers, transport, block_size, concurrencies, workdir, repeat)
+    click.echo(f"\n{repeat} rounds: medians (min-max)")
+    rows = [{"scenario": k, **v} for k, v in result["scenarios"].items() if "seconds" in v]
+    print_table(rows, [("scenario", "scenario", "{}"), ("seconds", None, spread_cell("{:.2f}", "seconds")),
+                       ("GB/s", None, spread_cell("{:.2f}", "gb_per_s")),
+                       ("origin bytes", "origin_bytes", format_size),
+                       ("peak RSS", "peak_rss_bytes", format_size), ("verified", "verified", "{}")])
+    for k, v in result["scenarios"].items():
+        if "skipped" in v:
+            click.echo(f"{k}: skipped ({v['skipped']})")
+    click.echo("\nwhere the cache loads' time went (medians, seconds):")
+    for k, v in result["scenarios"].items():
+        if "breakdown" in v:
+            click.echo(breakdown_line(k, v["breakdown"]))
+    click.echo(f"\nCPU seconds during each load (medians; this machine has {os.cpu_count()} cores):")
+    for k, v in result["scenarios"].items():
+        if "cpu_seconds" in v:
+            click.echo(cpu_line(k, v["cpu_seconds"], v["seconds"]))
+    click.echo("\ntargets (medians of per-round ratios, min-max):")
+    for line in target_lines(result["ratios"], result["ratios_range"]):
+        click.echo(line)
+    if "warm_over_adlfs" in result["ratios"]:
+        lo, hi = result["ratios_range"]["warm_over_adlfs"]
+        click.echo(f"  cache_warm over adlfs: {result['ratios']['warm_over_adlfs']:.3f} ({lo:.3f}-{hi:.3f})")
+    write_results(result, json_path, plot_path, f"cachebench compare: {format_size(result['model_bytes'])}, "
+           f"{n_nodes} nodes, {readers} concurrent readers ({os.cpu_count()} CPUs)")
+    if not all(v.get("verified", True) for v in result["scenarios"].values()):
+        raise click.ClickException("a contender returned bytes that differ from the checkpoint")

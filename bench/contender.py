@@ -1,17 +1,14 @@
-"""One load in a fresh process: `python -m cachenode.bench.contender '<json>'`.
+"""The contenders' loads as probe kinds (bench/probe.py): imports before the clock, then one timed load.
 
-A fresh process per load means fresh memory (first-touch page faults paid by every contender
-alike) and an honest peak RSS. It prints "ready" after its imports, waits for a line on stdin,
-loads, and prints one "RESULT <json>" line with seconds, peak RSS, the import baseline and a data digest
-(and, for cache loads, the loader's own time breakdown).
+Each load's result: seconds, CPU seconds, peak RSS, the import baseline and a data digest (and,
+for cache loads, the loader's own time breakdown).
 """
 
 from __future__ import annotations
 
-import json
 import resource
-import sys
 import time
+from typing import Callable
 
 
 def _rss() -> int:
@@ -30,7 +27,8 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def main(spec: dict) -> dict:
+def prepare(spec: dict) -> Callable[[], dict]:
+    """Import and set up `spec`'s load; returns the timed load."""
     import torch  # noqa: F401  (part of the baseline every contender pays)
 
     from cachenode.bench.loads import data_digest
@@ -88,24 +86,21 @@ def main(spec: dict) -> dict:
         raise SystemExit(f"unknown contender kind {kind!r}")
 
     baseline = _rss()
-    print("READY", flush=True)
-    sys.stdin.readline()
-    cpu0 = _cpu()
-    t0 = time.perf_counter()
-    tensors = load()
-    seconds = time.perf_counter() - t0
-    cpu = _cpu() - cpu0
-    peak = _rss()
-    out = {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
-           "tensors": len(tensors), "digest": data_digest(tensors)}
-    if "breakdown" in extra:
-        b = extra["breakdown"].as_dict()
-        b.pop("bytes")
-        # what the loader's own phases do not cover: client set-up and tear-down
-        b["other_s"] = max(0.0, seconds - sum(v for k, v in b.items() if k != "first_touch_s"))
-        out["breakdown"] = b
-    return out
 
-
-if __name__ == "__main__":
-    print("RESULT " + json.dumps(main(json.loads(sys.argv[1]))), flush=True)
+    def measure() -> dict:
+        cpu0 = _cpu()
+        t0 = time.perf_counter()
+        tensors = load()
+        seconds = time.perf_counter() - t0
+        cpu = _cpu() - cpu0
+        peak = _rss()
+        out = {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
+               "tensors": len(tensors), "digest": data_digest(tensors)}
+        if "breakdown" in extra:
+            b = extra["breakdown"].as_dict()
+            b.pop("bytes")
+            # what the loader's own phases do not cover: client set-up and tear-down
+            b["other_s"] = max(0.0, seconds - sum(v for k, v in b.items() if k != "first_touch_s"))
+            out["breakdown"] = b
+        return out
+    return measure

@@ -14,12 +14,13 @@ from contextlib import ExitStack
 
 import click
 
+from cachenode.testing.azurite import connection_string
+from cachenode.testing.netns import VethHost
+from cachenode.testing.relay import Relay
+
 from . import rounds
 from .compare import copy_blob, machine, reference_digest
-from .netns import VethHost
-from .relay import Relay
 from .scenarios import Recorder
-from .services import connection_string
 from .testbed import CONTAINER, testbed
 
 def _tbf(gbit: float) -> tuple[str, int]:
@@ -77,3 +78,29 @@ def _ratios(s: dict, origin_gbit: float, peer_gbit: float) -> dict:
             "warm_speedup_over_link_ratio": cold / warm / link_ratio,
             "warm_over_blob_direct": s["blob_direct_sdk"]["seconds"] / warm,
             "cold_over_blob_direct": s["blob_direct_sdk"]["seconds"] / cold}
+
+
+def command(size: int, origin_gbit: float, peer_gbit: float, n_nodes: int, block_size: str,
+            concurrencies: tuple[int, ...], workdir: str | None, json_path: str | None, plot_path: str | None,
+            repeat: int) -> None:
+    """`cachebench links` (root): the rounds, then the speedups against the link ratio and blob
+    direct, and the JSON and plot if asked; fails if a load's bytes differ."""
+    import os
+
+    from .output import write_results
+    from .rounds import fmt_range
+
+    if os.geteuid() != 0:
+        raise click.ClickException("cachebench links creates network namespaces and needs root")
+    r = run_links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, workdir, repeat)
+    q, qr = r["ratios"], r["ratios_range"]
+    ok = q["warm_speedup_over_cold"] >= 0.8 * q["link_ratio"]
+    click.echo(f"\n{repeat} rounds, medians of per-round ratios (min-max)")
+    click.echo(f"warm speedup over cold {fmt_range(q['warm_speedup_over_cold'], *qr['warm_speedup_over_cold'])}x; "
+               f"link ratio {q['link_ratio']:.2f}x; target >= {0.8 * q['link_ratio']:.2f}x [{'met' if ok else 'NOT met'}]")
+    click.echo(f"cache warm vs blob direct {fmt_range(q['warm_over_blob_direct'], *qr['warm_over_blob_direct'])}x, "
+               f"cache cold vs blob direct {fmt_range(q['cold_over_blob_direct'], *qr['cold_over_blob_direct'])}x")
+    write_results(r, json_path, plot_path, f"cachebench links: origin {origin_gbit:g} Gbit/s, peers {peer_gbit:g} Gbit/s, "
+           f"{r['model_bytes'] / 2**30:.2f} GiB ({os.cpu_count()} CPUs)")
+    if not all(v["verified"] for v in r["scenarios"].values()):
+        raise click.ClickException("a load returned bytes that differ from the checkpoint")

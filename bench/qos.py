@@ -8,6 +8,7 @@ TCP flow across the same link (iperf3) plays the GPU job's traffic. Needs root a
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -18,11 +19,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from cachenode.client.admin import scrape
+from cachenode.testing.azurite import Azurite, connection_string
+from cachenode.testing.netns import VethHost
+from cachenode.testing.node import NodeProcess
+from cachenode.testing.ports import free_port
+from cachenode.testing.relay import Relay
 
-from .netns import VethHost
-from .relay import Relay
 from .rounds import median_range
-from .services import Azurite, NodeProcess, connection_string, free_port
 
 
 def bulk_flow(server_at: tuple[str, ...], server_ip: str, seconds: float,
@@ -145,6 +148,52 @@ def summarize(runs: list[dict], link_bytes_per_s: float, repeat: int, metrics: d
             out["ranges"][k] = [lo, hi]
     out["runs"] = runs
     return out
+
+
+def command(link: str, transport: str | None, repeat: int, workdir: str | None, json_path: str | None) -> None:
+    """`cachebench qos` (root): a line per round, then the medians against the targets."""
+    import click
+
+    from cachenode.units import parse_rate
+
+    from .output import write_results
+    from .qos_read import run_qos_read
+
+    if os.geteuid() != 0:
+        raise click.ClickException("cachebench qos creates a network namespace and needs root")
+    try:
+        rate = parse_rate(link.lower().replace("mbit", "Mbit").replace("gbit", "Gbit"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--link") from None
+
+    what = f"{transport} read" if transport else "warm"
+
+    def progress(i, r):
+        click.echo(f"round {i + 1}/{repeat}: flow alone {r['foreground_alone_gb_per_s'] * 1e3:5.1f} MB/s, "
+                   f"during {what} {r['foreground_with_cache_gb_per_s'] * 1e3:5.1f} MB/s "
+                   f"({100 * r['foreground_kept']:.0f}% kept), {what} after "
+                   f"{r['cache_idle_gb_per_s'] * 1e3:5.1f} MB/s ({100 * r['cache_idle_link_share']:.0f}% of the link)")
+
+    with tempfile.TemporaryDirectory(prefix="cachebench-qos-") as tmp:
+        try:
+            if transport:
+                r = run_qos_read(workdir or tmp, transport=transport, link=link, link_bytes_per_s=rate,
+                                 repeat=repeat, progress=progress)
+            else:
+                r = run_qos(workdir or tmp, link=link, link_bytes_per_s=rate, repeat=repeat, progress=progress)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
+    kept, share = r["ranges"]["foreground_kept"], r["ranges"]["cache_idle_link_share"]
+    click.echo(f"link {r['link_gbit']:.2f} Gbit/s, {repeat} rounds (median, min-max)")
+    alone = r["ranges"]["foreground_alone_gb_per_s"]
+    click.echo(f"{'bulk flow alone':<30s}{r['foreground_alone_gb_per_s'] * 1e3:8.1f} MB/s "
+               f"({alone[0] * 1e3:.1f}-{alone[1] * 1e3:.1f}; the link's {r['link_gbit'] * 125:.1f} less framing)")
+    click.echo(f"{'bulk flow beside ' + what:<30s}{r['foreground_with_cache_gb_per_s'] * 1e3:8.1f} MB/s "
+               f"({100 * r['foreground_kept']:.0f}% kept, {100 * kept[0]:.0f}-{100 * kept[1]:.0f}%; target >= 90%)")
+    click.echo(f"{what + ' once the flow stops':<30s}{r['cache_idle_gb_per_s'] * 1e3:8.1f} MB/s "
+               f"({100 * r['cache_idle_link_share']:.0f}% of the link, {100 * share[0]:.0f}-{100 * share[1]:.0f}%; "
+               "target >= 80%)")
+    write_results(r, json_path, None, "")
 
 
 if __name__ == "__main__":

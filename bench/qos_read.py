@@ -11,35 +11,23 @@ root namespace. Needs root and iperf3.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
-import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable
 
 from cachenode.client.admin import scrape
+from cachenode.testing.azurite import Azurite, connection_string
+from cachenode.testing.netns import HostPair, VethHost
+from cachenode.testing.node import NodeProcess
+from cachenode.testing.ports import free_port
+from cachenode.testing.relay import Relay
 
-from .netns import HostPair, VethHost
+from .probe import run_probe, run_together
 from .qos import bulk_flow, summarize, too_fast
-from .relay import Relay
-from .services import Azurite, NodeProcess, connection_string, free_port
 
-# Runs in the reader's namespace: reads the whole blob as background traffic and prints when
-# it started and ended (monotonic clock: the same in every namespace) and the bytes' digest.
-READER = r"""
-import hashlib, json, sys, time, cachenode
-url, node, token, transport = sys.argv[1:5]
-with cachenode.open(url, nodes=[node], token=token, transports=transport, background=True) as f:
-    buf = bytearray(f.size)
-    print("open", flush=True)
-    t0 = time.monotonic()
-    f.readinto(buf)
-    t1 = time.monotonic()
-print(json.dumps({"t0": t0, "t1": t1, "sha256": hashlib.sha256(buf).hexdigest()}), flush=True)
-"""
 # The node counts a background piece as it lets it go: its counter, read when the flow
 # stops, splits the read into "during" and "after" to within a piece or two.
 SENT = 'cachenode_qos_bytes{class="background"}'
@@ -49,24 +37,21 @@ def _round(pair: HostPair, node, reader_env: dict, url: str, node_url: str, toke
            digest: str, link_bytes_per_s: float, flow_seconds: float) -> dict:
     """The flow alone, the flow while a background read runs, then the read alone once the flow stops."""
     alone, alone_ps = bulk_flow(pair.exec_b(), pair.B_IP, flow_seconds, client_at=pair.exec_a())
-    reader = subprocess.Popen([*pair.exec_b(), sys.executable, "-c", READER, url, node_url, token, transport],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=reader_env)
-    try:
-        if reader.stdout.readline().strip() != "open":
-            raise RuntimeError(f"background reader did not start: {reader.stderr.read()[-2000:]}")
+    during: dict = {}
+
+    def beside_the_read() -> None:
         time.sleep(1.0)  # the read has the link to itself first
-        shared, shared_ps = bulk_flow(pair.exec_b(), pair.B_IP, flow_seconds, client_at=pair.exec_a())
-        t1 = time.monotonic()
-        b1 = scrape(node.url, token)[SENT]
-        out, err = reader.communicate(timeout=600)
-        b2 = scrape(node.url, token)[SENT]
-    finally:
-        if reader.poll() is None:
-            reader.kill()
-            reader.wait()
-    if reader.returncode != 0:
-        raise RuntimeError(f"background reader failed: {err[-2000:]}")
-    r = json.loads(out.splitlines()[-1])
+        during["flow"] = bulk_flow(pair.exec_b(), pair.B_IP, flow_seconds, client_at=pair.exec_a())
+        during["t1"] = time.monotonic()
+        during["b1"] = scrape(node.url, token)[SENT]
+
+    # the reader runs in the reader's namespace, opened before its release
+    (r,), _ = run_together([{"kind": "background_read", "url": url, "node": node_url, "token": token,
+                             "transport": transport, "wrap": list(pair.exec_b()), "env": reader_env}],
+                           timeout=900, beside=beside_the_read)
+    b2 = scrape(node.url, token)[SENT]
+    shared, shared_ps = during["flow"]
+    t1, b1 = during["t1"], during["b1"]
     if r["sha256"] != digest:
         raise RuntimeError("the background read returned bytes that differ from the blob")
     if r["t1"] <= t1:
@@ -80,6 +65,32 @@ def _round(pair: HostPair, node, reader_env: dict, url: str, node_url: str, toke
             "read_seconds": r["t1"] - r["t0"],
             "foreground_alone_per_s_mb": [round(x / 1e6, 2) for x in alone_ps],
             "foreground_with_cache_per_s_mb": [round(x / 1e6, 2) for x in shared_ps]}
+
+
+def prepare(spec: dict) -> Callable[[], dict]:
+    """The probe kinds run in the reader's namespace: "warm" (the blob into the node's cache) and
+    "background_read", which opens the blob with `background=True`; its measurement reads it
+    whole and gives when it started and ended (monotonic clock: the same in every namespace)
+    and the bytes' digest."""
+    import cachenode
+
+    if spec["kind"] == "warm":
+        def warm() -> dict:
+            cachenode.warm(spec["url"], nodes=[spec["node"]], token=spec["token"])
+            return {}
+        return warm
+
+    f = cachenode.open(spec["url"], nodes=[spec["node"]], token=spec["token"], transports=spec["transport"],
+                       background=True)
+    buf = bytearray(f.size)
+
+    def read() -> dict:
+        with f:
+            t0 = time.monotonic()
+            f.readinto(buf)
+            t1 = time.monotonic()
+        return {"t0": t0, "t1": t1, "sha256": hashlib.sha256(buf).hexdigest()}
+    return read
 
 
 def run_qos_read(workdir: str | Path, transport: str = "ucx", link: str = "100mbit",
@@ -109,7 +120,7 @@ def run_qos_read(workdir: str | Path, transport: str = "ucx", link: str = "100mb
             wrap=host.exec_prefix(), port=port, args=args + (("--ucx",) if transport == "ucx" else ()),
             env={**ucx_env, "UCX_NET_DEVICES": pair.a_if}))
         node.url = f"http://{host.ns_ip}:{port}"  # where the root namespace reaches it
-        reader_env = {**os.environ, **ucx_env, "UCX_NET_DEVICES": pair.b_if, "UCX_WARN_UNUSED_ENV_VARS": "n"}
+        reader_env = {**ucx_env, "UCX_NET_DEVICES": pair.b_if}
         from azure.storage.blob import BlobServiceClient
 
         with BlobServiceClient.from_connection_string(azurite.connection_string) as svc:
@@ -117,12 +128,11 @@ def run_qos_read(workdir: str | Path, transport: str = "ucx", link: str = "100mb
             svc.get_blob_client("qos", "r.bin").upload_blob(data)
         url = f"{azurite.endpoint}/qos/r.bin"
         # cached first (over the unshaped link): the rounds move only node -> reader traffic
-        warm = subprocess.run([*pair.exec_b(), sys.executable, "-c",
-                               "import sys, cachenode; cachenode.warm(sys.argv[1], nodes=[sys.argv[2]], token=sys.argv[3])",
-                               url, f"http://{pair.A_IP}:{port}", token],
-                              capture_output=True, text=True, timeout=300, env=reader_env)
-        if warm.returncode != 0:
-            raise RuntimeError(f"warming the blob failed: {warm.stderr[-2000:]}")
+        try:
+            run_probe({"kind": "warm", "url": url, "node": f"http://{pair.A_IP}:{port}", "token": token,
+                       "wrap": list(pair.exec_b()), "env": reader_env}, timeout=300)
+        except RuntimeError as exc:
+            raise RuntimeError(f"warming the blob failed: {exc}") from None
         for i in range(repeat):
             runs.append(_round(pair, node, reader_env, url, f"http://{pair.A_IP}:{port}", token, transport, digest,
                                link_bytes_per_s, flow_seconds))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from cachenode.client.admin import scrape
@@ -54,3 +56,15 @@ def show(rows: list[dict], file_size: int | None = None) -> None:
     print_table(rows, [("scenario", "scenario", "{}"), ("seconds", "seconds", "{:.2f}"),
                        ("GB/s", "gb_per_s", "{:.2f}"), ("origin bytes", "origin_bytes", format_size),
                        ("tensors", "tensors", "{}"), ("verified", "verified", "{}")])
+
+
+def command(size: int, block_size: str, n_nodes: int, workdir: str | None, keep: bool, json_path: str | None) -> None:
+    """`cachebench quickstart`: the loads, their table and (if asked) JSON; fails if a load's bytes differ."""
+    rows = run_quickstart(size, block_size, workdir, keep, n_nodes)
+    click.echo()
+    show(rows)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"scenarios": rows}, f, indent=2)
+    if not all(r["verified"] for r in rows):
+        raise click.ClickException("a load returned bytes that differ from the checkpoint")

@@ -9,17 +9,15 @@ that bundle with our certificate appended is bind-mounted over it: the system fi
 
 from __future__ import annotations
 
-import datetime
 import importlib.util
-import ipaddress
 import os
 import shutil
 from pathlib import Path
 
-from .services import AZURITE_ACCOUNT, AZURITE_KEY, Azurite
+from cachenode.testing.azurite import AZURITE_ACCOUNT, AZURITE_KEY, Azurite
+from cachenode.testing.tls import BLOB_SUFFIX, make_certificate
 
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-_SUFFIX = "blob.localhost"
 
 
 def unavailable() -> str | None:
@@ -33,34 +31,6 @@ def unavailable() -> str | None:
     if not SYSTEM_CA_BUNDLE.is_file():
         return f"no system CA bundle at {SYSTEM_CA_BUNDLE} to extend with the test certificate"
     return None
-
-
-def make_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for *.blob.localhost and 127.0.0.1, valid for two days."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"*.{_SUFFIX}")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName(f"*.{_SUFFIX}"), x509.DNSName(_SUFFIX),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert_path, key_path
 
 
 class HttpsAzurite(Azurite):
@@ -77,7 +47,7 @@ class HttpsAzurite(Azurite):
         """The contender spec: its URL, credentials, endpoint and the mount-namespace wrapper."""
         return {"kind": "runai", "url": f"az://{container}/{blob}",
                 "env": {"AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY,
-                        "AZURE_STORAGE_ENDPOINT_SUFFIX": f"{_SUFFIX}:{self.port}",
+                        "AZURE_STORAGE_ENDPOINT_SUFFIX": f"{BLOB_SUFFIX}:{self.port}",
                         "AZURE_STORAGE_CONNECTION_STRING": None},
                 "wrap": ["unshare", "-m", "sh", "-c",
                          f'mount --bind "$0" {SYSTEM_CA_BUNDLE} && exec "$@"', str(self.ca_bundle)]}

@@ -7,7 +7,7 @@ import click
 from cachenode.client.admin import scrape
 
 from . import rounds
-from .runner import run_together
+from .probe import run_together
 
 
 def scenario(results: list[dict], wall: float, model_bytes: int, reference: str, origin: int,

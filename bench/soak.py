@@ -152,7 +152,9 @@ def run_soak(seconds: float, *, loaders: int = 3, n_blobs: int = 4, blob_mib: in
 
     from cachenode.client.bypass import BypassWarning
 
-    from .checkpoint import make_safetensors, upload
+    from cachenode.testing.blobs import upload
+
+    from .checkpoint import make_safetensors
 
     warnings.simplefilter("ignore", BypassWarning)  # bypass is expected while nodes die
     rng = random.Random(seed)
@@ -297,3 +299,33 @@ def check(r: dict) -> list[str]:
         if x["fds_end"] > x["fds_start"] + FD_GROWTH:
             broken.append(f"node {x['node']} descriptors {x['fds_start']} -> {x['fds_end']}")
     return broken
+
+
+def command(seconds: float, loaders: int, chaos_every: float, workdir: str | None, json_path: str | None, *,
+            disk_pressure: bool = False, n_nodes: int = 3) -> None:
+    """`cachebench soak`: progress while it runs, then the figures and the verdict; fails if a rule broke."""
+    import click
+
+    from .output import write_results
+
+    def progress(log, left):
+        o = log.outcomes
+        click.echo(f"{max(0, left):5.0f}s left: {o['ok']} ok, {o['named']} named errors, "
+                   f"{len(log.bad)} bad, {log.bypasses} bypasses; chaos {dict(log.chaos)}")
+
+    r = run_soak(seconds, loaders=loaders, chaos_every=chaos_every, workdir=workdir, progress=progress,
+                 disk_pressure=disk_pressure, n_nodes=n_nodes)
+    click.echo(f"{r['loads']} loads in {seconds:.0f}s: {r['outcomes']}; named errors {r['named_errors']}")
+    for kind, text in r["error_examples"].items():
+        click.echo(f"  e.g. {text}")
+    click.echo(f"chaos {r['chaos']}; cache dir peak {r['max_cache_dir_mib']} MiB (--disk {r['disk_budget_mib']} MiB); "
+               f"{r['bypasses']} bypasses; {r['evicted_while_sending']} block files evicted during a send")
+    for x in r["incarnations"]:
+        click.echo(f"  node {x['node']} pid {x['pid']}: idle {x['idle_rss_mib']} MiB, +{x['rss_over_idle_mib']} MiB "
+                   f"peak (budget +{r['rss_budget_over_idle_mib']}), fds {x['fds_start']} -> {x['fds_end']}")
+    broken = check(r)
+    r["broken"] = broken
+    write_results(r, json_path, None, "")
+    if broken:
+        raise click.ClickException("soak failed:\n  " + "\n  ".join(broken))
+    click.echo("soak passed")

@@ -8,8 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .checkpoint import make_safetensors, upload
-from .services import Azurite, LocalCluster, scratch_dir
+from cachenode.testing.azurite import Azurite
+from cachenode.testing.blobs import upload
+from cachenode.testing.cluster import LocalCluster
+from cachenode.testing.paths import scratch_dir
+
+from .checkpoint import make_safetensors
 from .table import byte_bar
 
 CONTAINER = "models"

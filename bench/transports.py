@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import click
 
 from . import rounds
+from .probe import run_probe
 from .testbed import testbed
 
 SHM_TLS = "sm,cma,tcp"
-
-
-def _probe(spec: dict, env: dict | None = None) -> dict:
-    e = {**os.environ, "UCX_WARN_UNUSED_ENV_VARS": "n", **(env or {})}
-    r = subprocess.run([sys.executable, "-m", "cachenode.bench.wire_probe", json.dumps(spec)],
-                       capture_output=True, text=True, env=e, timeout=900)
-    for line in r.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"probe {spec.get('transport', 'raw')} failed: {r.stderr[-1500:]}")
 
 
 def run_transports(size: int, block_size: str, workdir: str | None, repeat: int = 3) -> dict:
@@ -39,16 +25,18 @@ def run_transports(size: int, block_size: str, workdir: str | None, repeat: int 
             cachenode.warm(url, nodes=c.urls, token=token)
         click.echo(f"{nbytes / 2**30:.2f} GiB warm on the node(s); every block read in each probe "
                    f"(best of 3 passes), {repeat} rounds")
-        common = {"token": token, "url": url}
+        wire = {"kind": "wire", "token": token, "url": url}
         runs = []
 
         def one_round(i: int) -> None:
             # one probe of each wire per round, in a fresh process each
-            r = {"raw_tcp": _probe({"raw": True, "bytes": nbytes}),  # sender in its own process, like iperf3
-                 "raw_tcp_same_process": _probe({"raw": True, "same_process": True, "bytes": nbytes}),
-                 "tcp": _probe({**common, "node": shm.urls[0], "transport": "tcp"}),
-                 "ucx": _probe({**common, "node": shm.urls[0], "transport": "ucx"}),
-                 "ucx_tcp": _probe({**common, "node": tcp.urls[0], "transport": "ucx"}, {"UCX_TLS": "tcp"})}
+            raw = {"kind": "raw_tcp", "bytes": nbytes}
+            r = {"raw_tcp": run_probe(raw, 900),  # sender in its own process, like iperf3
+                 "raw_tcp_same_process": run_probe({**raw, "same_process": True}, 900),
+                 "tcp": run_probe({**wire, "node": shm.urls[0], "transport": "tcp"}, 900),
+                 "ucx": run_probe({**wire, "node": shm.urls[0], "transport": "ucx"}, 900),
+                 "ucx_tcp": run_probe({**wire, "node": tcp.urls[0], "transport": "ucx", "env": {"UCX_TLS": "tcp"}},
+                                      900)}
             click.echo("  " + ", ".join(f"{k} {v['gb_per_s']:.2f}" for k, v in r.items()) + " GB/s")
             runs.append(r)
 
@@ -72,3 +60,27 @@ def _ratios(r: dict) -> dict:
             "tcp_over_raw_tcp_same_process": gb["tcp"] / gb["raw_tcp_same_process"],
             "ucx_over_tcp": gb["ucx"] / gb["tcp"],
             "ucx_tcp_over_tcp": gb["ucx_tcp"] / gb["tcp"]}
+
+
+def command(size: int, block_size: str, workdir: str | None, json_path: str | None, repeat: int) -> None:
+    """`cachebench transports`: the rounds, then each wire's median and range and the targets."""
+    from .output import write_results
+    from .rounds import fmt_range
+
+    result = run_transports(size, block_size, workdir, repeat)
+    r, q = result["ratios"], result["ratios_range"]
+
+    def gb(entry: dict) -> str:
+        return fmt_range(entry["gb_per_s"], *entry["range"]["gb_per_s"], unit=" GB/s")
+
+    click.echo(f"\n{repeat} rounds: medians (min-max)")
+    click.echo(f"raw TCP socket, 2 processes    {gb(result['raw_tcp'])}  (1 MiB writes)")
+    click.echo(f"raw TCP socket, 1 process      {gb(result['raw_tcp_same_process'])}  "
+               f"(sender thread; HTTP is {fmt_range(r['tcp_over_raw_tcp_same_process'], *q['tcp_over_raw_tcp_same_process'])}x this)")
+    for name, t in result["transports"].items():
+        click.echo(f"{name:<30} {gb(t)}  ({t['channel']})")
+    click.echo(f"\ntargets: HTTP >= 0.7x raw TCP: {fmt_range(r['tcp_over_raw_tcp'], *q['tcp_over_raw_tcp'])} "
+               f"[{'met' if r['tcp_over_raw_tcp'] >= 0.7 else 'NOT met'}]; "
+               f"UCX (shm) >= 1.5x HTTP: {fmt_range(r['ucx_over_tcp'], *q['ucx_over_tcp'])} "
+               f"[{'met' if r['ucx_over_tcp'] >= 1.5 else 'NOT met'}]")
+    write_results(result, json_path, None, "")

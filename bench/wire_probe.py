@@ -1,18 +1,18 @@
-"""Warm block-read throughput of one transport, or of a raw TCP socket, in a fresh process.
+"""Warm block-read throughput of one transport, or of a raw TCP socket: probe kinds (bench/probe.py).
 
-`python -m cachenode.bench.wire_probe '<json>'` prints one JSON line. Blocks land in a buffer
-that is touched beforehand, so the figure is the wire's, not first-touch page faults'.
+Blocks land in a buffer that is touched beforehand, so the figure is the wire's, not first-touch
+page faults'.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-import subprocess
-import sys
 import threading
 import time
+from typing import Callable
+
+from .probe import run_together
 
 
 def probe_transport(spec: dict) -> dict:
@@ -74,38 +74,47 @@ def probe_raw_tcp(spec: dict) -> dict:
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
     port = srv.getsockname()[1]
-    sender = None
-    if spec.get("same_process"):
-        threading.Thread(target=_send_raw, args=(port, size, repeat), daemon=True).start()
-    else:
-        sender = subprocess.Popen([sys.executable, "-m", "cachenode.bench.wire_probe",
-                                   json.dumps({"raw_sender": port, "bytes": size, "repeat": repeat})])
+    received: dict = {}
     try:
-        conn, _ = srv.accept()
-        buf = bytearray(size)  # zero-filled: every page touched before timing
-        view = memoryview(buf)
-        best = None
-        for _ in range(repeat):
-            got, t0 = 0, time.perf_counter()
-            while got < size:
-                n = conn.recv_into(view[got:], min(1 << 20, size - got))
-                if not n:
-                    raise ConnectionError("raw TCP sender stopped early")
-                got += n
-            dt = time.perf_counter() - t0
-            best = dt if best is None else min(best, dt)
-        conn.close()
+        if spec.get("same_process"):
+            threading.Thread(target=_send_raw, args=(port, size, repeat), daemon=True).start()
+            received = _receive_raw(srv, size, repeat)
+        else:
+            def receive() -> None:
+                received.update(_receive_raw(srv, size, repeat))
+
+            run_together([{"kind": "raw_sender", "port": port, "bytes": size, "repeat": repeat}], 900,
+                         beside=receive)
     finally:
         srv.close()
-        if sender is not None:
-            sender.wait(60)
+    return received
+
+
+def _receive_raw(srv: socket.socket, size: int, repeat: int) -> dict:
+    """Accept the sender and time `repeat` passes of `size` bytes into a pre-touched buffer (the best)."""
+    conn, _ = srv.accept()
+    buf = bytearray(size)  # zero-filled: every page touched before timing
+    view = memoryview(buf)
+    best = None
+    for _ in range(repeat):
+        got, t0 = 0, time.perf_counter()
+        while got < size:
+            n = conn.recv_into(view[got:], min(1 << 20, size - got))
+            if not n:
+                raise ConnectionError("raw TCP sender stopped early")
+            got += n
+        dt = time.perf_counter() - t0
+        best = dt if best is None else min(best, dt)
+    conn.close()
     return {"gb_per_s": size / best / 1e9, "seconds": best, "bytes": size}
 
 
-if __name__ == "__main__":
-    spec = json.loads(sys.argv[1])
-    if "raw_sender" in spec:
-        _send_raw(spec["raw_sender"], spec["bytes"], spec["repeat"])
-    else:
-        result = probe_raw_tcp(spec) if spec.get("raw") else probe_transport(spec)
-        print("RESULT " + json.dumps(result), flush=True)
+def prepare(spec: dict) -> Callable[[], dict]:
+    """The probe kinds "wire" (a transport), "raw_tcp" (a socket receiver) and "raw_sender" (its
+    sender in a process of its own, as a node is to its loader)."""
+    if spec["kind"] == "raw_sender":
+        def send() -> dict:
+            _send_raw(spec["port"], spec["bytes"], spec["repeat"])
+            return {}
+        return send
+    return lambda: probe_raw_tcp(spec) if spec["kind"] == "raw_tcp" else probe_transport(spec)

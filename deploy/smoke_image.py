@@ -12,8 +12,9 @@ import time
 from azure.storage.blob import BlobServiceClient
 
 import cachenode
-from cachenode.bench.services import Azurite, free_port, wait_for_port
 from cachenode.client.admin import scrape
+from cachenode.testing.azurite import Azurite
+from cachenode.testing.ports import free_port, wait_for_port
 
 TOKEN = "smoke-token"
 

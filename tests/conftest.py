@@ -9,11 +9,11 @@ import uuid
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from blobproxy import BlobProxy
-from cachenode.bench.services import (
-    AZURITE_ACCOUNT, Azurite, LocalCluster, NodeProcess, connection_string,
-)
-from cachenode.bench.services import members_of as _members_of
+from cachenode.testing.azurite import AZURITE_ACCOUNT, Azurite, connection_string
+from cachenode.testing.blobproxy import BlobProxy
+from cachenode.testing.cluster import LocalCluster
+from cachenode.testing.cluster import members_of as _members_of
+from cachenode.testing.node import NodeProcess
 from helpers import TOKEN
 
 

@@ -8,8 +8,8 @@ import sys
 import urllib.error
 import urllib.request
 
-from cachenode.bench.services import NodeProcess
 from cachenode.client.admin import scrape
+from cachenode.testing.node import NodeProcess
 
 TOKEN = "test-cluster-token"
 KiB, MiB = 1024, 1024 * 1024

@@ -10,7 +10,7 @@ import sys
 import time
 from urllib.parse import urlencode, urlsplit
 
-from cachenode.bench.services import AZURITE_ACCOUNT
+from cachenode.testing.azurite import AZURITE_ACCOUNT
 from helpers import BS, TOKEN, http_get, metrics
 
 READER = """

@@ -7,9 +7,10 @@ import os
 import pytest
 
 import cachenode
-from cachenode.bench.services import connection_string, free_port
 from cachenode.client.api import BypassWarning
 from cachenode.credentials import AzureCredentials
+from cachenode.testing.azurite import connection_string
+from cachenode.testing.ports import free_port
 from helpers import BS, TOKEN, metric
 from helpers import http_get as _get
 

@@ -93,7 +93,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("tc"),
 def _namespaces() -> set[str]:
     """Test-link namespaces whose creating process is gone (a leak), or that the test's own
     run made. Namespaces of a concurrent run on the same machine (another test session, a
-    benchmark) belong to a live process and are left out: bench/netns.py ends each name with
+    benchmark) belong to a live process and are left out: cachenode/testing/netns.py ends each name with
     its creator's pid."""
     import re
 

@@ -6,7 +6,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
-from cachenode.bench.services import AZURITE_ACCOUNT
+from cachenode.testing.azurite import AZURITE_ACCOUNT
 from helpers import MiB, TOKEN, http_get
 
 

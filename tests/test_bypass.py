@@ -15,9 +15,9 @@ import warnings
 import pytest
 
 import cachenode
-from cachenode.bench.runai import make_certificate
-from cachenode.bench.services import AZURITE_ACCOUNT
 from cachenode.client.api import BypassWarning
+from cachenode.testing.azurite import AZURITE_ACCOUNT
+from cachenode.testing.tls import make_certificate
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):

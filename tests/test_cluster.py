@@ -215,16 +215,16 @@ def test_a_cluster_whose_picked_port_is_taken_starts_on_another(nodes, monkeypat
     many nodes at once): the cluster re-picks that node's port and lists the new one."""
     import socket
 
-    import cachenode.bench.services as services
+    import cachenode.testing.cluster as cluster_module
     from conftest import members_of
 
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     taken = squatter.getsockname()[1]
-    real = services.free_port
+    real = cluster_module.free_port
     handed = iter([taken])
-    monkeypatch.setattr(services, "free_port", lambda: next(handed, None) or real())
+    monkeypatch.setattr(cluster_module, "free_port", lambda: next(handed, None) or real())
     try:
         c = nodes.cluster(2)
         ports = sorted(p.port for p in c.procs)
@@ -240,7 +240,7 @@ def test_a_busy_fixed_port_is_reported_not_re_picked(nodes):
     """...and the node that could not listen says so in one line and leaves nothing open."""
     import socket
 
-    from cachenode.bench.services import PortTaken
+    from cachenode.testing.node import PortTaken
 
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))

@@ -17,12 +17,14 @@ import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSLabel
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-from cachenode.bench.netns import VethHost
-from cachenode.bench.services import NodeProcess, connection_string, members_of
 from cachenode.blocks import block_key
 from cachenode.deploy import kubernetes as k8s
 from cachenode.placement import rank
 from cachenode.source import parse_source
+from cachenode.testing.azurite import connection_string
+from cachenode.testing.cluster import members_of
+from cachenode.testing.netns import VethHost
+from cachenode.testing.node import NodeProcess
 from helpers import BS, TOKEN
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
@@ -191,7 +193,7 @@ def owners(url: str, stat: dict, ids: list[str]) -> dict[int, str]:
 
 
 def test_discovery_restart_and_scale_through_dns(blobs, proxy, azurite, tmp_path):
-    from blobproxy import BlobProxy
+    from cachenode.testing.blobproxy import BlobProxy
 
     data = os.urandom(NBLOCKS * BS)
     url = blobs.put("dns.bin", data)

@@ -6,7 +6,7 @@ import os
 from urllib.parse import urlencode
 
 import cachenode
-from cachenode.bench.services import AZURITE_ACCOUNT
+from cachenode.testing.azurite import AZURITE_ACCOUNT
 from helpers import BS, TOKEN, http_get, metric
 
 

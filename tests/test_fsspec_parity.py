@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cachenode.bench.services import AZURITE_ACCOUNT
+from cachenode.testing.azurite import AZURITE_ACCOUNT
 from helpers import BS, TOKEN, metrics
 
 # Names that broke (or could break) URL building and prefix listing: quoting characters, and

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cachenode.bench.services import AZURITE_ACCOUNT
+from cachenode.testing.azurite import AZURITE_ACCOUNT
 from helpers import BS, TOKEN, http_get, metric
 
 

@@ -9,7 +9,7 @@ import fsspec
 import pytest
 
 import cachenode
-from cachenode.bench.services import AZURITE_ACCOUNT
+from cachenode.testing.azurite import AZURITE_ACCOUNT
 from helpers import BS, TOKEN
 
 DATA = b"first line\n\nthird\n" + b"x" * (2 * BS + 123) + b"\n\nlast, without a newline"

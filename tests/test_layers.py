@@ -80,3 +80,19 @@ def test_the_node_service_imports_at_module_level_only():
     inner = [f"line {n.lineno}" for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
              for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert not inner, f"service.py imports inside functions at {', '.join(inner)}"
+
+
+# bench's own tests: they measure through `cachebench` and may import its modules
+BENCH_TESTS = {"test_bench.py", "test_simulate.py", "test_soak.py", "test_quickstart.py"}
+
+
+def test_the_harness_needs_neither_pytest_nor_the_benchmarks():
+    """`cachenode.testing` ships in the wheel: it imports no pytest and nothing of `cachenode.bench`;
+    among the tests only bench's own import `cachenode.bench`."""
+    for path in sorted((ROOT / "cachenode" / "testing").glob("*.py")):
+        bad = {n for n in _imports(path, "cachenode.testing") if n.split(".")[0] in ("pytest", "_pytest") or n.startswith("cachenode.bench")}
+        assert not bad, f"cachenode/testing/{path.name} imports {sorted(bad)}"
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        if path.name not in BENCH_TESTS:
+            bad = {n for n in _imports(path, "tests") if n.startswith("cachenode.bench")}
+            assert not bad, f"tests/{path.name} imports {sorted(bad)}"

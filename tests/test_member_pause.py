@@ -7,8 +7,8 @@ import os
 import time
 
 import cachenode
-from cachenode.bench.relay import Relay
-from cachenode.bench.services import free_port
+from cachenode.testing.relay import Relay
+from cachenode.testing.ports import free_port
 from cachenode.blocks import BlockRequest
 from cachenode.pauses import Pauses
 from cachenode.placement import rank

@@ -15,8 +15,9 @@ import uuid
 import pytest
 import torch
 
-from cachenode.bench.services import LocalCluster, MountProcess
 from cachenode.client.mount.run import mount_at
+from cachenode.testing.cluster import LocalCluster
+from cachenode.testing.mount import MountProcess
 from helpers import BS, TOKEN, metric
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse: FUSE unavailable")

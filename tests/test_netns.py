@@ -10,10 +10,11 @@ import time
 import pytest
 
 import cachenode
-from blobproxy import BlobProxy
-from cachenode.bench.services import connection_string, free_port
+from cachenode.testing.azurite import connection_string
+from cachenode.testing.blobproxy import BlobProxy
+from cachenode.testing.netns import VethHost
+from cachenode.testing.ports import free_port
 from helpers import BS, TOKEN, metric
-from cachenode.bench.netns import VethHost
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
                                 reason="network namespaces need root and iproute2 (CI has both)")

@@ -9,7 +9,9 @@ import tomllib
 from pathlib import Path
 
 import cachenode
-from cachenode.bench.services import NodeProcess, connection_string, project_root
+from cachenode.testing.azurite import connection_string
+from cachenode.testing.node import NodeProcess
+from cachenode.testing.paths import project_root
 from helpers import BS, TOKEN
 
 BLOCK_TORCH = '''"""Test hook: any import of torch fails, as on a machine without it."""

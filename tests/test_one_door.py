@@ -9,8 +9,8 @@ import pytest
 from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
 import cachenode
-from cachenode.bench.services import AZURITE_ACCOUNT, AZURITE_KEY
 from cachenode.source import AZURE, FILE, SourceRef
+from cachenode.testing.azurite import AZURITE_ACCOUNT, AZURITE_KEY
 from helpers import BS, TOKEN
 from helpers import http_get as _get
 

@@ -8,8 +8,8 @@ import time
 import pytest
 
 import cachenode
-from blobproxy import BlobProxy
-from cachenode.bench.services import connection_string
+from cachenode.testing.azurite import connection_string
+from cachenode.testing.blobproxy import BlobProxy
 from helpers import BS, TOKEN, metric
 
 

@@ -15,10 +15,11 @@ import safetensors.torch
 import torch
 
 import cachenode
-from cachenode.bench.services import NodeProcess, connection_string
 from cachenode.client.api import AsyncClient
 from cachenode.client.iothread import LoopThread
 from cachenode.errors import SourceChanged
+from cachenode.testing.azurite import connection_string
+from cachenode.testing.node import NodeProcess
 from helpers import BS, TOKEN
 
 N_BLOCKS = 96

@@ -11,9 +11,9 @@ import shutil
 import numpy as np
 import pytest
 
-from cachenode.bench.flowmodel import Flow, fair_rates
-from cachenode.bench.simulate import Cluster, Host, LoadParams, Placement, Simulation, cluster_of, member_id
-from cachenode.bench.simvalidate import links_cluster
+from cachenode.bench.sim.flowmodel import Flow, fair_rates
+from cachenode.bench.sim.model import Cluster, Host, LoadParams, Placement, Simulation, cluster_of, member_id
+from cachenode.bench.sim.validate import links_cluster
 from cachenode.placement import rank
 from helpers import cachebench as _bench
 
@@ -137,7 +137,7 @@ def test_readers_on_many_hosts_move_in_lockstep_and_still_fill_once():
 
 
 def test_the_governor_leaves_headroom_and_backs_off_beside_other_traffic():
-    from cachenode.bench.simqos import background_rate
+    from cachenode.bench.sim.governor import background_rate
     from cachenode.node.qos import QosConfig
 
     link = 1e9

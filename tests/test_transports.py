@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from cachenode.bench.services import NodeProcess, connection_string
+from cachenode.blocks import BlockRequest
 from cachenode.blocks import block_count
 from cachenode.client.api import AsyncClient
 from cachenode.client.iothread import LoopThread
@@ -21,6 +21,8 @@ from cachenode.origin.file import FileOrigin
 from cachenode.placement import Member
 from cachenode.blocks import Block, BlockRequest
 from cachenode.source import parse_source
+from cachenode.testing.azurite import connection_string
+from cachenode.testing.node import NodeProcess
 from cachenode.transport.inproc import INPROC, InprocBackend
 from cachenode.transport.registry import default_registry
 from helpers import BS, TOKEN
@@ -205,7 +207,7 @@ def test_a_node_that_is_not_listening_is_named_unreachable_not_failing_mid_trans
     """The fallback log line tells an operator what happened: no transfer began."""
     import aiohttp
 
-    from cachenode.bench.services import free_port
+    from cachenode.testing.ports import free_port
     from cachenode.blocks import Block, BlockRequest
     from cachenode.source import parse_source
     from cachenode.transport.http_client import HttpNodeClient

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from cachenode.bench.services import NodeProcess, connection_string
+from cachenode.testing.azurite import connection_string
+from cachenode.testing.node import NodeProcess
 from helpers import BS, TOKEN, metrics
 
 # A fresh process: ucxx binds to the first event loop of a process, and other tests own theirs.

@@ -7,7 +7,7 @@ waiting for it waits on that one fill (single-flight); readers ask each block's 
 when owners die, the next live member in rank takes their blocks over and fills them again.
 
 What is modelled: bytes move as fluid flows over links (each host's NIC in and out, the origin
-account's egress), shared max-min fairly per connection (bench/flowmodel.py), recomputed at
+account's egress), shared max-min fairly per connection (bench/sim/flowmodel.py), recomputed at
 every event (a reader crossing a stretch of blocks, catching up with the readers ahead of it,
 finishing; nodes dying). A reader is one flow spread over the owners of the blocks it reads
 next, in proportion to the bytes each owns, so a cluster of 1024 nodes and a 270 GB model runs
@@ -37,7 +37,7 @@ from cachenode.placement import rank, score
 from cachenode.source import parse_source
 
 from .flowmodel import Flow, fair_rates
-from .simqos import background_rate
+from .governor import background_rate
 
 # Payload bytes per byte on an Ethernet wire at MTU 1500: 1448 bytes of TCP payload (with the
 # timestamp option) in a 1514-byte frame. tc and NICs count frames, loaders count payload.
@@ -146,6 +146,25 @@ class _Group:
     done: float | None = None
 
 
+@dataclass(eq=False)
+class _Run:
+    """One load in progress: its reader groups, per-stretch views (bytes each node serves, sizes,
+    what is left to fill) and running totals."""
+
+    direct: bool
+    kill_at: float | None
+    groups: list[_Group]
+    total: float
+    served: list[np.ndarray]
+    sizes: list[float]
+    pending: list[np.ndarray]
+    egress: np.ndarray
+    t: float = 0.0
+    origin: float = 0.0
+    steps: int = 0
+    deaths_at: float | None = None
+
+
 @dataclass
 class PhaseResult:
     seconds: float
@@ -225,7 +244,29 @@ class Simulation:
 
     # -- a load ------------------------------------------------------------------------------
     def _load(self, direct: bool, kill_at: float | None) -> PhaseResult:
-        p, c = self.params, self.cluster
+        """Every reader loads the model at once (`direct`: from the origin itself); `fail` nodes
+        die when the front has read `kill_at` of it. Event by event: this step's flows and their
+        fair rates, the time to the next event, everyone moved on to it."""
+        run = self._begin(direct, kill_at)
+        while any(g.done is None for g in run.groups):
+            run.steps += 1
+            flows, members, fills = self._flows(run)
+            # a flow nothing limits (readers reading only their own host's node) ends its
+            # stretch at once: a finite stand-in keeps the arithmetic below free of inf * 0
+            rates = [min(r, 1e30) for r in fair_rates(flows, self.capacity)]
+            dt = self._next_event(run, members, rates, fills)
+            run.t += dt
+            self._move(run, dt, members, rates, fills)
+            self._catch_up(run.groups)
+            self._end_stretches(run)
+            self._kill_when_due(run)
+        reader_s = [g.done for g in run.groups for _ in range(int(g.readers.sum()))]
+        return PhaseResult(max(reader_s), reader_s, run.origin, run.egress, run.steps, run.deaths_at)
+
+    def _begin(self, direct: bool, kill_at: float | None) -> _Run:
+        """The readers in groups (one per host; one in lockstep beyond LOCKSTEP_ABOVE hosts) at
+        the start, and what is left to fill of every stretch."""
+        c = self.cluster
         counts = np.bincount([self.host_index[h] for h in c.reader_hosts], minlength=len(c.hosts)).astype(float)
         hosts = np.flatnonzero(counts)
         if len(hosts) > LOCKSTEP_ABOVE:
@@ -236,117 +277,140 @@ class Simulation:
         # a direct download is one stretch: the whole blob, from the origin
         served, sizes = ([], [total]) if direct else self._stretch_views()
         pending = [] if direct else [self._by_node(slice(a, b), ~self.cached[a:b]) for a, b in self.bounds]
-        egress = np.zeros(len(self.node_host))
-        t, origin, steps, deaths_at = 0.0, 0.0, 0, None
-        while any(g.done is None for g in groups):
-            steps += 1
-            live = [g for g in groups if g.done is None]
-            flows: list[Flow] = []
-            members: list[list[_Group]] = []
-            fills: list[tuple[int, float]] = []  # per flow: (stretch, origin bytes per byte read) of a front
-            if direct:
-                for g in live:
-                    usage = {f"in:{h}": float(g.readers[h]) for h in np.flatnonzero(g.readers)}
-                    flows.append(Flow({"origin": float(g.readers.sum()), **usage}, p.sdk_concurrency,
-                                      min(p.reader_rate, p.sdk_concurrency * c.conn_rate)))
-                    members.append([g])
-                    fills.append((0, 0.0))
-            else:
-                by_stretch: dict[int, list[_Group]] = {}
-                for g in live:
-                    by_stretch.setdefault(g.stretch, []).append(g)
-                for s, gs in by_stretch.items():
-                    window = 1 if s == 0 else p.window
-                    need = float(pending[s].sum())
-                    lead = max(g.q for g in gs)
-                    if s < self.waves and need > EPS * sizes[s]:
-                        # a wave: its readers wait until every block of it is filled
-                        into = np.bincount(self.node_host, weights=pending[s], minlength=len(c.hosts)) / need
-                        usage = {"origin": 1.0, **{f"in:{h}": f for h, f in enumerate(into) if f > 0}}
-                        n_fill = max(1.0, min(window, math.ceil(need / p.block_size - EPS)))
-                        flows.append(Flow(usage, n_fill, n_fill * c.conn_rate))
-                        members.append([])
-                        fills.append((s, -1.0))
-                        continue
-                    front = [g for g in gs if need > EPS * sizes[s] and g.q >= lead - EPS]
-                    for g in gs:
-                        if g not in front:
-                            flows.append(Flow(self._reader_usage(g, served[s], sizes[s]), window, p.reader_rate))
-                            members.append([g])
-                            fills.append((s, 0.0))
-                    if front:
-                        # readers at the front wait on the fills of what they read next
-                        per_byte = need / max(EPS, (1 - lead) * sizes[s])
-                        usage: dict[str, float] = {"origin": per_byte}
-                        into = np.bincount(self.node_host, weights=pending[s], minlength=len(c.hosts)) / need
-                        for h, f in enumerate(into):
-                            if f > 0:
-                                usage[f"in:{h}"] = usage.get(f"in:{h}", 0.0) + per_byte * f
-                        for g in front:
-                            for k, v in self._reader_usage(g, served[s], sizes[s]).items():
-                                usage[k] = usage.get(k, 0.0) + v
-                        blocks_left = need / p.block_size
-                        fills_in_flight = max(1.0, min(window, math.ceil(blocks_left - EPS)))
-                        flows.append(Flow(usage, window, min(p.reader_rate, fills_in_flight * c.conn_rate / per_byte)))
-                        members.append(front)
-                        fills.append((s, per_byte))
-            # a flow nothing limits (readers reading only their own host's node) ends its
-            # stretch at once: a finite stand-in keeps the arithmetic below free of inf * 0
-            rates = [min(r, 1e30) for r in fair_rates(flows, self.capacity)]
+        return _Run(direct, kill_at, groups, total, served, sizes, pending, np.zeros(len(self.node_host)))
 
-            # the next event: a flow reaching the end of its stretch, a reader catching up with
-            # the front, nodes dying
-            dt = math.inf
-            front_rate = {fl[0]: r for fl, r in zip(fills, rates) if fl[1] > 0}
-            for gs, r, (s, per_byte) in zip(members, rates, fills):
-                if r > 0 and per_byte < 0:
-                    dt = min(dt, float(pending[s].sum()) / r)
-                elif r > 0:
-                    dt = min(dt, (1 - gs[0].q) * sizes[s] / r)
-                    fr = front_rate.get(s)
-                    if fr is not None and len(gs) == 1 and r > fr and gs[0].stretch == s:
-                        lead = max(g.q for g in groups if g.done is None and g.stretch == s)
-                        if gs[0].q < lead - EPS:
-                            dt = min(dt, (lead - gs[0].q) * sizes[s] / (r - fr))
-            if kill_at is not None and deaths_at is None:
-                for gs, r in zip(members, rates):
-                    if r > 0 and gs:
-                        dt = min(dt, max(0.0, (kill_at * total - self._position(gs[0], sizes)) / r))
-            if not math.isfinite(dt):
-                raise RuntimeError("simulation stalled: no flow can move (a link of zero capacity?)")
+    def _flows(self, run: _Run) -> tuple[list[Flow], list[list[_Group]], list[tuple[int, float]]]:
+        """This step's flows; per flow, the groups it moves and (stretch, origin bytes per byte
+        read): 0 for readers reading filled blocks, -1 for a wave's fills (which move no reader)."""
+        live = [g for g in run.groups if g.done is None]
+        flows: list[Flow] = []
+        members: list[list[_Group]] = []
+        fills: list[tuple[int, float]] = []
+        if run.direct:
+            p, c = self.params, self.cluster
+            for g in live:
+                usage = {f"in:{h}": float(g.readers[h]) for h in np.flatnonzero(g.readers)}
+                flows.append(Flow({"origin": float(g.readers.sum()), **usage}, p.sdk_concurrency,
+                                  min(p.reader_rate, p.sdk_concurrency * c.conn_rate)))
+                members.append([g])
+                fills.append((0, 0.0))
+            return flows, members, fills
+        by_stretch: dict[int, list[_Group]] = {}
+        for g in live:
+            by_stretch.setdefault(g.stretch, []).append(g)
+        for s, gs in by_stretch.items():
+            for flow, moves, fill in self._stretch_flows(run, s, gs):
+                flows.append(flow)
+                members.append(moves)
+                fills.append(fill)
+        return flows, members, fills
 
-            t += dt
-            for gs, r, (s, per_byte) in zip(members, rates, fills):
-                moved = r * dt
-                for g in gs:
-                    if not direct:
-                        egress += g.readers.sum() * served[s] / sizes[s] * moved
-                    g.q = min(1.0, g.q + moved / sizes[s])
-                if per_byte != 0:
-                    filled = min(float(pending[s].sum()), moved if per_byte < 0 else per_byte * moved)
-                    origin += filled
-                    need = float(pending[s].sum())
-                    pending[s] *= (1 - filled / need) if need > 0 else 0.0
-                if direct:
-                    origin += moved * gs[0].readers.sum()
-            self._catch_up(groups)
-            for g in groups:
-                if g.done is None and g.q >= 1 - EPS:
-                    if not direct and pending[g.stretch].sum() <= EPS * sizes[g.stretch]:
-                        a, b = self.bounds[g.stretch]
-                        self.cached[a:b] = True
-                        pending[g.stretch][:] = 0.0
-                    g.stretch, g.q = g.stretch + 1, 0.0
-                    if g.stretch == len(sizes):
-                        g.done = t + p.setup_s
-            if kill_at is not None and deaths_at is None and \
-                    max((self._position(g, sizes) for g in groups if g.done is None), default=total) \
-                    >= kill_at * total * (1 - EPS):
-                deaths_at = t
-                self._kill(pending)
-                served, sizes = self._stretch_views()
-        reader_s = [g.done for g in groups for _ in range(int(g.readers.sum()))]
-        return PhaseResult(max(reader_s), reader_s, origin, egress, steps, deaths_at)
+    def _stretch_flows(self, run: _Run, s: int, gs: list[_Group]) -> list[tuple[Flow, list[_Group], tuple[int, float]]]:
+        """The flows of the groups in stretch `s`: a wave's fills, or readers behind the front
+        and the front itself."""
+        p = self.params
+        window = 1 if s == 0 else p.window
+        need = float(run.pending[s].sum())
+        lead = max(g.q for g in gs)
+        if s < self.waves and need > EPS * run.sizes[s]:
+            return [self._wave_flow(run, s, need, window)]
+        front = [g for g in gs if need > EPS * run.sizes[s] and g.q >= lead - EPS]
+        out = [(Flow(self._reader_usage(g, run.served[s], run.sizes[s]), window, p.reader_rate), [g], (s, 0.0))
+               for g in gs if g not in front]
+        if front:
+            out.append(self._front_flow(run, s, front, lead, need, window))
+        return out
+
+    def _wave_flow(self, run: _Run, s: int, need: float, window: int) -> tuple[Flow, list[_Group], tuple[int, float]]:
+        """A wave: its readers wait until every block of it is filled; the fills share the origin."""
+        c = self.cluster
+        into = np.bincount(self.node_host, weights=run.pending[s], minlength=len(c.hosts)) / need
+        usage = {"origin": 1.0, **{f"in:{h}": f for h, f in enumerate(into) if f > 0}}
+        n_fill = max(1.0, min(window, math.ceil(need / self.params.block_size - EPS)))
+        return Flow(usage, n_fill, n_fill * c.conn_rate), [], (s, -1.0)
+
+    def _front_flow(self, run: _Run, s: int, front: list[_Group], lead: float, need: float,
+                    window: int) -> tuple[Flow, list[_Group], tuple[int, float]]:
+        """Readers at the front wait on the fills of what they read next: for every byte they
+        read, `per_byte` bytes come from the origin into their owners."""
+        p, c = self.params, self.cluster
+        per_byte = need / max(EPS, (1 - lead) * run.sizes[s])
+        usage: dict[str, float] = {"origin": per_byte}
+        into = np.bincount(self.node_host, weights=run.pending[s], minlength=len(c.hosts)) / need
+        for h, f in enumerate(into):
+            if f > 0:
+                usage[f"in:{h}"] = usage.get(f"in:{h}", 0.0) + per_byte * f
+        for g in front:
+            for k, v in self._reader_usage(g, run.served[s], run.sizes[s]).items():
+                usage[k] = usage.get(k, 0.0) + v
+        blocks_left = need / p.block_size
+        fills_in_flight = max(1.0, min(window, math.ceil(blocks_left - EPS)))
+        return (Flow(usage, window, min(p.reader_rate, fills_in_flight * c.conn_rate / per_byte)), front,
+                (s, per_byte))
+
+    def _next_event(self, run: _Run, members: list[list[_Group]], rates: list[float],
+                    fills: list[tuple[int, float]]) -> float:
+        """Seconds to the next event: a flow reaching the end of its stretch, a reader catching
+        up with the front, nodes dying."""
+        pending, sizes = run.pending, run.sizes
+        dt = math.inf
+        front_rate = {fl[0]: r for fl, r in zip(fills, rates) if fl[1] > 0}
+        for gs, r, (s, per_byte) in zip(members, rates, fills):
+            if r > 0 and per_byte < 0:
+                dt = min(dt, float(pending[s].sum()) / r)
+            elif r > 0:
+                dt = min(dt, (1 - gs[0].q) * sizes[s] / r)
+                fr = front_rate.get(s)
+                if fr is not None and len(gs) == 1 and r > fr and gs[0].stretch == s:
+                    lead = max(g.q for g in run.groups if g.done is None and g.stretch == s)
+                    if gs[0].q < lead - EPS:
+                        dt = min(dt, (lead - gs[0].q) * sizes[s] / (r - fr))
+        if run.kill_at is not None and run.deaths_at is None:
+            for gs, r in zip(members, rates):
+                if r > 0 and gs:
+                    dt = min(dt, max(0.0, (run.kill_at * run.total - self._position(gs[0], sizes)) / r))
+        if not math.isfinite(dt):
+            raise RuntimeError("simulation stalled: no flow can move (a link of zero capacity?)")
+        return dt
+
+    def _move(self, run: _Run, dt: float, members: list[list[_Group]], rates: list[float],
+              fills: list[tuple[int, float]]) -> None:
+        """Every flow moves `dt` seconds at its rate: readers on, node egress, fills from the origin."""
+        for gs, r, (s, per_byte) in zip(members, rates, fills):
+            moved = r * dt
+            for g in gs:
+                if not run.direct:
+                    run.egress += g.readers.sum() * run.served[s] / run.sizes[s] * moved
+                g.q = min(1.0, g.q + moved / run.sizes[s])
+            if per_byte != 0:
+                filled = min(float(run.pending[s].sum()), moved if per_byte < 0 else per_byte * moved)
+                run.origin += filled
+                need = float(run.pending[s].sum())
+                run.pending[s] *= (1 - filled / need) if need > 0 else 0.0
+            if run.direct:
+                run.origin += moved * gs[0].readers.sum()
+
+    def _end_stretches(self, run: _Run) -> None:
+        """Groups at the end of a stretch go on to the next (a stretch whose fills are all done
+        is cached); a group past the last stretch is done."""
+        for g in run.groups:
+            if g.done is None and g.q >= 1 - EPS:
+                if not run.direct and run.pending[g.stretch].sum() <= EPS * run.sizes[g.stretch]:
+                    a, b = self.bounds[g.stretch]
+                    self.cached[a:b] = True
+                    run.pending[g.stretch][:] = 0.0
+                g.stretch, g.q = g.stretch + 1, 0.0
+                if g.stretch == len(run.sizes):
+                    g.done = run.t + self.params.setup_s
+
+    def _kill_when_due(self, run: _Run) -> None:
+        """The nodes die once the readers' front has read `kill_at` of the model."""
+        if run.kill_at is not None and run.deaths_at is None and \
+                max((self._position(g, run.sizes) for g in run.groups if g.done is None), default=run.total) \
+                >= run.kill_at * run.total * (1 - EPS):
+            run.deaths_at = run.t
+            self._kill(run.pending)
+            run.served, run.sizes = self._stretch_views()
 
     def _position(self, g: _Group, sizes: list[float]) -> float:
         return sum(sizes[:g.stretch]) + g.q * (sizes[g.stretch] if g.stretch < len(sizes) else 0)

@@ -1,10 +1,13 @@
-"""A TCP relay in the root namespace: lets a namespace reach a service on another link without
-turning on IP forwarding for the whole machine."""
+"""A TCP relay on a thread: lets a namespace reach a service on another link without IP forwarding.
+
+It runs in the root namespace, so no forwarding is turned on for the whole machine.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+
 
 class Relay:
     """Accepts on `listen_host` (a free port, `port` once started) and pipes each connection to `upstream`.

@@ -1,5 +1,8 @@
-"""The node's idle-bandwidth governor (cachenode/node/qos.py `decide`) replayed against steady
-foreign traffic: the average rate it grants background fills (warming)."""
+"""The node's idle-bandwidth governor replayed against steady foreign traffic: the rate it grants warming.
+
+The governor is cachenode/node/qos.py's `decide`; the figure is the average rate it grants
+background fills.
+"""
 
 from __future__ import annotations
 

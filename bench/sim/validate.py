@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .simulate import Cluster, Host, LoadParams, Simulation, gbit
+from .model import Cluster, Host, LoadParams, Simulation, gbit
 
 SCENARIOS = ("cache_cold", "cache_warm", "blob_direct_sdk")
 
@@ -35,7 +35,7 @@ def validate(size: int, nodes: int, origin_gbit: float, peer_gbit: float, block_
              workdir: str | None) -> dict:
     """Run `links` here (root), predict it, and give each load's relative error
     (predicted - measured) / measured."""
-    from .links import run_links
+    from ..links import run_links
 
     concurrency = 8
     measured = run_links(size, origin_gbit, peer_gbit, nodes, str(block_size), (concurrency,), workdir)

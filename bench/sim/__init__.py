@@ -1,0 +1,1 @@
+"""The cluster simulator behind `cachebench simulate`: a flow-level model of loads at any scale."""
