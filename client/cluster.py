@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 from cachenode.blocks import BlockRequest
 from cachenode.errors import PeerUnavailable
 from cachenode.pauses import Pauses
@@ -17,16 +20,18 @@ from .config import ClientConfig
 class Route:
     """The members a file's blocks go to; members that fail are paused client-wide (Pauses)."""
 
-    def __init__(self, channels: Channels, members: list[Member], pauses: Pauses) -> None:
+    def __init__(self, channels: Channels, members: list[Member], pauses: Pauses,
+                 on_failure: Callable[[str, Exception], None] | None = None) -> None:
         self._channels = channels
         self.members = {m.id: m for m in members}
         self.pauses = pauses
+        self._on_failure = on_failure
 
     async def read_block(self, req: BlockRequest, dest: memoryview) -> bool:
         """Fill `dest` from the block's owner or the next in rank; False if none could."""
         healthy = [m.id for m in self.members.values() if m.healthy]
         got = await read_from_owners(req, dest, rank(req.key, healthy), self.channel, self.pauses,
-                                     background=self._channels.config.background)
+                                     background=self._channels.config.background, on_down=self._on_failure)
         return got is not None
 
     def channel(self, member_id: str) -> Channel:
@@ -42,6 +47,7 @@ class Cluster:
         # One pause book for every file of this client: a member that failed a read of one
         # file sits out (briefly) for the others too, and is probed once, not once per file.
         self.pauses = Pauses()
+        self._known: tuple[str, list[Member], float] | None = None  # (node URL, its members, when)
 
     def node(self, url: str) -> HttpNodeClient:
         """The HTTP client of one node (stat, list, members, fill)."""
@@ -54,15 +60,32 @@ class Cluster:
     async def ask(self, question, failures: list[str]):
         """(node, its members, `question(node)`) from the first configured node that answers
         both; a node that dies between the two is skipped like one that never answered (its
-        reason goes to `failures`). None when no node answered."""
+        reason goes to `failures`). None when no node answered.
+
+        The member list is reused for `members_ttl` seconds (with the node that gave it), and
+        asked for again at once when that node fails or a member failed a read meanwhile.
+        """
+        known = self._known
+        if known is not None and time.monotonic() - known[2] < self.config.members_ttl:
+            node = self.node(known[0])
+            try:
+                return node, known[1], await question(node)
+            except PeerUnavailable as exc:
+                self.forget_members()
+                failures.append(str(exc))
         for url in self.config.nodes:
             node = self.node(url)
             try:
                 members = await node.members()
+                self._known = (url, members, time.monotonic())
                 return node, members, await question(node)
             except PeerUnavailable as exc:
                 failures.append(str(exc))
         return None
+
+    def forget_members(self, *_why) -> None:
+        """Ask for the member list again at the next open (a member failed, or a node did)."""
+        self._known = None
 
     async def require(self) -> tuple[HttpNodeClient, list[Member]]:
         """The first configured node that answers, and its view of the cluster."""
@@ -72,7 +95,7 @@ class Cluster:
         return answer[0], answer[1]
 
     def route(self, members: list[Member]) -> Route:
-        return Route(self.channels, members, self.pauses)
+        return Route(self.channels, members, self.pauses, on_failure=self.forget_members)
 
     async def close(self) -> None:
         await self.channels.close()

@@ -29,6 +29,9 @@ class ClientConfig:
     # Background reads (a prefetch nobody waits for yet): nodes send them in paced pieces into
     # their links' idle capacity, so the jobs already on the links keep their bandwidth.
     background: bool = False
+    # Seconds the member list a node gave is reused for later opens (one request less per
+    # open); it is asked for again at once after a member fails a request.
+    members_ttl: float = 10.0
 
     @classmethod
     def resolve(cls, nodes: Iterable[str] | None = None, token: str | None = None, *,

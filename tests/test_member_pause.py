@@ -154,3 +154,36 @@ def test_with_one_member_a_single_failure_is_waited_out_not_read_around(tmp_path
     first, second, took_first, took_second, calls = asyncio.run(main())
     assert first == ("memory", "d") and 0.9 < took_first < 2  # waited out its own failure, then probed
     assert second == ("memory", "d") and calls == 3 and took_second < 0.5
+
+
+def test_the_member_list_is_reused_for_a_while_and_asked_again_after_a_failure(blobs, nodes):
+    """One members request for many opens within members_ttl; at once again after a node fails."""
+    from cachenode.transport.http_client import HttpNodeClient
+
+    url = blobs.put("ttl.bin", os.urandom(2 * BS))
+    node = nodes.start("--block-size", f"{BS}")
+    asked = []
+    real = HttpNodeClient.members
+
+    async def counting(self):
+        asked.append(self.base_url)
+        return await real(self)
+
+    HttpNodeClient.members = counting
+    try:
+        with cachenode.Client([node.url], TOKEN) as client:
+            for _ in range(5):
+                with client.open(url) as f:
+                    f.read()
+            assert len(asked) == 1
+            client.aclient.cluster.forget_members("a member failed a read")
+            with client.open(url) as f:
+                f.read()
+            assert len(asked) == 2
+        with cachenode.Client([node.url], TOKEN, members_ttl=0) as client:
+            for _ in range(3):
+                with client.open(url) as f:
+                    f.read()
+        assert len(asked) == 5
+    finally:
+        HttpNodeClient.members = real
