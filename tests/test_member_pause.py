@@ -24,15 +24,7 @@ class CutOnce(Relay):
         self.at = at
         self.cuts = 0
 
-    async def _handle(self, r, w):
-        try:
-            ur, uw = await asyncio.open_connection(*self.upstream, limit=self.chunk)
-        except OSError:
-            w.close()
-            return
-        await asyncio.gather(self._pipe(r, uw), self._cutting(ur, w, uw))
-
-    async def _cutting(self, r, w, upstream_w) -> None:
+    async def _downstream(self, r, w, upstream_w) -> None:
         sent = 0
         try:
             while data := await r.read(self.chunk):

@@ -40,7 +40,12 @@ class Relay:
         except OSError:
             w.close()
             return
-        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
+        await asyncio.gather(self._pipe(r, uw), self._downstream(ur, w, uw))
+
+    async def _downstream(self, r: asyncio.StreamReader, w: asyncio.StreamWriter,
+                          upstream: asyncio.StreamWriter) -> None:
+        """The upstream's replies to the client (a subclass may injure them: faults by subclassing)."""
+        await self._pipe(r, w)
 
     def start(self) -> "Relay":
         async def start():
