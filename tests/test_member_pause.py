@@ -25,23 +25,9 @@ class CutOnce(Relay):
         self.cuts = 0
 
     async def _downstream(self, r, w, upstream_w) -> None:
-        sent = 0
-        try:
-            while data := await r.read(self.chunk):
-                if not self.cuts and sent + len(data) > self.at:
-                    self.cuts += 1
-                    w.write(data[:self.at - sent])
-                    await w.drain()
-                    w.transport.abort()
-                    upstream_w.transport.abort()
-                    return
-                sent += len(data)
-                w.write(data)
-                await w.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            w.close()
+        if await self._pipe(r, w, limit=None if self.cuts else self.at):
+            self.cuts += 1
+            upstream_w.transport.abort()
 
 
 def test_a_node_that_fails_one_request_still_serves_the_rest_of_the_load(blobs, nodes):

@@ -24,15 +24,25 @@ class Relay:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
 
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, limit: int | None = None) -> bool:
+        """Copy r to w until EOF; with `limit`, cut the connection after that many bytes (a
+        transfer dropped half way, injected by a subclass): True if it was cut."""
+        sent = 0
         try:
             while data := await r.read(self.chunk):
+                if limit is not None and sent + len(data) > limit:
+                    w.write(data[:limit - sent])
+                    await w.drain()
+                    w.transport.abort()
+                    return True
+                sent += len(data)
                 w.write(data)
                 await w.drain()
         except (ConnectionError, OSError):
             pass
         finally:
             w.close()
+        return False
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
