@@ -10,6 +10,7 @@ from cachenode.blocks import digest_off_loop
 from cachenode.errors import BadRequest, Forbidden, PeerUnavailable
 from cachenode.objects import check_keys, check_namespace, object_key
 from cachenode.placement import Member, rank
+from cachenode.transport.base import ObjectChannel
 from cachenode.transport.object_wire import MAX_BATCH_BYTES
 from cachenode.transport.registry import Registry
 
@@ -68,8 +69,9 @@ class AsyncObjectClient:
             groups.setdefault(owner.id, (owner, []))[1].append(i)
         return groups
 
-    def _channel(self, member: Member):
-        return self.cluster.channel(member)
+    def _channel(self, member: Member) -> ObjectChannel:
+        """The member's channel by the loader's transport preference (UCX where both have it)."""
+        return self.cluster.channel(member)  # type: ignore[return-value] - every block channel has object calls
 
     def _failed(self, member: Member, exc: Exception) -> None:
         log.warning("object call to %s failed: %s", member.id, exc)
