@@ -102,6 +102,33 @@ def quickstart(size, block_size, n_nodes, workdir, keep, json_path) -> None:
 
 
 @main.command()
+@click.option("--concurrency", "concurrencies", default="1,4,16", show_default=True,
+              help="Comma-separated numbers of batch calls in flight.")
+@click.option("--objects", default=128, show_default=True, type=click.IntRange(16, 100000),
+              help="Objects each probe puts (then gets from).")
+@click.option("--get-batches", default=64, show_default=True, type=click.IntRange(1, 100000),
+              help="Batch gets each probe makes, spread over its concurrent callers.")
+@click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16),
+              help="cachenode nodes in the local cluster.")
+@click.option("--workdir", type=click.Path(file_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG bar chart.")
+@_repeat_option()
+def kv(concurrencies, objects, get_batches, n_nodes, workdir, json_path, plot_path, repeat) -> None:
+    """Batch put/get of KV-cache-sized objects: cachenode (HTTP and UCX) vs Redis vs Mooncake Store.
+
+    Objects are one layer's K and V of a 256-token chunk of Llama-3-8B on one of two TP ranks
+    (0.5 MiB), 16 per call for every contender; each probe is a fresh process; rounds interleave
+    the contenders and figures are medians with min-max. Gets land in preallocated, touched
+    buffers for cachenode and Mooncake (Redis's client returns new bytes).
+    """
+    from .kv import command
+
+    concs = [int(c) for c in concurrencies.split(",") if c.strip()]
+    command(concs, repeat, objects, get_batches, workdir, n_nodes, json_path, plot_path)
+
+
+@main.command()
 @click.option("--size", default="1GiB", show_default=True, type=Size(), help="Checkpoint size.")
 @click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16),
               help="Cache nodes in the cluster.")
