@@ -26,6 +26,10 @@ OPS = (PUT, GET, EXISTS, DELETE)
 NAMESPACE, KEYS, SIZES, DIGESTS, PRIORITY, BACKGROUND = "ns", "keys", "sizes", "digests", "priority", "background"
 # UCX carries in its request what HTTP carries in the path and headers.
 UCX_OP, UCX_WRITER, UCX_UPLOAD, UCX_HEADER_LENGTH = "op", "writer", "upload", "hlen"
+# A call's header (or an answer) small enough rides inside the request (the reply header)
+# instead of a message of its own: one message less each way for a typical batch.
+UCX_INLINE = "inline"
+UCX_INLINE_LIMIT = 4096  # the request also holds the reply address (REQUEST_SIZE 8192)
 # The writer credential of the namespace (puts and deletes), beside the cluster token.
 WRITER_HEADER = "X-Cachenode-Writer"
 MISSING = -1

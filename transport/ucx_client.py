@@ -154,8 +154,11 @@ class UcxNodeClient:
         timeout = timeout or self._timeout
         head = json.dumps(header, separators=(",", ":")).encode()
         upload = w.new_upload_id()
-        fields = {ow.UCX_OP: op, UCX_TOKEN: self._token or "", ow.UCX_WRITER: writer or "",
-                  ow.UCX_UPLOAD: upload, ow.UCX_HEADER_LENGTH: len(head)}
+        fields = {ow.UCX_OP: op, UCX_TOKEN: self._token or "", ow.UCX_WRITER: writer or "", ow.UCX_UPLOAD: upload}
+        if len(head) <= ow.UCX_INLINE_LIMIT:
+            fields[ow.UCX_INLINE] = header
+        else:
+            fields[ow.UCX_HEADER_LENGTH] = len(head)
         ucxx = self._ctx.ucxx
         async with self._sem:
             rid = self._ctx.next_id()
@@ -166,7 +169,8 @@ class UcxNodeClient:
                 got_reply = asyncio.ensure_future(ucxx.recv(reply, tag=w.header_tag(rid)))
                 await asyncio.wait_for(ep.send(w.pack_request(rid, self._ctx.address, fields), tag=w.REQUEST_TAG,
                                                force_tag=True), timeout)
-                sends = [asyncio.ensure_future(ep.send(head, tag=w.upload_tag(upload, 0), force_tag=True))]
+                sends = ([] if ow.UCX_INLINE in fields
+                         else [asyncio.ensure_future(ep.send(head, tag=w.upload_tag(upload, 0), force_tag=True))])
                 sends += [asyncio.ensure_future(ep.send(v, tag=w.upload_tag(upload, i), force_tag=True))
                           for i, v in enumerate(uploads, 1) if len(v)]
                 await asyncio.wait_for(got_reply, timeout)
@@ -176,9 +180,11 @@ class UcxNodeClient:
                     await self._abandon(sends)
                     raise error_from_body(info, f"node {self.base_url}, ucx")
                 await asyncio.wait_for(asyncio.gather(*sends), timeout)
-                raw = bytearray(int(info[ow.UCX_HEADER_LENGTH]))
-                await asyncio.wait_for(ucxx.recv(raw, tag=w.body_tag(rid, 0)), timeout)
-                answer = json.loads(bytes(raw))
+                answer = info.get(ow.UCX_INLINE)
+                if answer is None:  # too big for the reply header: it follows as body piece 0
+                    raw = bytearray(int(info[ow.UCX_HEADER_LENGTH]))
+                    await asyncio.wait_for(ucxx.recv(raw, tag=w.body_tag(rid, 0)), timeout)
+                    answer = json.loads(bytes(raw))
                 return answer if land is None else await land(answer, rid, timeout)
             except CacheError:
                 raise

@@ -114,10 +114,17 @@ class UcxServer:
         try:
             self.service.authorize(str(fields.get(wire.UCX_TOKEN) or "") or None)
             upload, hlen = fields.get(ow.UCX_UPLOAD), fields.get(ow.UCX_HEADER_LENGTH)
-            if type(upload) is not int or type(hlen) is not int or not 0 < hlen <= ow.MAX_HEADER:
-                raise BadRequest("UCX object call needs an upload id and a header length")
+            if type(upload) is not int:
+                raise BadRequest("UCX object call needs an upload id")
             op = str(fields.get(ow.UCX_OP))
-            call = ow.decode_object_call(op, ow.parse_header(await self._upload(bytearray(hlen), upload, 0)))
+            header = fields.get(ow.UCX_INLINE)
+            if header is None:  # too big to ride in the request: it follows as upload piece 0
+                if type(hlen) is not int or not 0 < hlen <= ow.MAX_HEADER:
+                    raise BadRequest("UCX object call needs its header inline or a header length")
+                header = ow.parse_header(await self._upload(bytearray(hlen), upload, 0))
+            if not isinstance(header, dict):
+                raise BadRequest("UCX object call header must be a JSON object")
+            call = ow.decode_object_call(op, header)
             writer = str(fields.get(ow.UCX_WRITER) or "") or None
             if call.op == ow.PUT:
                 pieces = iter(range(1, w.MAX_PIECES))
@@ -140,10 +147,15 @@ class UcxServer:
             await ep.send(w.pack_header(status, body), tag=w.header_tag(req_id), force_tag=True)
             return
         raw = json.dumps(answer, separators=(",", ":")).encode()
-        await ep.send(w.pack_header(200, {ow.UCX_HEADER_LENGTH: len(raw)}), tag=w.header_tag(req_id), force_tag=True)
-        await ep.send(raw, tag=w.body_tag(req_id, 0), force_tag=True)
-        for i, data in enumerate(bodies, 1):
-            await ep.send(data, tag=w.body_tag(req_id, i), force_tag=True)  # the store's bytes, no copy
+        if len(raw) <= w.HEADER_SIZE - 64:  # the answer rides in the reply header
+            await ep.send(w.pack_header(200, {ow.UCX_INLINE: answer}), tag=w.header_tag(req_id), force_tag=True)
+        else:
+            await ep.send(w.pack_header(200, {ow.UCX_HEADER_LENGTH: len(raw)}), tag=w.header_tag(req_id),
+                          force_tag=True)
+            await ep.send(raw, tag=w.body_tag(req_id, 0), force_tag=True)
+        # Every object at once (the store's bytes, no copy): the client has posted a receive for each.
+        await asyncio.gather(*(ep.send(data, tag=w.body_tag(req_id, i), force_tag=True)
+                               for i, data in enumerate(bodies, 1)))
 
     async def _answer_logged(self, req_id: int, reply_to: bytes, fields: dict) -> None:
         try:
