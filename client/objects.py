@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Awaitable, Iterable, Mapping, Sequence, TypeVar
 
@@ -30,7 +31,7 @@ def _bytes_view(value: Buffer) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-class AsyncObjectClient:
+class AsyncObjectClient(contextlib.AbstractAsyncContextManager):
     """Immutable objects keyed by (namespace, key), each held by its owner by rendezvous rank.
 
     Batch calls: every key goes to its owner, one request per owner, all owners at once. A get
@@ -193,14 +194,11 @@ class AsyncObjectClient:
     async def close(self) -> None:
         await self.cluster.close()
 
-    async def __aenter__(self) -> "AsyncObjectClient":
-        return self
-
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc) -> None:  # (__aenter__ returns self: AbstractAsyncContextManager)
         await self.close()
 
 
-class ObjectClient:
+class ObjectClient(contextlib.AbstractContextManager):
     """Sync face of AsyncObjectClient (the same methods), on a private I/O thread."""
 
     def __init__(self, nodes: Iterable[str] | None = None, token: str | None = None, *, namespace: str,
@@ -229,10 +227,7 @@ class ObjectClient:
             self._run(self.aclient.close())
             self._io.close()
 
-    def __enter__(self) -> "ObjectClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc) -> None:  # (__enter__ returns self: AbstractContextManager)
         self.close()
 
 
