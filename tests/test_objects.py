@@ -213,3 +213,24 @@ def test_objects_never_evict_checkpoint_blocks(blobs, nodes, proxy):
         assert f.read() == data
     assert metric(node, "cachenode_misses_total") == misses
     assert proxy.reads_of(blobs.path("ckpt.bin")) == reads
+
+
+def test_a_get_from_a_silent_owner_never_blocks_past_the_peer_timeout(nodes):
+    c = nodes.cluster(2, *OBJECT_ARGS)
+    objs = {f"s{i}": os.urandom(4 * KiB) for i in range(30)}
+    with client(c.urls[0]) as w:
+        w.put(objs)
+    ids = c.ids()
+    theirs = {k for k in objs if rank(object_key(NS, k), ids)[0] == ids[1]}
+    assert theirs and len(theirs) < len(objs)
+    victim = c.procs[1].proc
+    with client(c.urls[0], writer=None) as r:
+        victim.send_signal(signal.SIGSTOP)  # accepts connections (the kernel does), never answers
+        try:
+            t0 = time.monotonic()
+            got = r.get(list(objs))
+            took = time.monotonic() - t0
+        finally:
+            victim.send_signal(signal.SIGCONT)
+    assert took < 3 + 1.0, took  # one deadline for the whole call: the peer timeout (3 s)
+    assert [v is None for v in got] == [k in theirs for k in objs]
