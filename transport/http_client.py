@@ -13,6 +13,7 @@ from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable, Unexpect
 from cachenode.placement import Member
 from cachenode.source import SourceRef
 
+from . import object_wire as ow
 from . import wire
 from .base import ChannelOptions
 from .channel_table import ChannelTable
@@ -112,6 +113,84 @@ class HttpNodeClient:
         if got_digest != expected:
             raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} failed its digest check")
         return headers.get(TIER_HEADER.lower(), ""), expected
+
+    # -- objects without origin (the ObjectChannel seam, transport/base.py) -------------------
+
+    async def _object_call(self, op: str, header: dict, writer: str | None = None, bodies=(), *,
+                           timeout: float | None = None):
+        """POST one framed object call; the open response (status 200) for the caller to read.
+        The caller's buffers go out as they are (no joined copy of the batch)."""
+        head = ow.frame(header)
+
+        async def body():
+            yield head
+            for view in bodies:
+                if len(view):
+                    yield view
+
+        headers = dict(self._headers)
+        if writer:
+            headers[ow.WRITER_HEADER] = writer
+        t = aiohttp.ClientTimeout(total=timeout, sock_connect=5, sock_read=self._read_timeout)
+        r = await self._session.post(f"{self.base_url}{wire.OBJECTS_PATH}{op}", data=body() if bodies else head,
+                                     headers=headers, timeout=t)
+        if r.status != 200:
+            try:
+                raise await self._error(r)
+            finally:
+                r.release()
+        return r
+
+    async def _objects_json(self, op: str, header: dict, writer: str | None = None, bodies=()) -> dict:
+        try:
+            r = await self._object_call(op, header, writer, bodies)
+            try:
+                return await r.json()
+            finally:
+                r.release()
+        except CacheError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            raise PeerUnavailable(f"cache node {self.base_url} failed an object {op}: {exc!r}") from exc
+
+    async def put_objects(self, namespace: str, keys: list[str], views: list[memoryview], digests: list[str], *,
+                          writer: str | None, background: bool = False) -> dict[str, str]:
+        header = ow.call_header(ow.PUT, namespace, keys, [len(v) for v in views], digests, background)
+        return (await self._objects_json(ow.PUT, header, writer, views))["results"]
+
+    async def exists_objects(self, namespace: str, keys: list[str]) -> list[bool]:
+        return (await self._objects_json(ow.EXISTS, ow.call_header(ow.EXISTS, namespace, keys)))["exists"]
+
+    async def delete_objects(self, namespace: str, keys: list[str], *, writer: str | None) -> int:
+        return (await self._objects_json(ow.DELETE, ow.call_header(ow.DELETE, namespace, keys), writer))["deleted"]
+
+    async def get_objects(self, namespace: str, keys: list[str], into: list[memoryview | None],
+                          timeout: float | None = None) -> list[memoryview | None]:
+        """Each key's bytes, checked against their digest, in `into[i]` where given (a view of
+        the filled length) or a fresh buffer; None for a miss. Within `timeout` seconds."""
+        try:
+            r = await self._object_call(ow.GET, ow.call_header(ow.GET, namespace, keys), timeout=timeout)
+            try:
+                content = r.content
+                hlen = ow.unpack_prefix(await content.readexactly(ow.PREFIX_SIZE))
+                found = ow.parse_answer(ow.parse_header(await content.readexactly(hlen)), len(keys))
+
+                async def read_into(_: int, view: memoryview) -> None:
+                    pos = 0
+                    while pos < len(view):
+                        chunk = await content.read(len(view) - pos)
+                        if not chunk:
+                            raise asyncio.IncompleteReadError(b"", len(view) - pos)
+                        view[pos:pos + len(chunk)] = chunk
+                        pos += len(chunk)
+
+                return await ow.land(keys, found, into, read_into, self.base_url)
+            finally:
+                r.release()
+        except CacheError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
+            raise PeerUnavailable(f"cache node {self.base_url} failed an object get: {exc!r}") from exc
 
     @property
     def digest_seconds(self) -> float:

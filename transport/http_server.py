@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -9,10 +10,11 @@ from aiohttp import web
 from cachenode.errors import BadRequest, CacheError
 from cachenode.source import SourceRef
 
+from . import object_wire as ow
 from . import wire
 from .base import NodeApi
 from .http_paced import send_background
-from .http_sendall import send_block_body, send_file_body
+from .http_sendall import send_block_body, send_body_parts, send_file_body
 
 log = logging.getLogger("cachenode.http")
 
@@ -33,6 +35,7 @@ def create_app(service: NodeApi) -> web.Application:
     app.router.add_get(wire.MEMBERS_PATH, members)
     app.router.add_post(wire.FILL_PATH, fill)
     app.router.add_post(wire.WARM_PATH, warm)
+    app.router.add_post(wire.OBJECTS_PATH + "{op}", objects)
     return app
 
 
@@ -124,3 +127,54 @@ async def get_block(request: web.Request) -> web.StreamResponse:
         return resp
     finally:
         block.close()
+
+
+async def objects(request: web.Request) -> web.StreamResponse:
+    """An object batch: a frame (prefix, JSON header, a put's objects) in, JSON or a frame out.
+
+    The header is read whole (bounded: object_wire.MAX_HEADER); a put's objects are read one at
+    a time into buffers of their announced size, which the service checked first; nothing is
+    buffered beyond that, and a body cut off mid-object fails the call with nothing stored."""
+    service = request.app[SERVICE_KEY]
+    op = request.match_info["op"]
+    content = request.content
+
+    receive = content_reader(content)
+    hlen = ow.unpack_prefix(bytes(await receive(ow.PREFIX_SIZE)))
+    call = ow.decode_object_call(op, ow.parse_header(await receive(hlen)))
+    writer = request.headers.get(ow.WRITER_HEADER)
+    if call.op == ow.PUT:
+        return web.json_response({"results": await service.put_objects(call, writer, receive)})
+    if call.op == ow.EXISTS:
+        return web.json_response({"exists": service.exists_objects(call)})
+    if call.op == ow.DELETE:
+        return web.json_response({"deleted": service.delete_objects(call, writer)})
+    found = await service.get_objects(call)
+    resp = web.StreamResponse()
+    resp.content_type = "application/octet-stream"
+    head = ow.frame(ow.answer_header([None if f is None else (len(f[0]), f[1]) for f in found]))
+    # The store's own bytes (never mutated) go out as they are: no copy.
+    await send_body_parts(request, resp, [head, *(f[0] for f in found if f is not None and len(f[0]))])
+    return resp
+
+
+def content_reader(content):
+    """`receive(n)` for the service: the next n bytes of the body, into a buffer of their own."""
+
+    async def receive(n: int) -> bytearray:
+        buf = bytearray(n)
+        view, pos = memoryview(buf), 0
+        try:
+            while pos < n:
+                chunk = await content.read(n - pos)  # at most what this object still needs
+                if not chunk:
+                    break
+                view[pos:pos + len(chunk)] = chunk
+                pos += len(chunk)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        if pos < n:
+            raise BadRequest(f"object put body ended after {pos} of {n} bytes of an object: nothing was stored")
+        return buf
+
+    return receive

@@ -13,9 +13,10 @@ import itertools
 import time
 from typing import Iterable
 
-from cachenode.blocks import Block, BlockRequest, digest_off_loop
+from cachenode.blocks import Block, BlockRequest, digest, digest_off_loop
 from cachenode.errors import BlockCorrupt, PeerUnavailable
 
+from . import object_wire as ow
 from . import wire
 from .base import ChannelOptions, NodeApi, ServerOptions
 from .channel_table import ChannelTable
@@ -138,6 +139,58 @@ class InprocChannel:
         if got != expected:
             raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} (inproc) failed its digest check")
         return tier, expected
+
+    # -- objects without origin: encoded and decoded as on the wire, errors mapped as there --
+
+    async def _object(self, op: str, header: dict, act):
+        service = self._backend.lookup(self._address)
+        if service is None:
+            raise PeerUnavailable(f"cache node {self.base_url} (inproc) not reachable: not listening")
+        try:
+            service.authorize(self._token)
+            call = ow.decode_object_call(op, ow.parse_header(ow.frame(header)[ow.PREFIX_SIZE:]))
+            return await act(service, call)
+        except Exception as exc:  # noqa: BLE001 - every failure maps as it does on the wire
+            _, body = service.failed(exc)
+            raise wire.error_from_body(body, f"node {self.base_url}, inproc") from None
+
+    async def put_objects(self, namespace: str, keys: list[str], views: list[memoryview], digests: list[str], *,
+                          writer: str | None, background: bool = False) -> dict[str, str]:
+        pending = iter(views)
+
+        async def receive(n: int) -> bytearray:
+            return bytearray(next(pending)[:n])  # the node's own copy, as a wire transport's is
+
+        async def act(service, call):
+            return await service.put_objects(call, writer, receive)
+
+        header = ow.call_header(ow.PUT, namespace, keys, [len(v) for v in views], digests, background)
+        return await self._object(ow.PUT, header, act)
+
+    async def get_objects(self, namespace: str, keys: list[str], into: list[memoryview | None],
+                          timeout: float | None = None) -> list[memoryview | None]:
+        async def act(service, call):
+            return await service.get_objects(call)
+
+        found = await self._object(ow.GET, ow.call_header(ow.GET, namespace, keys), act)
+
+        async def read_into(i: int, view: memoryview) -> None:
+            view[:] = found[i][0]  # the node's bytes, copied as a wire transport's would be
+
+        sizes = [None if f is None else (len(f[0]), f[1]) for f in found]
+        return await ow.land(keys, sizes, into, read_into, f"{self.base_url} (inproc)")
+
+    async def exists_objects(self, namespace: str, keys: list[str]) -> list[bool]:
+        async def act(service, call):
+            return service.exists_objects(call)
+
+        return await self._object(ow.EXISTS, ow.call_header(ow.EXISTS, namespace, keys), act)
+
+    async def delete_objects(self, namespace: str, keys: list[str], *, writer: str | None) -> int:
+        async def act(service, call):
+            return service.delete_objects(call, writer)
+
+        return await self._object(ow.DELETE, ow.call_header(ow.DELETE, namespace, keys), act)
 
     def close(self) -> None:
         """Nothing to close: no connection."""

@@ -22,6 +22,9 @@ LIST_PATH = "/v1/list"
 MEMBERS_PATH = "/v1/members"
 FILL_PATH = "/v1/fill"
 WARM_PATH = "/v1/warm"
+# Objects without origin: POST OBJECTS_PATH + op (put, get, exists, delete), a framed body
+# (transport/object_wire.py).
+OBJECTS_PATH = "/v1/objects/"
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 PUBLIC_PATHS = frozenset({HEALTH_PATH})

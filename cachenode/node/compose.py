@@ -16,6 +16,7 @@ from .cache import BlockCache
 from .config import NodeConfig
 from .membership import Membership
 from .metrics import NodeMetrics
+from .objects import ObjectStore
 from .qos import Governor
 from .service import NodeService
 
@@ -38,11 +39,13 @@ class NodeParts:
     cache: BlockCache
     membership: Membership
     peers: HttpConnector
+    objects: ObjectStore
     service: NodeService
 
     async def start(self) -> None:
         self.governor.start()
         await self.cache.start()
+        await self.objects.start()
         # Health checks share the peers' HTTP session (its connection pool).
         await self.membership.start(self.peers.session)
 
@@ -51,6 +54,7 @@ class NodeParts:
         await self.peers.close()
         await self.governor.close()
         await self.cache.close()  # pending disk writes finish in here
+        await self.objects.close()
         await self.azure.close()
         await self.origins.close()
 
@@ -69,7 +73,9 @@ def build_node(config: NodeConfig, *, registry: Registry | None = None, azure: O
                             timeout=config.origin_timeout)
     metrics = NodeMetrics()
     governor = Governor(config.qos)
-    budgets = Budgets(config.memory_bytes, config.block_size)
+    # Object batches being received count against a quarter of the object memory budget.
+    budgets = Budgets(config.memory_bytes, config.block_size,
+                      object_puts=max(config.max_object_size, config.object_memory_bytes // 4))
     memory = MemoryTier(config.memory_bytes)
     disk = DiskTier(os.path.join(config.cache_dir, "blocks"), config.disk_bytes,
                     on_held_eviction=metrics.disk_evicted_while_held.inc)
@@ -80,11 +86,17 @@ def build_node(config: NodeConfig, *, registry: Registry | None = None, azure: O
     membership = Membership(peers=config.peers, peers_file=config.peers_file, peers_dns=config.peers_dns,
                             health_interval=config.health_interval,
                             health_timeout=min(2.0, config.peer_timeout))
+    # Objects have tiers of their own (own budgets, own directory): they never evict a block.
+    objects = ObjectStore(MemoryTier(config.object_memory_bytes),
+                          DiskTier(os.path.join(config.cache_dir, "objects"), config.object_disk_bytes)
+                          if config.object_disk_bytes else None)
+    metrics.object_memory_capacity.set(config.object_memory_bytes)
+    metrics.object_disk_capacity.set(config.object_disk_bytes)
     # Node-to-node traffic (forwards, warm fills) goes over HTTP, through the registry.
     peers = registry.connector(TCP, ChannelOptions(token=config.token, timeout=config.peer_timeout,
                                                    connections_per_node=PEER_CONNECTIONS))
     assert isinstance(peers, HttpConnector)
     node_service = service(config=config, cache=cache, budgets=budgets, governor=governor, metrics=metrics,
-                           membership=membership, peers=peers)
+                           membership=membership, peers=peers, objects=objects)
     return NodeParts(config, metrics, governor, budgets, memory, disk, azure, origins, cache, membership,
-                     peers, node_service)
+                     peers, objects, node_service)

@@ -72,6 +72,20 @@ class NodeConfig:
     idle_timeout: float = flag(30.0, "--idle-timeout", "Seconds a connection may stay without a complete request "
                                "(new or kept alive).", range=(0.1, 3600))
     warm_concurrency: int = 4
+    # Objects without origin (KV caches, compile artifacts): tiers and budgets of their own, so a
+    # flood of objects never evicts a checkpoint block; off until a namespace is allowed.
+    namespaces: tuple[str, ...] = flag((), "--namespace", "Object namespace this node stores and serves "
+                                       "(repeatable). Default: none, objects off.", metavar="NAME")
+    writer_tokens: tuple[str, ...] = flag((), "--writer-token", "Writer credential of a namespace: puts and "
+                                          "deletes need it, the cluster token alone cannot write (repeatable).",
+                                          metavar="NAME=TOKEN")
+    writer_token_file: str | None = flag(None, "--writer-token-file", "File of NAME=TOKEN lines, one writer "
+                                         "credential per namespace.", kind="file")
+    object_memory_bytes: int = flag(1 * GiB, "--object-memory", "Memory budget of objects (apart from blocks).",
+                                    kind="size")
+    object_disk_bytes: int = flag(10 * GiB, "--object-disk", "Disk budget of objects (apart from blocks; 0: "
+                                  "memory only).", kind="size")
+    max_object_size: int = flag(64 * 1024**2, "--max-object-size", "Largest object a put may store.", kind="size")
 
     def forward_secret(self) -> str:
         """What a node sends to mark a request as forwarded by a node ("" without auth).
@@ -84,6 +98,21 @@ class NodeConfig:
         if not self.token:
             return ""
         return hmac.new(self.token.encode(), b"cachenode node-to-node v1", hashlib.sha256).hexdigest()
+
+    def writers(self) -> dict[str, str]:
+        """namespace -> writer credential, from --writer-token and --writer-token-file (the file's
+        lines win); ValueError names a malformed entry, never its secret."""
+        entries = list(self.writer_tokens)
+        if self.writer_token_file:
+            with open(self.writer_token_file) as f:
+                entries += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        out: dict[str, str] = {}
+        for entry in entries:
+            name, sep, token = entry.partition("=")
+            if not sep or not name.strip() or not token.strip():
+                raise ValueError(f"writer token entry for {name.strip()[:40]!r}: expected NAME=TOKEN")
+            out[name.strip()] = token.strip()
+        return out
 
     def file_roots(self) -> tuple[str, ...]:
         """The local directories `file://` allow entries name (the file origin's roots)."""

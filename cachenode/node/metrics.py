@@ -48,6 +48,18 @@ class NodeMetrics:
         self.memory_capacity = Gauge("cachenode_memory_capacity_bytes", "Memory tier budget", registry=r)
         self.disk_used = Gauge("cachenode_disk_used_bytes", "Bytes in the disk tier", registry=r)
         self.disk_capacity = Gauge("cachenode_disk_capacity_bytes", "Disk tier budget", registry=r)
+        # Objects without origin, per namespace (the allow-list bounds the label's values).
+        self.object_requests = Counter("cachenode_object_requests", "Object keys asked for, by namespace, "
+                                       "operation and result", ["namespace", "op", "result"], registry=r)
+        self.object_bytes = Counter("cachenode_object_bytes", "Object bytes received (put) and sent (get), "
+                                    "by namespace", ["namespace", "direction"], registry=r)
+        self.object_memory_used = Gauge("cachenode_object_memory_used_bytes", "Bytes of objects in memory",
+                                        registry=r)
+        self.object_memory_capacity = Gauge("cachenode_object_memory_capacity_bytes", "Object memory budget",
+                                            registry=r)
+        self.object_disk_used = Gauge("cachenode_object_disk_used_bytes", "Bytes of objects on disk", registry=r)
+        self.object_disk_capacity = Gauge("cachenode_object_disk_capacity_bytes", "Object disk budget",
+                                          registry=r)
         for tier in ("memory", "disk"):  # export zeros from the start, so rates work at once
             self.hits.labels(tier)
         for tier in ("memory", "disk", "origin"):

@@ -13,20 +13,23 @@ import logging
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from ..blocks import Block, BlockRequest
-from ..errors import BadRequest, Forbidden, PeerUnavailable, Unauthorized
+from ..blocks import Block, BlockRequest, digest
+from ..errors import BadRequest, BlockCorrupt, Forbidden, PeerUnavailable, Unauthorized
+from ..objects import STORED, object_key
 from ..pauses import Pauses
 from ..placement import rank
 from ..routing import read_from_owners
 from ..source import SourceRef
 from ..transport import wire
 from ..transport.http_client import HttpConnector, HttpNodeClient
+from ..transport.object_wire import WRITER_HEADER, ObjectCall
 from ..warming import select_objects, warm_objects
 from .budgets import Budgets
 from .cache import BlockCache
 from .config import NodeConfig
 from .membership import Membership
 from .metrics import NodeMetrics
+from .objects import ObjectStore
 from .qos import Governor
 
 log = logging.getLogger("cachenode.service")
@@ -50,6 +53,7 @@ class NodeService:
     metrics: NodeMetrics
     membership: Membership
     peers: HttpConnector  # channels to other nodes (forwards, warm fills), made by the registry
+    objects: ObjectStore  # objects without origin: tiers and budgets apart from the blocks'
     # Owners that failed a forward sit out a pause: the loaders' rule (cachenode.pauses).
     pauses: Pauses = field(default_factory=Pauses)
 
@@ -57,6 +61,8 @@ class NodeService:
         self._token = self.config.token or ""
         self._forward_secret = self.config.forward_secret()
         self._peer_timeout = self.config.peer_timeout
+        self._namespaces = frozenset(self.config.namespaces)
+        self._writers = self.config.writers()
 
     def peer(self, url: str) -> HttpNodeClient:
         """The channel to another node (forwards, warm fills), made through the transport registry."""
@@ -231,6 +237,7 @@ class NodeService:
 
     def metrics_text(self) -> bytes:
         self.cache.refresh_metrics()
+        self._object_gauges()
         return self.metrics.render()
 
     async def fill(self, payload) -> dict:
@@ -262,3 +269,99 @@ class NodeService:
         summary = await warm_objects(objects, self.config.block_size, self.membership.members(), send_fill)
         return summary.to_json()
 
+
+    # -- objects without origin --------------------------------------------------------------
+    # The loader sends each key to its owner by rendezvous rank over the object key; a node
+    # answers for what it holds and stores what it is sent, without forwarding: a key that
+    # reached a non-owner (the loader saw other members) is at worst a miss later, and since a
+    # key's bytes are fixed by its first writer, never a wrong object.
+
+    def _namespace(self, call: ObjectCall) -> str:
+        if call.namespace not in self._namespaces:
+            self.metrics.object_requests.labels("(refused)", call.op, "unknown_namespace").inc()
+            raise Forbidden(f"namespace {call.namespace!r} is not served by this node (--namespace)")
+        return call.namespace
+
+    def _authorize_writer(self, ns: str, writer: str | None) -> None:
+        """Puts and deletes need the namespace's writer credential: objects are immutable and
+        the first writer wins, so a holder of the cluster token alone could make a poisoned
+        object permanent."""
+        expected = self._writers.get(ns)
+        if not writer:
+            raise Forbidden(f"writing namespace {ns!r} needs its writer credential ({WRITER_HEADER})")
+        if expected is None or not hmac.compare_digest(writer.encode("utf-8", "surrogateescape"), expected.encode()):
+            raise Forbidden(f"wrong writer credential for namespace {ns!r}")
+
+    async def put_objects(self, call: ObjectCall, writer: str | None,
+                          receive: Callable[[int], Awaitable[bytearray]]) -> dict[str, str]:
+        """A batch put. Checked before a byte of objects is read (namespace, writer, sizes);
+        then `receive(n)` (the transport) reads each object into a buffer of its own, paced as
+        background traffic on rx if nobody waits for it, and its digest is checked. Nothing is
+        stored until the whole batch arrived intact: a put cut off mid-body leaves nothing.
+        Per key: "stored", or "exists" (the first writer's object stays)."""
+        ns = self._namespace(call)
+        self._authorize_writer(ns, writer)
+        limit = self.config.max_object_size
+        for key, size in zip(call.keys, call.sizes):
+            if size > limit:
+                self.metrics.object_requests.labels(ns, "put", "too_large").inc()
+                raise BadRequest(f"object {key[:80]!r} of {size} bytes exceeds this node's --max-object-size "
+                                 f"{limit}")
+        received: list[bytearray] = []
+        async with self.budgets.object_puts(sum(call.sizes)):
+            for key, size, expected in zip(call.keys, call.sizes, call.digests):
+                if call.background:
+                    await self.governor.background(size, direction="rx")
+                else:
+                    await self.governor.foreground(size)
+                data = await receive(size)
+                self.governor.own(size, "rx")
+                if digest(data) != expected:
+                    self.metrics.object_requests.labels(ns, "put", "corrupt").inc()
+                    raise BlockCorrupt(f"object {key[:80]!r} failed its digest check on arrival: nothing of "
+                                       f"this batch was stored")
+                received.append(data)
+        # No await from here to the end: the batch lands at once, first writer wins per key.
+        out = {}
+        for key, data, dg in zip(call.keys, received, call.digests):
+            out[key] = self.objects.put(object_key(ns, key), data, dg)
+            self.metrics.object_requests.labels(ns, "put", out[key]).inc()
+            if out[key] == STORED:
+                self.metrics.object_bytes.labels(ns, "in").inc(len(data))
+        self._object_gauges()
+        return out
+
+    async def get_objects(self, call: ObjectCall) -> list[tuple[bytes | bytearray, str] | None]:
+        """Per key (bytes, digest) or None (a miss). The bytes are the store's own, never
+        mutated: the transport sends them as they are and the client checks the digest."""
+        ns = self._namespace(call)
+        found = [await self.objects.get(object_key(ns, key)) for key in call.keys]
+        n = 0
+        for item in found:
+            self.metrics.object_requests.labels(ns, "get", "hit" if item else "miss").inc()
+            n += len(item[0]) if item else 0
+        await self.governor.foreground(n)
+        self.governor.own(n, "tx")
+        self.metrics.object_bytes.labels(ns, "out").inc(n)
+        return found
+
+    def exists_objects(self, call: ObjectCall) -> list[bool]:
+        ns = self._namespace(call)
+        out = [self.objects.has(object_key(ns, key)) for key in call.keys]
+        for hit in out:
+            self.metrics.object_requests.labels(ns, "exists", "hit" if hit else "miss").inc()
+        return out
+
+    def delete_objects(self, call: ObjectCall, writer: str | None) -> int:
+        """Remove the keys (a writer's call); how many were here."""
+        ns = self._namespace(call)
+        self._authorize_writer(ns, writer)
+        gone = sum(self.objects.delete(object_key(ns, key)) for key in call.keys)
+        self.metrics.object_requests.labels(ns, "delete", "ok").inc(len(call.keys))
+        self._object_gauges()
+        return gone
+
+    def _object_gauges(self) -> None:
+        m, o = self.metrics, self.objects
+        m.object_memory_used.set(o.memory.used)
+        m.object_disk_used.set(o.disk.used if o.disk is not None else 0)
