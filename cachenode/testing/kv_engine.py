@@ -1,0 +1,60 @@
+"""A vLLM engine in a child process with the cachenode KV connector: runs prompts by token ids, times them, writes JSON.
+
+    python -m cachenode.testing.kv_engine SPEC.json OUT.json
+
+SPEC: {"model": dir, "kv": {kv_connector_extra_config}, "prompts": {name: [token ids]},
+"steps": [{"prompt": name, "max_tokens": n}], "max_model_len": n}. OUT: per step the generated
+token ids, vLLM's own `num_cached_tokens` and the wall time of the generate call (with
+max_tokens=1 that is the time to first token), plus the time to ready.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+CONNECTOR_MODULE = "cachenode.client.engines.vllm_kv"
+
+
+def run(spec: dict) -> dict:
+    """Start one engine, run the steps in order, return the results."""
+    # The engine core in this process (vLLM would spawn one): the connector's scheduler and
+    # worker sides then live here, and one start costs one model load.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from vllm import LLM, SamplingParams
+    from vllm.config import KVTransferConfig
+
+    t0 = time.perf_counter()
+    llm = LLM(model=spec["model"], enforce_eager=True, max_model_len=spec.get("max_model_len", 4096),
+              max_num_seqs=4, seed=0, enable_prefix_caching=True,
+              kv_transfer_config=KVTransferConfig(
+                  kv_connector="CachenodeKVConnector", kv_connector_module_path=CONNECTOR_MODULE,
+                  kv_role="kv_both", kv_load_failure_policy="recompute",
+                  kv_connector_extra_config=spec["kv"]))
+    ready = time.perf_counter() - t0
+    steps = []
+    for step in spec["steps"]:
+        ids = spec["prompts"][step["prompt"]]
+        params = SamplingParams(temperature=0.0, max_tokens=step.get("max_tokens", 8), ignore_eos=True)
+        t = time.perf_counter()
+        out = llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
+        seconds = time.perf_counter() - t
+        steps.append({"prompt": step["prompt"], "prompt_tokens": len(ids), "seconds": seconds,
+                      "num_cached_tokens": out.num_cached_tokens or 0,
+                      "tokens": list(out.outputs[0].token_ids)})
+    return {"ready_seconds": ready, "steps": steps}
+
+
+def main(argv: list[str]) -> int:
+    spec_path, out_path = argv
+    result = run(json.loads(Path(spec_path).read_text()))
+    Path(out_path).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":  # vLLM needs the guard: it may start processes of its own
+    sys.exit(main(sys.argv[1:]))
