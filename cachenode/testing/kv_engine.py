@@ -11,6 +11,7 @@ max_tokens=1 that is the time to first token), plus the time to ready.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -51,6 +52,11 @@ def run(spec: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     spec_path, out_path = argv
+    # The connector's own lines (hits, failures) on stderr beside vLLM's.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("cachenode").addHandler(handler)
+    logging.getLogger("cachenode").setLevel(logging.INFO)
     result = run(json.loads(Path(spec_path).read_text()))
     Path(out_path).write_text(json.dumps(result))
     return 0
