@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Awaitable, Iterable, Mapping, Sequence, TypeVar
 
@@ -10,6 +11,7 @@ from cachenode.blocks import digest_off_loop
 from cachenode.errors import BadRequest, Forbidden, PeerUnavailable
 from cachenode.objects import check_keys, check_namespace, object_key
 from cachenode.placement import Member, rank
+from cachenode.transport.base import ObjectChannel
 from cachenode.transport.object_wire import MAX_BATCH_BYTES
 from cachenode.transport.registry import Registry
 
@@ -29,7 +31,7 @@ def _bytes_view(value: Buffer) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-class AsyncObjectClient:
+class AsyncObjectClient(contextlib.AbstractAsyncContextManager):
     """Immutable objects keyed by (namespace, key), each held by its owner by rendezvous rank.
 
     Batch calls: every key goes to its owner, one request per owner, all owners at once. A get
@@ -68,8 +70,9 @@ class AsyncObjectClient:
             groups.setdefault(owner.id, (owner, []))[1].append(i)
         return groups
 
-    def _channel(self, member: Member):
-        return self.cluster.channel(member)
+    def _channel(self, member: Member) -> ObjectChannel:
+        """The member's channel by the loader's transport preference (UCX where both have it)."""
+        return self.cluster.channel(member)  # type: ignore[return-value] - every block channel has object calls
 
     def _failed(self, member: Member, exc: Exception) -> None:
         log.warning("object call to %s failed: %s", member.id, exc)
@@ -191,14 +194,11 @@ class AsyncObjectClient:
     async def close(self) -> None:
         await self.cluster.close()
 
-    async def __aenter__(self) -> "AsyncObjectClient":
-        return self
-
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc) -> None:  # (__aenter__ returns self: AbstractAsyncContextManager)
         await self.close()
 
 
-class ObjectClient:
+class ObjectClient(contextlib.AbstractContextManager):
     """Sync face of AsyncObjectClient (the same methods), on a private I/O thread."""
 
     def __init__(self, nodes: Iterable[str] | None = None, token: str | None = None, *, namespace: str,
@@ -227,10 +227,7 @@ class ObjectClient:
             self._run(self.aclient.close())
             self._io.close()
 
-    def __enter__(self) -> "ObjectClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc) -> None:  # (__enter__ returns self: AbstractContextManager)
         self.close()
 
 
