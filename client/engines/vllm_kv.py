@@ -91,7 +91,8 @@ class CachenodeKVConnector(KVConnectorBase_V1):
         self._need_load: dict[str, tuple[int, int]] = {}  # req id -> (first chunk, chunks) to load
         # Worker side.
         self._kv_caches: dict[str, torch.Tensor] = {}
-        self._loads: dict[str, tuple[Future, list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        # layer -> (its batch get, block ids, their sizes, staging copies to write back)
+        self._loads: dict[str, tuple[Future, list[int], list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = {}
         self._saves: list[Future] = []
         self._load_errors: set[int] = set()
         self._tp_rank = 0
@@ -253,21 +254,22 @@ class CachenodeKVConnector(KVConnectorBase_V1):
                         staged.append((kv[b], stage))
             # Buffer ownership: the views are the engine's KV memory; the I/O thread writes them
             # until wait_for_layer_load (or wait_for_save) has the result, before attention reads.
-            self._loads[layer] = (self._submit(self._client.get(keys, into=views)), blocks, staged)
+            self._loads[layer] = (self._submit(self._client.get(keys, into=views)), blocks,
+                                  [v.nbytes for v in views], staged)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         entry = self._loads.pop(layer_name, None)
         if entry is None:
             return
-        fut, blocks, staged = entry
+        fut, blocks, sizes, staged = entry
         try:
             got = fut.result()
         except (CacheError, OSError) as exc:
             log.warning("cachenode KV load of %s failed: %s", layer_name, exc)
             got = [None] * len(blocks)
-        for b, view in zip(blocks, got):
-            if view is None:
-                self._load_errors.add(b)  # a miss since the lookup: vLLM recomputes these blocks
+        for b, view, size in zip(blocks, got, sizes):
+            if view is None or view.nbytes != size:
+                self._load_errors.add(b)  # a miss since the lookup (or a foreign size): vLLM recomputes it
         for dst, src in staged:
             dst.copy_(src)
 
