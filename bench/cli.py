@@ -140,10 +140,13 @@ def kv(concurrencies, objects, get_batches, n_nodes, workdir, json_path, plot_pa
               help="Prompt length (the model has 4,096 positions).")
 @click.option("--rounds", default=5, show_default=True, type=click.IntRange(1, 50),
               help="Prompts loaded from the cluster, and as many recomputed, interleaved.")
+@click.option("--hidden", default=256, show_default=True, type=click.IntRange(128, 4096),
+              help="Model width (head dim 64, KV heads hidden/128).")
+@click.option("--layers", default=4, show_default=True, type=click.IntRange(1, 64), help="Model layers.")
 @_nodes_option("cachenode nodes in the local cluster.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Keep files here instead of a temp dir.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write results as JSON.")
-def kv_engine(prompt_tokens, rounds, n_nodes, workdir, json_path) -> None:
+def kv_engine(prompt_tokens, rounds, hidden, layers, n_nodes, workdir, json_path) -> None:
     """vLLM (CPU) time to first token of a long prompt: KV from the cluster vs recomputed.
 
     A tiny random Llama; engine A saves the prompts' KV through the cachenode KV connector, engine
@@ -151,7 +154,7 @@ def kv_engine(prompt_tokens, rounds, n_nodes, workdir, json_path) -> None:
     """
     from .kv_engine import command
 
-    command(prompt_tokens, rounds, n_nodes, workdir, json_path)
+    command(prompt_tokens, rounds, n_nodes, workdir, json_path, hidden, layers)
 
 
 @main.command()

