@@ -125,31 +125,41 @@ class AsyncObjectClient(contextlib.AbstractAsyncContextManager):
         out: list[memoryview | None] = [None] * len(keys)
         if not keys:
             return out
-        try:
-            members = await asyncio.wait_for(self._members(), self.config.peer_timeout)
-        except (PeerUnavailable, asyncio.TimeoutError) as exc:
-            log.warning("object get: no cache node answered: %s", exc)
-            return out
         dests = [None if into is None else _bytes_view(into[i]) for i in range(len(keys))]
+        # One deadline for the whole call (members, then every owner at once): a get never
+        # blocks past the peer timeout; what has not arrived by then is a miss.
+        try:
+            await asyncio.wait_for(self._get_all(keys, dests, out), self.config.peer_timeout)
+        except asyncio.TimeoutError:
+            log.warning("object get: %d of %d keys not answered within %.1f s: misses",
+                        sum(v is None for v in out), len(keys), self.config.peer_timeout)
+        return out
+
+    async def _get_all(self, keys: list[str], dests: list[memoryview | None], out: list) -> None:
+        try:
+            members = await self._members()
+        except PeerUnavailable as exc:
+            log.warning("object get: no cache node answered: %s", exc)
+            return
 
         async def from_owner(member: Member, positions: list[int]) -> None:
             if not self.cluster.pauses.admit(member.id):
                 return  # paused after a failure: a miss, not a wait
             try:
-                got = await asyncio.wait_for(
-                    self._channel(member).get_objects(self.namespace, [keys[i] for i in positions],
-                                                      [dests[i] for i in positions],
-                                                      timeout=self.config.peer_timeout),
-                    self.config.peer_timeout)
-            except (PeerUnavailable, asyncio.TimeoutError) as exc:
+                got = await self._channel(member).get_objects(self.namespace, [keys[i] for i in positions],
+                                                              [dests[i] for i in positions],
+                                                              timeout=self.config.peer_timeout)
+            except PeerUnavailable as exc:
                 self._failed(member, exc)
                 return
+            except asyncio.CancelledError:
+                self.cluster.pauses.failed(member.id)  # silent past the deadline: paused like a failure
+                raise
             self.cluster.pauses.succeeded(member.id)
             for i, view in zip(positions, got):
                 out[i] = view
 
         await asyncio.gather(*(from_owner(m, pos) for m, pos in self._by_owner(members, keys).values()))
-        return out
 
     async def exists(self, keys: Sequence[str]) -> list[bool]:
         """Per key: does its owner hold it (False when the owner is down)."""

@@ -163,15 +163,21 @@ def test_concurrent_puts_of_one_key_keep_one_whole_object(nodes):
             assert bytes(r.get(["contended"])[0]) == winner
 
 
-def test_a_node_killed_mid_get_is_a_miss_within_the_peer_timeout(nodes):
-    c = nodes.cluster(3, *OBJECT_ARGS)
-    objs = {f"k{i}": os.urandom(64 * KiB) for i in range(60)}
+def _stored_on(nodes, n: int, count: int, size: int, victim: int):
+    """A cluster of n holding `count` objects: (cluster, objects, the keys node `victim` owns)."""
+    c = nodes.cluster(n, *OBJECT_ARGS)
+    objs = {f"k{i}": os.urandom(size) for i in range(count)}
     with client(c.urls[0]) as w:
         w.put(objs)
     ids = c.ids()
+    theirs = {k for k in objs if rank(object_key(NS, k), ids)[0] == ids[victim]}
+    assert theirs and len(theirs) < len(objs)
+    return c, objs, theirs
+
+
+def test_a_node_killed_mid_get_is_a_miss_within_the_peer_timeout(nodes):
     victim = 2
-    theirs = [k for k in objs if rank(object_key(NS, k), ids)[0] == ids[victim]]
-    assert theirs
+    c, objs, theirs = _stored_on(nodes, 3, 60, 64 * KiB, victim)
     with client(c.urls[0], writer=None) as r:
         c.procs[victim].proc.send_signal(signal.SIGSTOP)  # the owner hangs mid-request ...
         results: list = []
@@ -213,3 +219,18 @@ def test_objects_never_evict_checkpoint_blocks(blobs, nodes, proxy):
         assert f.read() == data
     assert metric(node, "cachenode_misses_total") == misses
     assert proxy.reads_of(blobs.path("ckpt.bin")) == reads
+
+
+def test_a_get_from_a_silent_owner_never_blocks_past_the_peer_timeout(nodes):
+    c, objs, theirs = _stored_on(nodes, 2, 30, 4 * KiB, 1)
+    victim = c.procs[1].proc
+    with client(c.urls[0], writer=None) as r:
+        victim.send_signal(signal.SIGSTOP)  # accepts connections (the kernel does), never answers
+        try:
+            t0 = time.monotonic()
+            got = r.get(list(objs))
+            took = time.monotonic() - t0
+        finally:
+            victim.send_signal(signal.SIGCONT)
+    assert took < 3 + 1.0, took  # one deadline for the whole call: the peer timeout (3 s)
+    assert [v is None for v in got] == [k in theirs for k in objs]
