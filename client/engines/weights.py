@@ -1,0 +1,252 @@
+"""A sharded safetensors checkpoint as (name, tensor) in bounded spans, every shard pinned at start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterator
+from urllib.parse import quote
+
+import torch
+
+from cachenode.errors import CacheError, SourceNotFound
+
+from ..api import Client
+from ..files import AsyncCacheFile
+from ..reader import cancel_and_wait, run_all
+from ..safetensors_header import Header, SafetensorsError, TensorEntry
+from ..tensors import TORCH_DTYPES, aread_header, alloc, torch_shape
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One open shard: its URL, the file pinned to the ETag it had when the load started, its header."""
+
+    url: str
+    file: AsyncCacheFile
+    header: Header
+
+
+@dataclass(frozen=True)
+class Span:
+    """Consecutive tensors of one shard read with one ranged read into one buffer."""
+
+    shard: Shard
+    lo: int  # offsets in the shard's data section
+    hi: int
+    tensors: tuple[TensorEntry, ...]
+
+
+def prefix_url(url: str) -> str:
+    return url if url.endswith("/") else url + "/"
+
+
+async def _read_json(client, url: str) -> dict:
+    async with await client.open(url) as f:
+        raw = await f.read()
+    try:
+        doc = json.loads(raw)
+        assert isinstance(doc.get("weight_map"), dict)
+        return doc
+    except (ValueError, AssertionError, AttributeError):
+        raise SafetensorsError(f"{url}: not a checkpoint index (needs a 'weight_map' object)") from None
+
+
+async def shard_names(client, base: str) -> list[str]:
+    """The shards vLLM would load under `base`: those its index names, or else every top-level
+    *.safetensors blob (vLLM's own rule: with an index, files it does not name are skipped)."""
+    try:
+        index = await _read_json(client, base + INDEX_NAME)
+    except SourceNotFound:
+        index = None
+    if index is not None:
+        names = sorted(set(index["weight_map"].values()))
+        for s in names:
+            if not isinstance(s, str) or "/" in s or s in ("", ".", ".."):
+                raise SafetensorsError(f"{base}{INDEX_NAME}: shard name {s!r} must be a file beside the index")
+        return names
+    ref = client.parse(base, prefix=True)
+    listing = await client.list(ref)
+    names = sorted(r.path[len(ref.path):] for r, _ in listing
+                   if r.path.startswith(ref.path) and r.path.endswith(".safetensors")
+                   and "/" not in r.path[len(ref.path):])
+    if not names:
+        raise SourceNotFound(f"{base}: no {INDEX_NAME} and no *.safetensors blob under this prefix")
+    return names
+
+
+async def open_shards(client, url: str) -> list[Shard]:
+    """Open every shard of the checkpoint under `url` and read its header. Each open pins the
+    shard's current ETag, all of them before any tensor is read: a shard replaced later in the
+    load fails it (SourceChanged) instead of mixing two versions of the model."""
+    base = prefix_url(url)
+    names = await shard_names(client, base)
+    # A shard name is a blob name, not URL text: quoted once ("a#1" is not the blob "a").
+    urls = [base + quote(n, safe="") for n in names]
+    files: list[AsyncCacheFile] = []
+
+    async def one(u: str) -> Shard:
+        f = await client.open(u)
+        files.append(f)
+        return Shard(u, f, await aread_header(f))
+
+    try:
+        return await run_all([one(u) for u in urls])
+    except BaseException:
+        await _close_all(files)
+        raise
+
+
+async def _close_all(files: list[AsyncCacheFile]) -> None:
+    await asyncio.gather(*(f.close() for f in files), return_exceptions=True)
+
+
+def plan_spans(shards: list[Shard], span_bytes: int, want: Callable[[str], bool] | None = None) -> list[Span]:
+    """Tensors in file order, cut into spans of at most `span_bytes` (a bigger tensor is a span
+    of its own). A tensor `want` refuses is not read at all, and ends the span before it so
+    that its bytes are never fetched (the hook for ranks that hold only part of a model)."""
+    spans: list[Span] = []
+    for shard in shards:
+        run: list[TensorEntry] = []
+        for e in sorted(shard.header.tensors, key=lambda e: (e.begin, e.end)):
+            if want is not None and not want(e.name):
+                if run:
+                    spans.append(_span(shard, run))
+                    run = []
+                continue
+            if run and (e.end - run[0].begin > span_bytes or e.begin > run[-1].end):
+                spans.append(_span(shard, run))
+                run = []
+            run.append(e)
+        if run:
+            spans.append(_span(shard, run))
+    return spans
+
+
+def _span(shard: Shard, run: list[TensorEntry]) -> Span:
+    return Span(shard, run[0].begin, max(e.end for e in run), tuple(run))
+
+
+def span_views(span: Span, buf: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The span's tensors as views of `buf` (which holds bytes lo..hi of the data section)."""
+    out = []
+    for e in span.tensors:
+        dtype = TORCH_DTYPES[e.dtype]
+        if e.end == e.begin:
+            out.append((e.name, torch.empty(0, dtype=dtype).reshape(torch_shape(e))))
+            continue
+        off, n = e.begin - span.lo, e.end - e.begin
+        if off % dtype.itemsize == 0:
+            # A slice of `buf` itself, not frombuffer: the view then shares the pinned
+            # allocation's storage, which the CUDA caching host allocator tracks for async copies.
+            raw = buf[off:off + n]
+        else:  # safetensors does not promise aligned offsets; view(dtype) refuses unaligned ones
+            raw = buf[off:off + n].clone()
+        out.append((e.name, raw.view(dtype).view(torch_shape(e))))
+    return out
+
+
+class WeightStream:
+    """Iterate a checkpoint's tensors; at most `depth` spans are being read while the engine
+    copies out of the previous one, so the loader holds at most (depth + 1) spans of memory
+    (or one tensor, if a single tensor is larger than a span).
+
+    The buffers are page-locked when `device` is CUDA and each tensor is copied to the device
+    with non_blocking=True; a span's buffer is released only after its copies have completed.
+    """
+
+    def __init__(self, client: Client, url: str, *, device: str | torch.device = "cpu",
+                 span_bytes: int = 64 << 20, depth: int = 2,
+                 want: Callable[[str], bool] | None = None) -> None:
+        self.client = client
+        self.url = url
+        self.device = torch.device(device)
+        self.span_bytes = max(1, span_bytes)
+        self.depth = max(1, depth)
+        self.shards: list[Shard] = client.run(open_shards(client.aclient, url))
+        self.spans = plan_spans(self.shards, self.span_bytes, want)
+        self.bytes_read = 0
+        self._pending: deque = deque()
+
+    @property
+    def size(self) -> int:
+        """Bytes of tensor data this stream reads."""
+        return sum(s.hi - s.lo for s in self.spans)
+
+    async def _start(self, span: Span) -> asyncio.Task:
+        return asyncio.ensure_future(self._read(span))
+
+    async def _read(self, span: Span) -> torch.Tensor:
+        buf = alloc(span.hi - span.lo, self.device)
+        if span.hi > span.lo:
+            f = span.shard.file
+            await f.read_at(span.shard.header.data_offset + span.lo, memoryview(buf.numpy()))
+        return buf
+
+    @staticmethod
+    async def _result(task: asyncio.Task) -> torch.Tensor:
+        # Shielded: a caller interrupted while waiting must not cancel a read behind its back;
+        # close() cancels and waits for every pending read itself.
+        return await asyncio.shield(task)
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        cuda = self.device.type == "cuda"
+        held: deque = deque()  # (event, buffer) of spans whose device copies may still run
+        todo = iter(self.spans)
+        try:
+            for span in todo:
+                self._pending.append((span, self.client.run(self._start(span))))
+                if len(self._pending) >= self.depth:
+                    break
+            while self._pending:
+                span, task = self._pending.popleft()
+                buf = self.client.run(self._result(task))
+                nxt = next(todo, None)
+                if nxt is not None:
+                    self._pending.append((nxt, self.client.run(self._start(nxt))))
+                self.bytes_read += span.hi - span.lo
+                for name, t in span_views(span, buf):
+                    yield name, (t.to(self.device, non_blocking=True) if cuda else t)
+                if cuda:
+                    event = torch.cuda.Event()
+                    event.record()
+                    held.append((event, buf))
+                    while len(held) > self.depth:  # pinned memory bounded like the reads
+                        held.popleft()[0].synchronize()
+        except CacheError as exc:
+            raise _naming(exc, self.url) from None
+        finally:
+            for event, _ in held:
+                event.synchronize()
+            self._stop_reads()
+
+    def _stop_reads(self) -> None:
+        tasks = [t for _, t in self._pending]
+        self._pending.clear()
+        if tasks:
+            # Waited for, not only cancelled: they write into buffers we are about to drop.
+            self.client.run(cancel_and_wait(tasks))
+
+    def close(self) -> None:
+        self._stop_reads()
+        self.client.run(_close_all([s.file for s in self.shards]))
+
+    def __enter__(self) -> "WeightStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _naming(exc: CacheError, url: str) -> CacheError:
+    """`exc` with the checkpoint's URL in its message when it names only a shard or nothing."""
+    if url in str(exc):
+        return exc
+    try:
+        return type(exc)(f"loading {url}: {exc}")
+    except TypeError:
+        return exc
