@@ -70,10 +70,15 @@ def install(make_client) -> bool:
         client = make_client() if model_path.lower().startswith("az://") else None
         if client is None:
             return pull(self, model_path, allow_pattern, ignore_pattern)
+        from cachenode.errors import CacheError
+
         from .pull import pull_files as pull_through
 
         with client:
-            names = pull_through(client, model_path, self.dir, allow_pattern, ignore_pattern)
+            try:
+                names = pull_through(client, model_path, self.dir, allow_pattern, ignore_pattern)
+            except CacheError as exc:  # raised as is: vLLM builds its config here, ours is the cause
+                raise (exc if model_path in str(exc) else type(exc)(f"pulling {model_path}: {exc}")) from None
         log.info("cachenode: pulled %d files of %s through the cluster", len(names), model_path)
 
     def try_verify_and_update_config(self):
