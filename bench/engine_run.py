@@ -63,12 +63,14 @@ def run(spec: dict) -> dict:
             "tokens": [list(o.outputs[0].token_ids) for o in outs]}
 
 
-def run_engine(spec: dict, *, env: dict | None = None, timeout: float = 600, cwd=None) -> dict:
+def run_engine(spec: dict, *, env: dict | None = None, timeout: float = 600, cwd=None,
+               wrap: list[str] | tuple[str, ...] = ()) -> dict:
     """Start one engine for `spec` in a fresh process; its result, plus the seconds of the
-    "Loading weights took" line if the load format logs one, and the process output's tail."""
+    "Loading weights took" line if the load format logs one, and the process output's tail.
+    `wrap` prefixes the command (the Run:ai contender's private mount namespace)."""
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "cachenode.bench.engine_run", json.dumps(spec)],
+    proc = subprocess.run([*wrap, sys.executable, "-m", "cachenode.bench.engine_run", json.dumps(spec)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
                           env=env, cwd=cwd, stdin=subprocess.DEVNULL)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
