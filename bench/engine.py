@@ -135,6 +135,7 @@ def run_engine_bench(size: int, n_nodes: int, repeat: int, runai_concurrency: in
             if "error" in out:
                 raise click.ClickException(f"{name}: {out['error']}: {out['message']}\n{out.get('log_tail', '')}")
             tokens.setdefault(name, out["tokens"])
+            out.pop("log", None)
             seconds = out["load_weights_s"]
             runs[name].append({"seconds": seconds, "gb_per_s": model_bytes / seconds / 1e9,
                                "ready_s": out["ready_s"], "logged_load_s": out["logged_load_s"] or 0.0,

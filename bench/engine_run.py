@@ -80,6 +80,7 @@ def run_engine(spec: dict, *, env: dict | None = None, timeout: float = 600, cwd
     logged = re.findall(r"Loading weights took ([0-9.]+) seconds", proc.stdout)
     out["logged_load_s"] = float(logged[0]) if logged else None
     out["log_tail"] = proc.stdout[-3000:]
+    out["log"] = proc.stdout
     return out
 
 

@@ -4,6 +4,7 @@ from the mount, and from local disk, with the same greedy tokens; blob storage i
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -57,8 +58,11 @@ def engine_env(world, node: str, **extra) -> dict:
     return env
 
 
-def generate(world, model: str, load_format: str = "auto", env: dict | None = None) -> dict:
-    out = run_engine({"model": model, "load_format": load_format, "prompts": PROMPTS}, env=env, timeout=300)
+def generate(world, model: str, load_format: str = "auto", env: dict | None = None, **engine) -> dict:
+    # float32: tensor-parallel sums in bf16 round differently and may flip a greedy token
+    spec = {"model": model, "load_format": load_format, "prompts": PROMPTS,
+            "engine": {"dtype": "float32", **engine}}
+    out = run_engine(spec, env=env, timeout=300)
     assert "error" not in out, f"{out}\n{out['log_tail']}"
     return out
 
@@ -80,10 +84,15 @@ def first_engine(world):
 
 @pytest.fixture(scope="module")
 def second_engine(world, first_engine):
-    """Engine 3: the same model from another engine host entering at node 2 (warm)."""
+    """Engine 3: the same model from another engine host entering at node 2 (warm), with
+    tensor parallelism 2 (the CPU build runs it: one core per rank)."""
     cluster = world["cluster"]
-    out = generate(world, f"az://{world['container']}/{MODEL}", "cachenode", engine_env(world, cluster.urls[2]))
+    out = generate(world, f"az://{world['container']}/{MODEL}", "cachenode",
+                   engine_env(world, cluster.urls[2], VLLM_CPU_OMP_THREADS_BIND="0|1"),
+                   tensor_parallel_size=2, distributed_executor_backend="mp")
     out["origin_after"] = _origin_bytes(cluster)
+    out["ranks"] = {int(r): (float(own), float(peers)) for r, own, peers in re.findall(
+        r"TP rank (\d) read ([0-9.]+) MiB of \S+ from the cluster, ([0-9.]+) MiB from its peers", out["log"])}
     return out
 
 
@@ -99,6 +108,17 @@ def test_blob_storage_is_read_once_for_two_engines(world, first_engine, second_e
     assert first_engine["origin_after"] == world["size"]
     assert second_engine["origin_after"] == world["size"]
     assert second_engine["tokens"] == first_engine["tokens"]
+
+
+def test_tensor_parallel_ranks_each_read_their_share_once(world, second_engine):
+    """TP=2: each rank read about half of the weights from the cluster and got the rest from
+    its peer; together they read the weights once, not twice."""
+    weights = sum(v for k, v in world["files"].items() if k.endswith(".safetensors")) / 2**20
+    ranks = second_engine["ranks"]
+    assert set(ranks) == {0, 1}, second_engine["log_tail"]
+    assert sum(own for own, _ in ranks.values()) == pytest.approx(weights, rel=0.02)
+    for own, peers in ranks.values():
+        assert own > 0.25 * weights and own + peers == pytest.approx(weights, rel=0.02)
 
 
 def test_no_weights_written_to_disk(world, first_engine):

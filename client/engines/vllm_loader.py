@@ -85,12 +85,13 @@ class CachenodeModelLoader(BaseModelLoader):
             raise PeerUnavailable(f"cannot load {url}: no cache node answered (tried {tried}){why}, and this "
                                   "host has no origin credentials (AZURE_STORAGE_*) to read it directly")
 
-    def stream(self, url: str, device: str | torch.device = "cpu", want=None) -> tuple[Client, WeightStream]:
+    def stream(self, url: str, device: str | torch.device = "cpu", want=None, share=None
+               ) -> tuple[Client, WeightStream]:
         """(client, stream) over the checkpoint at `url`; every shard pinned to its ETag now."""
         client = self._client(url)
         try:
             return client, WeightStream(client, url, device=device, span_bytes=self.options.span_bytes,
-                                        depth=self.options.depth, want=want)
+                                        depth=self.options.depth, want=want, share=share)
         except CacheError as exc:
             client.close()
             raise (exc if url in str(exc) else type(exc)(f"loading {url}: {exc}")) from None
@@ -108,7 +109,7 @@ class CachenodeModelLoader(BaseModelLoader):
         url = model_url(model_config)
         device = _device_of(model)
         start = time.perf_counter()
-        client, stream = self.stream(url, device, want=_rank_filter())
+        client, stream = self.stream(url, device, share=_tensor_parallel_share())
         try:
             with stream:
                 loaded = model.load_weights(iter(stream))
@@ -117,8 +118,11 @@ class CachenodeModelLoader(BaseModelLoader):
         seconds = time.perf_counter() - start
         # The same words as vLLM's default loader, so logs and `cachebench engine` compare them.
         log.info("Loading weights took %.2f seconds", seconds)
-        self.last_stream = {"url": url, "bytes": stream.bytes_read, "shards": len(stream.shards),
-                            "seconds": seconds}
+        self.last_stream = {"url": url, "bytes": stream.bytes_read, "from_peers": stream.bytes_received,
+                            "shards": len(stream.shards), "seconds": seconds}
+        if stream.share is not None:
+            log.info("cachenode: TP rank %d read %.1f MiB of %s from the cluster, %.1f MiB from its peers",
+                     stream.share.rank, stream.bytes_read / 2**20, url, stream.bytes_received / 2**20)
         if loaded is not None:
             missing = {n for n, _ in model.named_parameters()} - set(loaded)
             if missing:
@@ -132,12 +136,26 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _rank_filter():
-    """Which checkpoint tensors this rank reads. Tensor parallelism: every rank's weight loaders
-    narrow each tensor to the rank's slice, so each needs every tensor (see README: per-slice
-    reads need the model's sharding map). Pipeline parallelism: vLLM models skip layers another
-    rank holds; reading them is the cost of not knowing the model's layer naming here."""
-    return None
+class _TensorParallelShare:
+    """The ranks of one tensor-parallel group loading together: each reads a 1/TP share of the
+    checkpoint's spans from the cluster and broadcasts it to the others (vLLM's group: NCCL on
+    GPUs, gloo on CPU). Every rank's weight loaders still see whole tensors and narrow them to
+    their slice as usual, so nothing model-specific is needed; the cluster sends each byte to
+    the group once instead of TP times."""
+
+    def __init__(self, group) -> None:
+        self.group = group
+        self.rank = group.rank_in_group
+        self.size = group.world_size
+
+    def broadcast(self, tensor: torch.Tensor, src: int) -> None:
+        self.group.broadcast(tensor, src=src)
+
+
+def _tensor_parallel_share() -> _TensorParallelShare | None:
+    from vllm.distributed import get_tensor_model_parallel_world_size, get_tp_group
+
+    return _TensorParallelShare(get_tp_group()) if get_tensor_model_parallel_world_size() > 1 else None
 
 
 async def _members_only(node) -> None:

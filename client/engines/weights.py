@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 from urllib.parse import quote
 
 import torch
@@ -208,6 +208,16 @@ class SpanBuffers:
         self._returned.clear()
 
 
+class Share(Protocol):
+    """Ranks that load the same checkpoint together (vLLM: a tensor-parallel group): span j is
+    read from the cluster by rank `j % size` only and broadcast to the others in span order."""
+
+    rank: int
+    size: int
+
+    def broadcast(self, tensor: torch.Tensor, src: int) -> None: ...
+
+
 class WeightStream:
     """Iterate a checkpoint's tensors; at most `depth` spans are being read while the engine
     copies out of the previous one, so the loader holds (depth + 1) span buffers (plus one
@@ -215,21 +225,25 @@ class WeightStream:
 
     The buffers are page-locked when `device` is CUDA and each tensor is copied to the device
     with non_blocking=True; a span's buffer is reused only after its copies have completed.
+    With `share`, each rank reads only its share of the spans from the cluster and receives the
+    others from its peers (over NCCL on GPUs: device memory, no host copy on the receivers).
     """
 
     def __init__(self, client: Client, url: str, *, device: str | torch.device = "cpu",
                  span_bytes: int = 64 << 20, depth: int = 2,
-                 want: Callable[[str], bool] | None = None) -> None:
+                 want: Callable[[str], bool] | None = None, share: Share | None = None) -> None:
         self.client = client
         self.url = url
         self.device = torch.device(device)
         self.span_bytes = max(1, span_bytes)
         self.depth = max(1, depth)
+        self.share = share if share is not None and share.size > 1 else None
         self.shards: list[Shard] = client.run(open_shards(client.aclient, url))
         self.spans = plan_spans(self.shards, self.span_bytes, want)
         self.buffers = SpanBuffers(max([s.hi - s.lo for s in self.spans if s.hi - s.lo <= self.span_bytes],
                                        default=1), self.device)
-        self.bytes_read = 0
+        self.bytes_read = 0      # from the cluster, by this process
+        self.bytes_received = 0  # from peers (share)
         self._pending: deque = deque()
 
     @property
@@ -237,9 +251,15 @@ class WeightStream:
         """Bytes of tensor data this stream reads."""
         return sum(s.hi - s.lo for s in self.spans)
 
-    def _start(self, span: Span) -> tuple[Span, torch.Tensor, asyncio.Task]:
+    def _owner(self, j: int) -> int | None:
+        return None if self.share is None else j % self.share.size
+
+    def _start(self, j: int, span: Span) -> tuple[int, Span, torch.Tensor, asyncio.Task | None]:
         buf = self.buffers.take(span.hi - span.lo)
-        return span, buf, self.client.run(self._spawn(span, buf))
+        owner = self._owner(j)
+        if owner is not None and owner != self.share.rank:
+            return j, span, buf, None  # a peer reads this one
+        return j, span, buf, self.client.run(self._spawn(span, buf))
 
     async def _spawn(self, span: Span, buf: torch.Tensor) -> asyncio.Task:
         return asyncio.ensure_future(self._read(span, buf))
@@ -256,25 +276,43 @@ class WeightStream:
         # close() cancels and waits for every pending read itself.
         await asyncio.shield(task)
 
+    def _arrive(self, j: int, span: Span, buf: torch.Tensor, task) -> tuple[torch.Tensor, bool]:
+        """(the span's bytes, whether they are already on the device) once this rank has them."""
+        n = span.hi - span.lo
+        if task is not None:
+            self.client.run(self._wait(task))
+            self.bytes_read += n
+        owner = self._owner(j)
+        if owner is None or n == 0:
+            return buf, False
+        if owner != self.share.rank:
+            self.bytes_received += n
+        if self.device.type == "cuda":  # NCCL moves device memory: upload once, on the reader
+            dev = (buf[:n].to(self.device, non_blocking=True) if owner == self.share.rank
+                   else torch.empty(n, dtype=torch.uint8, device=self.device))
+            self.share.broadcast(dev, owner)
+            return dev, True
+        self.share.broadcast(buf[:n], owner)
+        return buf, False
+
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         cuda = self.device.type == "cuda"
-        todo = iter(self.spans)
+        todo = iter(enumerate(self.spans))
         prev = None  # (copies-done event or None, buffer) of the span before the current one
         try:
-            for span in todo:
-                self._pending.append(self._start(span))
+            for j, span in todo:
+                self._pending.append(self._start(j, span))
                 if len(self._pending) >= self.depth:
                     break
             while self._pending:
-                span, buf, task = self._pending.popleft()
-                self.client.run(self._wait(task))
-                self.bytes_read += span.hi - span.lo
-                views = span_views(span, buf)
+                j, span, buf, task = self._pending.popleft()
+                data, on_device = self._arrive(j, span, buf, task)
+                views = span_views(span, data)
                 views.reverse()
                 first = True
                 while views:
                     name, t = views.pop()  # popped: the list holds no view the engine let go of
-                    yield name, (t.to(self.device, non_blocking=True) if cuda else t)
+                    yield name, (t.to(self.device, non_blocking=True) if cuda and not on_device else t)
                     del t
                     if first:
                         # The engine asked for this span's second tensor: it is done with the
@@ -285,7 +323,8 @@ class WeightStream:
                             prev = None
                         nxt = next(todo, None)
                         if nxt is not None:
-                            self._pending.append(self._start(nxt))
+                            self._pending.append(self._start(*nxt))
+                del data
                 event = None
                 if cuda:  # the buffer is reused only once the copies out of it have run
                     event = torch.cuda.Event()
@@ -305,7 +344,7 @@ class WeightStream:
         self.buffers.give(buf)
 
     def _stop_reads(self) -> None:
-        tasks = [t for _, _, t in self._pending]
+        tasks = [t for *_, t in self._pending if t is not None]
         self._pending.clear()
         if tasks:
             # Waited for, not only cancelled: they write into buffers we are about to drop.
