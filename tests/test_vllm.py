@@ -225,7 +225,7 @@ def test_the_stream_matches_the_files_and_holds_bounded_spans(world):
     for shard in _shards(world):
         expected.update(load_file(world["local"] / shard))
     span = 768 << 10  # above the largest tensor (512 KiB), below a shard (~1 MB)
-    client, stream = _loader(world["cluster"].urls[1:], span_mib=span / (1 << 20)).stream(
+    client, stream = _loader(world["cluster"].urls[1:], span_mib=span / (1 << 20), depth=2).stream(
         f"az://{world['container']}/{MODEL}")
     try:
         with stream:

@@ -17,12 +17,12 @@ KNOWN = {"nodes", "token", "token_file", "transports", "window", "account", "spa
 @dataclass(frozen=True)
 class EngineOptions:
     """What the loader plug-in reads. `span_mib`/`depth`: tensors are read in spans of this size,
-    `depth` of them in flight (memory held = (depth + 1) spans); `bypass`: read the origin
+    `depth` of them in flight (memory held = (depth + 1) span buffers); `bypass`: read the origin
     directly when no node answers, only if this host has origin credentials ("auto") or never."""
 
     client: ClientConfig = field(default_factory=ClientConfig)
-    span_bytes: int = 64 << 20
-    depth: int = 2
+    span_bytes: int = 32 << 20
+    depth: int = 4
     bypass: str = "auto"
 
     @classmethod
@@ -46,8 +46,10 @@ class EngineOptions:
         if bypass not in ("auto", "never"):
             raise ValueError(f"cachenode loader option bypass={bypass!r}: use 'auto' or 'never'")
         span_mib = extra.get("span_mib")
-        span = int(span_mib * (1 << 20)) if span_mib else client.window * 8 << 20
-        return cls(client=client, span_bytes=span, depth=int(extra.get("depth", 2)), bypass=bypass)
+        # 4 spans of 32 MiB in flight (4 blocks each at 8 MiB): measured 1.4-1.5 GB/s warm here
+        # against 1.2 GB/s with 2 of 64 MiB, for 160 MiB of buffers.
+        span = int(span_mib * (1 << 20)) if span_mib else 32 << 20
+        return cls(client=client, span_bytes=span, depth=int(extra.get("depth", 4)), bypass=bypass)
 
     @property
     def may_bypass(self) -> bool:

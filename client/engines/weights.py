@@ -220,8 +220,8 @@ class Share(Protocol):
 
 class WeightStream:
     """Iterate a checkpoint's tensors; at most `depth` spans are being read while the engine
-    copies out of the previous one, so the loader holds (depth + 1) span buffers (plus one
-    tensor's size for a tensor larger than a span), reused from span to span.
+    copies out of the previous one, so the loader holds (depth + 1) buffers of the largest
+    span's size (a tensor larger than 4 spans: one more of its size), reused from span to span.
 
     The buffers are page-locked when `device` is CUDA and each tensor is copied to the device
     with non_blocking=True; a span's buffer is reused only after its copies have completed.
@@ -230,7 +230,7 @@ class WeightStream:
     """
 
     def __init__(self, client: Client, url: str, *, device: str | torch.device = "cpu",
-                 span_bytes: int = 64 << 20, depth: int = 2,
+                 span_bytes: int = 32 << 20, depth: int = 4,
                  want: Callable[[str], bool] | None = None, share: Share | None = None) -> None:
         self.client = client
         self.url = url
@@ -240,8 +240,12 @@ class WeightStream:
         self.share = share if share is not None and share.size > 1 else None
         self.shards: list[Shard] = client.run(open_shards(client.aclient, url))
         self.spans = plan_spans(self.shards, self.span_bytes, want)
-        self.buffers = SpanBuffers(max([s.hi - s.lo for s in self.spans if s.hi - s.lo <= self.span_bytes],
-                                       default=1), self.device)
+        # Pool buffers fit the largest span, a single tensor of up to 4 spans included (an MLP
+        # matrix of a big model is larger than a span; pooling it keeps the first-touch cost
+        # once per buffer); a larger tensor (an embedding) gets a buffer of its own.
+        cap = 4 * self.span_bytes
+        self.buffers = SpanBuffers(max([s.hi - s.lo for s in self.spans if s.hi - s.lo <= cap], default=1),
+                                   self.device)
         self.bytes_read = 0      # from the cluster, by this process
         self.bytes_received = 0  # from peers (share)
         self._pending: deque = deque()
