@@ -118,6 +118,9 @@ class CachenodeModelLoader(BaseModelLoader):
         seconds = time.perf_counter() - start
         # The same words as vLLM's default loader, so logs and `cachebench engine` compare them.
         log.info("Loading weights took %.2f seconds", seconds)
+        log.info("cachenode: %s: %.2f s waiting for bytes, %.2f s in vLLM's weight loaders (%d threads allowed"
+                 " on CPUs %s)", url, stream.wait_s, seconds - stream.wait_s, torch.get_num_threads(),
+                 sorted(os.sched_getaffinity(0)))
         self.last_stream = {"url": url, "bytes": stream.bytes_read, "from_peers": stream.bytes_received,
                             "shards": len(stream.shards), "seconds": seconds}
         if stream.share is not None:

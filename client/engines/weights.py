@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 from urllib.parse import quote
@@ -99,6 +101,10 @@ async def open_shards(client, url: str) -> list[Shard]:
     except BaseException:
         await _close_all(files)
         raise
+
+
+async def _running_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
 
 
 async def _close_all(files: list[AsyncCacheFile]) -> None:
@@ -248,7 +254,10 @@ class WeightStream:
                                    self.device)
         self.bytes_read = 0      # from the cluster, by this process
         self.bytes_received = 0  # from peers (share)
+        self.wait_s = 0.0        # the engine waited this long for bytes (the rest is its own work)
         self._pending: deque = deque()
+        self._reading: set[asyncio.Task] = set()
+        self._loop = client.run(_running_loop())
 
     @property
     def size(self) -> int:
@@ -258,33 +267,33 @@ class WeightStream:
     def _owner(self, j: int) -> int | None:
         return None if self.share is None else j % self.share.size
 
-    def _start(self, j: int, span: Span) -> tuple[int, Span, torch.Tensor, asyncio.Task | None]:
+    def _start(self, j: int, span: Span) -> tuple[int, Span, torch.Tensor, Future | None]:
         buf = self.buffers.take(span.hi - span.lo)
         owner = self._owner(j)
         if owner is not None and owner != self.share.rank:
             return j, span, buf, None  # a peer reads this one
-        return j, span, buf, self.client.run(self._spawn(span, buf))
+        # Submitted without waiting for the loop: a round trip per span cost ~1 s per GiB here
+        # while the loop thread was busy receiving.
+        return j, span, buf, asyncio.run_coroutine_threadsafe(self._read(span, buf), self._loop)
 
-    async def _spawn(self, span: Span, buf: torch.Tensor) -> asyncio.Task:
-        return asyncio.ensure_future(self._read(span, buf))
-
-    @staticmethod
-    async def _read(span: Span, buf: torch.Tensor) -> None:
-        if span.hi > span.lo:
-            f = span.shard.file
-            await f.read_at(span.shard.header.data_offset + span.lo, memoryview(buf.numpy())[:span.hi - span.lo])
-
-    @staticmethod
-    async def _wait(task: asyncio.Task) -> None:
-        # Shielded: a caller interrupted while waiting must not cancel a read behind its back;
-        # close() cancels and waits for every pending read itself.
-        await asyncio.shield(task)
+    async def _read(self, span: Span, buf: torch.Tensor) -> None:
+        task = asyncio.current_task()
+        self._reading.add(task)  # touched on the loop thread only: close() cancels and awaits these
+        try:
+            if span.hi > span.lo:
+                f = span.shard.file
+                await f.read_at(span.shard.header.data_offset + span.lo,
+                                memoryview(buf.numpy())[:span.hi - span.lo])
+        finally:
+            self._reading.discard(task)
 
     def _arrive(self, j: int, span: Span, buf: torch.Tensor, task) -> tuple[torch.Tensor, bool]:
         """(the span's bytes, whether they are already on the device) once this rank has them."""
         n = span.hi - span.lo
         if task is not None:
-            self.client.run(self._wait(task))
+            t0 = time.perf_counter()
+            task.result()  # the read's error, if any, is raised here
+            self.wait_s += time.perf_counter() - t0
             self.bytes_read += n
         owner = self._owner(j)
         if owner is None or n == 0:
@@ -348,11 +357,14 @@ class WeightStream:
         self.buffers.give(buf)
 
     def _stop_reads(self) -> None:
-        tasks = [t for *_, t in self._pending if t is not None]
         self._pending.clear()
-        if tasks:
-            # Waited for, not only cancelled: they write into buffers we are about to drop.
-            self.client.run(cancel_and_wait(tasks))
+        # Waited for, not only cancelled: they write into buffers we are about to drop. A read
+        # submitted but not started is a task by the time this runs (the loop runs callbacks
+        # in order), so it is in the set too.
+        self.client.run(self._cancel_reads())
+
+    async def _cancel_reads(self) -> None:
+        await cancel_and_wait(list(self._reading))
 
     def close(self) -> None:
         self._stop_reads()
