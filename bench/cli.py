@@ -273,6 +273,30 @@ def soak(duration, loaders, chaos_every, disk_pressure, n_nodes, workdir, json_p
             n_nodes=n_nodes)
 
 
+@main.command()
+@click.option("--size", default="1GiB", show_default=True, type=Size(), help="Model size (a random Llama, bf16).")
+@click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16),
+              help="Cache nodes in the cluster.")
+@click.option("--runai-concurrency", default=16, show_default=True, type=click.IntRange(1, 256),
+              help="Run:ai streamer concurrency (--model-loader-extra-config concurrency).")
+@click.option("--transport", default="tcp", show_default=True, type=click.Choice(["tcp", "ucx"]),
+              help="Wire between the cachenode loader and the nodes (ucx: shared memory here).")
+@_repeat_option()
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep files here instead of a temp dir.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG bar chart.")
+def engine(size, n_nodes, runai_concurrency, transport, repeat, workdir, json_path, plot_path) -> None:
+    """vLLM (CPU build) weight-load time and time to ready: local disk, Run:ai from Azurite,
+    `--load-format cachenode` cold and warm, and vLLM over `cachenode mount`."""
+    from .engine import run_engine_bench, show
+
+    result = run_engine_bench(size, n_nodes, repeat, runai_concurrency, workdir, transport)
+    click.echo(f"\n{repeat} rounds: medians (min-max); weights = time in load_weights")
+    show(result)
+    write_results(result, json_path, plot_path, f"cachebench engine: vLLM CPU, {result['model_bytes'] / 2**30:.2f} GiB "
+                  f"model, {n_nodes} nodes, {transport} ({os.cpu_count()} CPUs); weight load")
+
+
 def _duration(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600}
     t = text.strip().lower()

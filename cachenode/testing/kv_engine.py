@@ -22,25 +22,13 @@ BLOCK = 128  # vLLM's CPU KV block size: the chunks of the prefix chain
 
 
 def build_tiny_llama(folder: str | Path, *, hidden: int = 256, layers: int = 4) -> Path:
-    """A tiny random Llama (by default 4 layers, hidden 256; head dim 64, half as many KV heads;
-    fp32, 4,096 positions) with a word-level tokenizer."""
-    import torch
-    from transformers import BertTokenizer, LlamaConfig, LlamaForCausalLM
+    """A tiny random Llama (by default 4 layers, hidden 256; fp32, 4,096 positions, one shard)
+    whose 512 token ids all have words, so prompts can be given as ids."""
+    from .tiny_llama import build
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(507)]
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(words), hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=hidden // 64,
-                      num_key_value_heads=max(1, hidden // 128), max_position_embeddings=4096,
-                      tie_word_embeddings=False, bos_token_id=2, eos_token_id=3, pad_token_id=0,
-                      torch_dtype="float32")
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():  # spread the logits so greedy choices are not near-ties
-        for p in model.parameters():
-            p.normal_(0, 8 / hidden ** 0.5 if p.dim() > 1 else 0.1)
-    model.save_pretrained(folder)
-    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(folder)
-    return Path(folder)
+    return build(folder, hidden=hidden, layers=layers, intermediate=2 * hidden, vocab=len(words),
+                 shard="5GB", max_positions=4096, words=words)
 
 
 def run_child(workdir: Path, name: str, spec: dict, env: dict[str, str] | None = None,
