@@ -21,6 +21,8 @@ class Env:
     azure: AzureCredentials
     transports: str | None = None  # loader preference, e.g. "ucx,tcp"
     node_token: str | None = None  # node-to-node secret (nodes only)
+    writer_token: str | None = None  # an object namespace's writer credential (publishers, verifiers)
+    compile_namespace: str | None = None  # the object namespace compiled artifacts live in
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> Env:
@@ -42,6 +44,8 @@ def read_env(environ: Mapping[str, str] | None = None) -> Env:
         azure=azure,
         transports=e.get("CACHENODE_TRANSPORTS") or None,
         node_token=e.get("CACHENODE_NODE_TOKEN") or None,
+        writer_token=e.get("CACHENODE_WRITER_TOKEN") or None,
+        compile_namespace=e.get("CACHENODE_COMPILE_NAMESPACE") or None,
     )
 
 
