@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from cachenode.errors import CacheError
 
@@ -53,25 +53,23 @@ class Manifest:
     artifacts: tuple[str, ...]
 
 
-def split(blob: bytes | memoryview, chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, memoryview]:
-    """Chunk key -> bytes, in order, each at most `chunk_size` (under the nodes' object size limit)."""
+def split(blob: bytes | memoryview, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[tuple[str, memoryview]]:
+    """(chunk key, bytes) in order, each at most `chunk_size` (under the nodes' object size limit).
+    A list, not a mapping: equal chunks (runs of zeros) share a key but each keeps its place."""
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
     view = memoryview(blob)
-    out: dict[str, memoryview] = {}
-    for off in range(0, len(view), chunk_size):
-        part = view[off:off + chunk_size]
-        out[chunk_key(hashlib.sha256(part).hexdigest())] = part
-    return out
+    return [(chunk_key(hashlib.sha256(view[off:off + chunk_size]).hexdigest()), view[off:off + chunk_size])
+            for off in range(0, len(view), chunk_size)]
 
 
 def sign_manifest(*, identity: str, version: int, namespace: str, blob: bytes | memoryview,
-                  chunks: Mapping[str, memoryview], artifacts: Sequence[str], key: bytes) -> bytes:
+                  chunks: Sequence[tuple[str, memoryview]], artifacts: Sequence[str], key: bytes) -> bytes:
     """The manifest object: canonical JSON, then the HMAC of exactly those bytes."""
     body = json.dumps({
         "format": MANIFEST_FORMAT, "identity": identity, "version": version, "namespace": namespace,
         "size": len(memoryview(blob)), "sha256": hashlib.sha256(blob).hexdigest(),
-        "chunks": [[k.rsplit("/", 1)[1], len(v)] for k, v in chunks.items()],
+        "chunks": [[k.rsplit("/", 1)[1], len(v)] for k, v in chunks],
         "artifacts": sorted(artifacts),
     }, sort_keys=True, separators=(",", ":")).encode()
     return body + _SIG_PREFIX + hmac.new(key, body, hashlib.sha256).hexdigest().encode()

@@ -197,7 +197,7 @@ class CompileCache:
                     result.reason = "the cluster's newest set already holds these artifacts"
                     return result
                 chunks = split(blob, self.chunk_size)
-                self.client.put(chunks, background=background)
+                self.client.put(dict(chunks), background=background)  # equal chunks stored once
                 key = manifest_key(self.identity.digest, version)
                 manifest = sign_manifest(identity=self.identity.digest, version=version, namespace=self.namespace,
                                          blob=blob, chunks=chunks, artifacts=sorted(names), key=self._key())
