@@ -10,7 +10,7 @@ from typing import Sequence
 
 from cachenode.errors import CacheError
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: the set is torch's blob and kernel libraries (compile_kernels.pack)
 DEFAULT_CHUNK_SIZE = 4 * 1024**2  # under the nodes' default --max-object-size (64 MiB) and one batch
 _SIG_PREFIX = b"\nhmac-sha256="
 # A label of its own for the signing key, so the writer credential's HMAC here can never be

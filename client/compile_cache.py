@@ -15,6 +15,7 @@ from .compile_artifacts import (
     verify_manifest,
 )
 from .compile_identity import Identity, compute_identity
+from .compile_kernels import collect, inductor_cache_dir, install, pack, unpack
 from .objects import ObjectClient
 
 log = logging.getLogger("cachenode.compile_cache")
@@ -31,6 +32,7 @@ class LoadResult:
     version: int | None = None
     bytes: int = 0
     artifacts: int = 0
+    kernels: int = 0  # kernel libraries that came with it (g++ need not build them)
     seconds: float = 0.0
     reason: str = ""
 
@@ -79,6 +81,9 @@ class CompileCache:
         self._owns_client = client is None
         self.client = client or ObjectClient(nodes, token, namespace=self.namespace, writer_token=self._secret,
                                              **client_options)
+        # Kernel libraries written to the Inductor cache dir from now on (built or installed by this
+        # process) go into what it publishes.
+        self._since = time.time()
         # Set once the cluster failed to answer: the rest of this process compiles locally and
         # does not publish (one log line, not one per call).
         self.offline = False
@@ -115,6 +120,28 @@ class CompileCache:
         parts = self.client.get([chunk_key(d) for d, _ in manifest.chunks])
         return manifest, assemble(manifest, parts)
 
+    def _unpack(self, manifest: Manifest, payload: bytes) -> tuple[bytes, int]:
+        """Install the set's kernel libraries into this process's Inductor cache dir (before torch
+        looks for them); torch's own blob back, and how many libraries the set held."""
+        try:
+            torch_blob, files = unpack(payload)
+            install(inductor_cache_dir(), files)
+        except (ValueError, KeyError, TypeError) as exc:  # signed, yet not a set we can read
+            raise ArtifactRefused(f"v{manifest.version}: {exc}") from None
+        return torch_blob, len(files)
+
+    def _snapshot(self) -> tuple[bytes, set[str]] | None:
+        """What this process would publish: torch's artifacts and the kernel libraries it built or
+        installed, packed; with their names. None when it has compiled nothing."""
+        import torch
+
+        saved = torch.compiler.save_cache_artifacts()
+        if saved is None:
+            return None
+        blob, info = saved
+        files = collect(inductor_cache_dir(), self._since)
+        return pack(blob, files), _artifact_names(info) | {f"kernel:{rel}" for rel in files}
+
     def _went_offline(self, exc: Exception) -> None:
         self.offline = True
         log.warning("compile cache: cluster did not answer (%s); compiling locally", exc)
@@ -142,7 +169,8 @@ class CompileCache:
                 result.reason = "no set published for this identity yet"
                 log.info("compile cache: %s (%s)", result.reason, self.identity.describe())
                 return result
-            manifest, blob = self.fetch(newest)
+            manifest, payload = self.fetch(newest)
+            blob, result.kernels = self._unpack(manifest, payload)
         except PeerUnavailable as exc:
             self._went_offline(exc)
             result.reason = "cluster offline"
@@ -158,10 +186,10 @@ class CompileCache:
             log.warning("compile cache: %s; compiling locally", result.reason)
             return result
         self._known |= set(manifest.artifacts) | _artifact_names(info)
-        result.version, result.bytes, result.artifacts = newest, len(blob), len(manifest.artifacts)
+        result.version, result.bytes, result.artifacts = newest, len(payload), len(manifest.artifacts)
         result.seconds = time.perf_counter() - t0
-        log.info("compile cache: loaded v%d of %s (%d artifacts, %d bytes) in %.2f s", newest,
-                 self.identity.describe(), result.artifacts, result.bytes, result.seconds)
+        log.info("compile cache: loaded v%d of %s (%d artifacts, %d kernel libraries, %d bytes) in %.2f s",
+                 newest, self.identity.describe(), result.artifacts, result.kernels, result.bytes, result.seconds)
         return result
 
     # -- publish -----------------------------------------------------------------------------
@@ -172,8 +200,6 @@ class CompileCache:
         a reader that finds a version finds its chunks. Concurrent publishers never wait on each
         other: a lost claim (another writer took version n first) takes the winner's set in, so
         the next claim is the union, and tries n + 1. Never raises for the cluster."""
-        import torch
-
         result = PublishResult()
         if not self._secret:
             result.reason = "no writer credential"
@@ -181,12 +207,11 @@ class CompileCache:
         if self.offline:
             result.reason = "cluster offline"
             return result
-        saved = torch.compiler.save_cache_artifacts()
-        if saved is None:
+        snapshot = self._snapshot()
+        if snapshot is None:
             result.reason = "nothing compiled"
             return result
-        blob, info = saved
-        names = _artifact_names(info)
+        blob, names = snapshot
         if names <= self._known:  # checked before asking the cluster: a warm restart costs no request
             result.reason = "the cluster's newest set already holds these artifacts"
             return result
@@ -209,8 +234,7 @@ class CompileCache:
                     return result
                 result.lost_claims.append(version)
                 self._take_in(version)
-                blob, info = torch.compiler.save_cache_artifacts()
-                names = _artifact_names(info)
+                blob, names = self._snapshot()
                 version += 1
             result.reason = f"lost {_MAX_CLAIMS} version claims in a row"
             return result
@@ -229,8 +253,8 @@ class CompileCache:
         import torch
 
         try:
-            manifest, blob = self.fetch(version)
-            torch.compiler.load_cache_artifacts(blob)
+            manifest, payload = self.fetch(version)
+            torch.compiler.load_cache_artifacts(self._unpack(manifest, payload)[0])
             self._known |= set(manifest.artifacts)
         except ArtifactRefused as exc:  # not ours to merge: publish ours over it at the next version
             log.warning("compile cache: refused v%d while merging: %s", version, exc)

@@ -17,6 +17,7 @@ from cachenode.client.compile_artifacts import (
 )
 from cachenode.client.compile_cache import CompileCache, compile as cached_compile
 from cachenode.client.compile_identity import compute_identity, device_description
+from cachenode.client.compile_kernels import install, pack, unpack
 from cachenode.client.objects import ObjectClient
 from cachenode.testing.cluster import LocalCluster
 from cachenode.testing.compile_child import build_model
@@ -72,6 +73,7 @@ def test_the_second_process_compiles_from_the_clusters_artifacts(two_processes, 
     assert b["counters_first"].get("fxgraph_cache_hit", 0) > 0
     assert b["counters_first"].get("fxgraph_cache_miss", 0) == 0
     assert b["out"] == a["out"] and a["eager_close"] and b["eager_close"]
+    assert b["load"]["kernels"] > 0  # A's built kernel libraries came along: B's g++ builds none of them
     # Additive: B's new shape compiled and the newer set holds v1's artifacts and B's own
     assert b["publish"]["version"] == 2
     cache = _cache(cluster, build_model(WIDTH, BLOCKS))
@@ -181,6 +183,19 @@ def test_a_verified_manifest_round_trips():
     assert chunk_key(got.chunks[0][0]) == chunks[0][0] == chunks[1][0]
 
 
+def test_kernel_libraries_pack_and_install_only_at_inductor_cache_paths(tmp_path):
+    lib = "ab/cabcdefghijklmnop.so"
+    torch_blob, files = unpack(pack(b"torch", {lib: b"\x7fELF"}))
+    assert torch_blob == b"torch" and files == {lib: b"\x7fELF"}
+    assert install(tmp_path, files) == 1 and (tmp_path / lib).read_bytes() == b"\x7fELF"
+    assert install(tmp_path, files) == 0  # already there: left as it is
+    for bad in ("../cabcdefghijk.so", "ab/../../cabcdefghijk.so", "/etc/cabcdefghijk.so", "ab/cabcdefghijk.py"):
+        with pytest.raises(ValueError):
+            install(tmp_path, {bad: b"x"})
+    with pytest.raises(ValueError):
+        unpack(pack(b"torch", {lib: b"\x7fELF"})[:-1])  # truncated
+
+
 def test_a_silent_cluster_means_a_local_compile_and_one_log_line(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -219,7 +234,8 @@ class _StaleCache(CompileCache):
         return 0
 
 
-def test_concurrent_publishers_never_overwrite_and_end_with_the_union(cluster, monkeypatch):
+def test_concurrent_publishers_never_overwrite_and_end_with_the_union(cluster, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # no kernel libraries but the fakes'
     model, options = build_model(8, 2), {"case": "race"}
     first, second = _FakeTorchCache({"a", "b"}), _FakeTorchCache({"b", "c"})
     winner = _cache(cluster, model, options)
