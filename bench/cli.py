@@ -52,20 +52,32 @@ def _sim_block_size(ctx, param, value: int) -> int:
 
 def _load_options(concurrency: str):
     """The options `compare` and `links` share: block size, blob SDK concurrencies, outputs."""
-    options = [
+    return _options(
         click.option("--block-size", default="8MiB", show_default=True, type=BlockSize(), help="Node block size."),
         click.option("--concurrency", "concurrencies", default=concurrency, show_default=True, type=Counts(),
                      help="Connection counts tried for blob_direct_sdk (the best is reported)."),
-        click.option("--workdir", type=click.Path(file_okay=False), help="Keep files here instead of a temp dir."),
-        click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON."),
-        click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG bar chart."),
-    ]
+        *_OUTPUTS)
+
+
+# Where a run keeps its files and writes its results (compare, links, kv).
+_OUTPUTS = (click.option("--workdir", type=click.Path(file_okay=False), help="Keep files here instead of a temp dir."),
+            click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON."),
+            click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG bar chart."))
+
+
+def _options(*options):
+    """One decorator applying click `options` in the order given."""
 
     def apply(f):
         for option in reversed(options):
             f = option(f)
         return f
     return apply
+
+
+def _nodes_option(help: str):
+    """`--nodes`: how many cache nodes the command's local cluster has."""
+    return click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16), help=help)
 
 
 def _repeat_option(default: int = 3):
@@ -89,8 +101,7 @@ def main() -> None:
 @main.command()
 @click.option("--size", default="1GiB", show_default=True, type=Size(), help="Checkpoint size.")
 @click.option("--block-size", default="8MiB", show_default=True, type=BlockSize(), help="Node block size.")
-@click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16),
-              help="Cache nodes in the local cluster.")
+@_nodes_option("Cache nodes in the local cluster.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Keep files here instead of a temp dir.")
 @click.option("--keep", is_flag=True, help="Keep the temp dir after the run.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write results as JSON.")
@@ -102,9 +113,31 @@ def quickstart(size, block_size, n_nodes, workdir, keep, json_path) -> None:
 
 
 @main.command()
+@click.option("--concurrency", "concurrencies", default="1,4,16", show_default=True, type=Counts(),
+              help="Batch calls in flight, each tried side by side with the other contenders.")
+@click.option("--objects", default=128, show_default=True, type=click.IntRange(16, 100000),
+              help="Objects each probe puts (then gets from).")
+@click.option("--get-batches", default=64, show_default=True, type=click.IntRange(1, 100000),
+              help="Batch gets each probe makes, spread over its concurrent callers.")
+@_nodes_option("cachenode nodes in the local cluster.")
+@_options(*_OUTPUTS)
+@_repeat_option()
+def kv(concurrencies, objects, get_batches, n_nodes, workdir, json_path, plot_path, repeat) -> None:
+    """Batch put/get of KV-cache-sized objects: cachenode (HTTP and UCX) vs Redis vs Mooncake Store.
+
+    Objects are one layer's K and V of a 256-token chunk of Llama-3-8B on one of two TP ranks
+    (0.5 MiB), 16 per call for every contender; each probe is a fresh process; rounds interleave
+    the contenders and figures are medians with min-max. Gets land in preallocated, touched
+    buffers for cachenode and Mooncake (Redis's client returns new bytes).
+    """
+    from .kv import command
+
+    command(list(concurrencies), repeat, objects, get_batches, workdir, n_nodes, json_path, plot_path)
+
+
+@main.command()
 @click.option("--size", default="1GiB", show_default=True, type=Size(), help="Checkpoint size.")
-@click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16),
-              help="Cache nodes in the cluster.")
+@_nodes_option("Cache nodes in the cluster.")
 @click.option("--readers", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Concurrent readers in cache_cold_concurrent.")
 @click.option("--transport", default="tcp", show_default=True, type=click.Choice(["tcp", "ucx"]),
@@ -152,8 +185,7 @@ def transports(size, block_size, workdir, json_path, repeat) -> None:
               help="Emulated link between blob storage and the cluster, Gbit/s.")
 @click.option("--peer-gbit", default=8.0, show_default=True, type=click.FloatRange(0.01, 100),
               help="Emulated link between the loader and its peers, Gbit/s.")
-@click.option("--nodes", "n_nodes", default=3, show_default=True, type=click.IntRange(1, 16),
-              help="Cache nodes in the cluster.")
+@_nodes_option("Cache nodes in the cluster.")
 @_load_options(concurrency="8,16")
 @_repeat_option()
 def links(size, origin_gbit, peer_gbit, n_nodes, block_size, concurrencies, workdir, json_path, plot_path,

@@ -14,7 +14,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 # The network-namespace tests and `cachebench links|qos` need root, iproute2 (ip, tc) and iperf3
 # (the QoS test's competing flow); `cachenode mount` needs fuse3 (fusermount3) and, to build
-# pyfuse3, libfuse3-dev and pkg-config: installed from Debian when we are root and they are missing.
+# pyfuse3, libfuse3-dev and pkg-config; `cachebench kv` compares with redis-server: installed from Debian when we are root and they are missing.
 if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
   missing=()
   command -v ip >/dev/null && command -v tc >/dev/null || missing+=(iproute2)
@@ -22,6 +22,7 @@ if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
   command -v fusermount3 >/dev/null || missing+=(fuse3)
   dpkg -s libfuse3-dev >/dev/null 2>&1 || missing+=(libfuse3-dev)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
+  command -v redis-server >/dev/null || missing+=(redis-server)  # `cachebench kv`'s Redis contender (~2 MB)
   if (( ${#missing[@]} )); then
     echo "== apt: ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

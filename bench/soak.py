@@ -1,9 +1,12 @@
-"""`cachebench soak`: loaders, warms, node kills and origin outages in a loop (or disk pressure); nothing wrong, lost or leaked.
+"""`cachebench soak`: loaders, objects, warms, node kills and origin outages in a loop (or disk pressure); nothing wrong, lost or leaked.
 
 A bounded chaos run against a real cluster (3 node processes, Azurite). Loader threads read whole
 checkpoints and random ranges through the cache while a chaos thread SIGKILLs and restarts nodes,
 stops and restarts the origin, and warms blobs. Every load must return the uploaded bytes or fail
-with a named error (a `CacheError`); node memory, cache directories and descriptors are sampled
+with a named error (a `CacheError`). Beside them an object thread puts and gets objects
+(small object budgets, flooded all the time): every get is the object's own bytes or a miss, and
+at the end a checkpoint loaded, then the object budgets flooded 4x, loads again without one block
+miss (objects never evict blocks). Node memory, cache directories and descriptors are sampled
 throughout and checked against the budgets the nodes were given.
 
 `--disk-pressure` is the other mode: no kills, outages or warms, nodes with `--memory 0` and a
@@ -31,12 +34,18 @@ from .testbed import CONTAINER, testbed
 
 MiB = 1 << 20
 BLOCK, MEMORY, DISK = 1 * MiB, 48 * MiB, 64 * MiB
+# Objects beside the checkpoints (chaos mode): budgets far below what the object thread writes,
+# so objects evict objects all the time; they must never evict a block.
+NS, WRITER = "soak", "soak-writer"
+OBJECT_MEMORY, OBJECT_DISK, OBJECT_SIZE, OBJECT_BATCH = 8 * MiB, 8 * MiB, 256 * 1024, 8
+OBJECT_ARGS = ("--namespace", NS, "--writer-token", f"{NS}={WRITER}", "--object-memory", f"{OBJECT_MEMORY // MiB}MiB",
+               "--object-disk", f"{OBJECT_DISK // MiB}MiB")
 # Disk pressure: 4 MiB blocks, two of them per node's disk, no memory tier.
 PRESSURE_BLOCK, PRESSURE_DISK = 4 * MiB, 8 * MiB
 # What a node may hold above its idle size: --memory, its fill slots (a quarter more for
 # background fills) and responses in flight, plus allocator/runtime slack (as tests/test_budgets.py).
 SLOTS = max(4, MEMORY // 4 // BLOCK)
-RSS_OVER_IDLE = MEMORY + (SLOTS + max(1, SLOTS // 4)) * BLOCK + 32 * BLOCK + 48 * MiB
+RSS_OVER_IDLE = MEMORY + (SLOTS + max(1, SLOTS // 4)) * BLOCK + 32 * BLOCK + 48 * MiB + OBJECT_MEMORY + 16 * MiB
 FD_GROWTH = 16  # peer pools and keep-alive connections settle to a few; growth beyond is a leak
 
 
@@ -79,6 +88,7 @@ class SoakLog:
     bad: list[str] = field(default_factory=list)          # wrong bytes or unnamed errors
     bypasses: int = 0                                     # reads that went around the cluster
     chaos: Counter = field(default_factory=Counter)
+    objects: Counter = field(default_factory=Counter)     # object keys put, hit, missed
     max_disk: int = 0
     lives: list[Incarnation] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -130,6 +140,55 @@ def _load_once(rng: random.Random, blobs: dict[str, bytes], url_of, nodes: list[
         log.outcome("unnamed", f"{name}: {type(exc).__name__}: {exc}")
 
 
+def _object_value(key: str) -> bytes:
+    """An object's bytes follow from its key, so any get can be checked without remembering puts."""
+    seed = key.encode().ljust(64, b".")[:64]
+    return (seed * (OBJECT_SIZE // 64 + 1))[:OBJECT_SIZE]
+
+
+def _objects_once(client, rng: random.Random, n: int, log: SoakLog) -> None:
+    """Put a batch of new objects, then get it and a few older keys back: every answer is the
+    object's own bytes or a miss (a node killed or restarted meanwhile), never other bytes."""
+    keys = [f"o{n}-{i}" for i in range(OBJECT_BATCH)]
+    older = [f"o{rng.randrange(max(1, n))}-{rng.randrange(OBJECT_BATCH)}" for _ in range(4)]
+    try:
+        client.put({k: _object_value(k) for k in keys}, background=rng.random() < 0.5)
+        asked = list(dict.fromkeys(keys + older))
+        for k, v in zip(asked, client.get(asked)):
+            if v is None:
+                log.objects["miss"] += 1
+            elif bytes(v) == _object_value(k):
+                log.objects["hit"] += 1
+            else:
+                log.outcome("wrong", f"object {k}: bytes differ")
+        log.objects["put"] += len(keys)
+    except CacheError as exc:
+        log.objects[f"named {type(exc).__name__}"] += 1
+    except Exception as exc:  # noqa: BLE001 — anything not named is what the soak is looking for
+        log.outcome("unnamed", f"objects: {type(exc).__name__}: {exc}")
+
+
+def _objects_never_evict_blocks(name: str, blobs, url_of, nodes, token, log: SoakLog) -> int:
+    """With everything up: load a checkpoint, flood every node's object budgets 4x over, load it
+    again; the block misses the second load caused (0: objects evicted no block)."""
+    import cachenode
+    from cachenode.client.objects import ObjectClient
+
+    def load() -> None:
+        with cachenode.open(url_of(name), nodes=nodes, token=token) as f:
+            if f.read() != blobs[name]:
+                log.outcome("wrong", f"{name}: bytes differ (object flood check)")
+
+    load()
+    misses = sum(scrape(u, token).get("cachenode_misses_total", 0.0) for u in nodes)
+    flood = 4 * (OBJECT_MEMORY + OBJECT_DISK) * len(nodes) // OBJECT_SIZE
+    with ObjectClient(nodes, token, namespace=NS, writer_token=WRITER, transports="tcp") as client:
+        for start in range(0, flood, 32):
+            client.put({f"flood-{i}": _object_value(f"flood-{i}") for i in range(start, start + 32)})
+    load()
+    return int(sum(scrape(u, token).get("cachenode_misses_total", 0.0) for u in nodes) - misses)
+
+
 def _reference(data: bytes) -> dict:
     from safetensors.torch import load
 
@@ -170,7 +229,7 @@ def run_soak(seconds: float, *, loaders: int = 3, n_blobs: int = 4, blob_mib: in
         memory = 0 if disk_pressure else MEMORY
         cluster = bed.cluster(n_nodes, "--block-size", str(block), "--memory", f"{memory // MiB}MiB",
                               "--disk", f"{disk // MiB}MiB", "--idle-timeout", "2",
-                              "--origin-timeout", "3")
+                              "--origin-timeout", "3", *(() if disk_pressure else OBJECT_ARGS))
         nodes, token = list(cluster.urls), bed.token  # updated in place if a node moves
         lives: dict[int, Incarnation] = {}
 
@@ -201,7 +260,20 @@ def run_soak(seconds: float, *, loaders: int = 3, n_blobs: int = 4, blob_mib: in
                     continue
             log.max_disk = max([log.max_disk] + [_tree_bytes(p.cache_dir) for p in cluster.procs])
 
+        def objects() -> None:
+            from cachenode.client.objects import ObjectClient
+
+            r, n = random.Random(seed + 7), 0
+            while not stop.is_set():
+                with ObjectClient(list(nodes), token, namespace=NS, writer_token=WRITER, transports="tcp",
+                                  peer_timeout=3) as client:
+                    for _ in range(10):
+                        _objects_once(client, r, n, log)
+                        n += 1
+
         threads = [threading.Thread(target=loader, args=(k,), daemon=True) for k in range(loaders)]
+        if not disk_pressure:
+            threads.append(threading.Thread(target=objects, daemon=True))
         for t in threads:
             t.start()
         actions = ["warm", "kill", "outage"]
@@ -232,8 +304,11 @@ def run_soak(seconds: float, *, loaders: int = 3, n_blobs: int = 4, blob_mib: in
         if any(t.is_alive() for t in threads):
             log.bad.append("a loader thread did not finish within 120 s of the end (hung load)")
         held = sum(scrape(u, token).get("cachenode_disk_evicted_while_held_total", 0.0) for u in cluster.urls)
-    r = _figures(log, seconds, disk)
-    r.update(mode="disk-pressure" if disk_pressure else "chaos", evicted_while_sending=int(held))
+        evicted_by_objects = (None if disk_pressure else
+                              _objects_never_evict_blocks(sorted(blobs)[0], blobs, bed.url, nodes, token, log))
+    r = _figures(log, seconds, disk + (0 if disk_pressure else OBJECT_DISK))
+    r.update(mode="disk-pressure" if disk_pressure else "chaos", evicted_while_sending=int(held),
+             objects=dict(log.objects), block_misses_after_object_flood=evicted_by_objects)
     return r
 
 
@@ -286,6 +361,12 @@ def check(r: dict) -> list[str]:
             broken.append(f"{n} loads failed with {kind}: {r['error_examples'].get(kind, '')[:300]}")
         if not r.get("evicted_while_sending"):
             broken.append("no block file was evicted during a send: the pressure was not real")
+    elif "objects" in r:  # chaos: objects were written and read beside the loads, never at blocks' cost
+        if not r["objects"].get("hit"):
+            broken.append(f"no object was read back: {r['objects']}")
+        if r.get("block_misses_after_object_flood"):
+            broken.append(f"objects evicted checkpoint blocks: {r['block_misses_after_object_flood']} block misses "
+                          f"after flooding the object budgets")
     if r["max_cache_dir_mib"] > r["disk_budget_mib"]:
         broken.append(f"cache dir reached {r['max_cache_dir_mib']} MiB > --disk {r['disk_budget_mib']} MiB")
     for x in r["incarnations"]:
@@ -318,6 +399,9 @@ def command(seconds: float, loaders: int, chaos_every: float, workdir: str | Non
     click.echo(f"{r['loads']} loads in {seconds:.0f}s: {r['outcomes']}; named errors {r['named_errors']}")
     for kind, text in r["error_examples"].items():
         click.echo(f"  e.g. {text}")
+    if "objects" in r:
+        click.echo(f"objects {r['objects']}; block misses after flooding the object budgets: "
+                   f"{r['block_misses_after_object_flood']}")
     click.echo(f"chaos {r['chaos']}; cache dir peak {r['max_cache_dir_mib']} MiB (--disk {r['disk_budget_mib']} MiB); "
                f"{r['bypasses']} bypasses; {r['evicted_while_sending']} block files evicted during a send")
     for x in r["incarnations"]:

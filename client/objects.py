@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Awaitable, Iterable, Mapping, Sequence, TypeVar
 
@@ -10,6 +11,7 @@ from cachenode.blocks import digest_off_loop
 from cachenode.errors import BadRequest, Forbidden, PeerUnavailable
 from cachenode.objects import check_keys, check_namespace, object_key
 from cachenode.placement import Member, rank
+from cachenode.transport.base import ObjectChannel
 from cachenode.transport.object_wire import MAX_BATCH_BYTES
 from cachenode.transport.registry import Registry
 
@@ -29,7 +31,7 @@ def _bytes_view(value: Buffer) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-class AsyncObjectClient:
+class AsyncObjectClient(contextlib.AbstractAsyncContextManager):
     """Immutable objects keyed by (namespace, key), each held by its owner by rendezvous rank.
 
     Batch calls: every key goes to its owner, one request per owner, all owners at once. A get
@@ -68,8 +70,9 @@ class AsyncObjectClient:
             groups.setdefault(owner.id, (owner, []))[1].append(i)
         return groups
 
-    def _channel(self, member: Member):
-        return self.cluster.channel(member)
+    def _channel(self, member: Member) -> ObjectChannel:
+        """The member's channel by the loader's transport preference (UCX where both have it)."""
+        return self.cluster.channel(member)  # type: ignore[return-value] - every block channel has object calls
 
     def _failed(self, member: Member, exc: Exception) -> None:
         log.warning("object call to %s failed: %s", member.id, exc)
@@ -122,31 +125,41 @@ class AsyncObjectClient:
         out: list[memoryview | None] = [None] * len(keys)
         if not keys:
             return out
-        try:
-            members = await asyncio.wait_for(self._members(), self.config.peer_timeout)
-        except (PeerUnavailable, asyncio.TimeoutError) as exc:
-            log.warning("object get: no cache node answered: %s", exc)
-            return out
         dests = [None if into is None else _bytes_view(into[i]) for i in range(len(keys))]
+        # One deadline for the whole call (members, then every owner at once): a get never
+        # blocks past the peer timeout; what has not arrived by then is a miss.
+        try:
+            await asyncio.wait_for(self._get_all(keys, dests, out), self.config.peer_timeout)
+        except asyncio.TimeoutError:
+            log.warning("object get: %d of %d keys not answered within %.1f s: misses",
+                        sum(v is None for v in out), len(keys), self.config.peer_timeout)
+        return out
+
+    async def _get_all(self, keys: list[str], dests: list[memoryview | None], out: list) -> None:
+        try:
+            members = await self._members()
+        except PeerUnavailable as exc:
+            log.warning("object get: no cache node answered: %s", exc)
+            return
 
         async def from_owner(member: Member, positions: list[int]) -> None:
             if not self.cluster.pauses.admit(member.id):
                 return  # paused after a failure: a miss, not a wait
             try:
-                got = await asyncio.wait_for(
-                    self._channel(member).get_objects(self.namespace, [keys[i] for i in positions],
-                                                      [dests[i] for i in positions],
-                                                      timeout=self.config.peer_timeout),
-                    self.config.peer_timeout)
-            except (PeerUnavailable, asyncio.TimeoutError) as exc:
+                got = await self._channel(member).get_objects(self.namespace, [keys[i] for i in positions],
+                                                              [dests[i] for i in positions],
+                                                              timeout=self.config.peer_timeout)
+            except PeerUnavailable as exc:
                 self._failed(member, exc)
                 return
+            except asyncio.CancelledError:
+                self.cluster.pauses.failed(member.id)  # silent past the deadline: paused like a failure
+                raise
             self.cluster.pauses.succeeded(member.id)
             for i, view in zip(positions, got):
                 out[i] = view
 
         await asyncio.gather(*(from_owner(m, pos) for m, pos in self._by_owner(members, keys).values()))
-        return out
 
     async def exists(self, keys: Sequence[str]) -> list[bool]:
         """Per key: does its owner hold it (False when the owner is down)."""
@@ -191,14 +204,11 @@ class AsyncObjectClient:
     async def close(self) -> None:
         await self.cluster.close()
 
-    async def __aenter__(self) -> "AsyncObjectClient":
-        return self
-
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc) -> None:  # (__aenter__ returns self: AbstractAsyncContextManager)
         await self.close()
 
 
-class ObjectClient:
+class ObjectClient(contextlib.AbstractContextManager):
     """Sync face of AsyncObjectClient (the same methods), on a private I/O thread."""
 
     def __init__(self, nodes: Iterable[str] | None = None, token: str | None = None, *, namespace: str,
@@ -227,10 +237,7 @@ class ObjectClient:
             self._run(self.aclient.close())
             self._io.close()
 
-    def __enter__(self) -> "ObjectClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc) -> None:  # (__enter__ returns self: AbstractContextManager)
         self.close()
 
 

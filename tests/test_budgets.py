@@ -81,3 +81,28 @@ def test_silent_connections_cannot_use_up_the_node(nodes):
             pass
         s.close()
     assert http_get(f"{node.url}/healthz")[0] == 200
+
+
+def test_object_put_batches_being_received_stay_under_their_byte_bound():
+    """A put batch is held whole until stored: batches wait so their bytes stay under the bound."""
+    import asyncio
+
+    from cachenode.node.budgets import Budgets
+
+    async def main(sizes):
+        b = Budgets(1 << 30, 1 << 20, object_puts=100)
+        inside, most = 0, 0
+
+        async def put(n: int) -> None:
+            nonlocal inside, most
+            async with b.object_puts(n):
+                inside += n
+                most = max(most, inside)
+                await asyncio.sleep(0.01)
+                inside -= n
+
+        await asyncio.gather(*(put(n) for n in sizes))
+        return most
+
+    assert asyncio.run(main([60, 60, 60, 30])) == 90  # never two 60s at once: 60 + 30 at most
+    assert asyncio.run(main([500, 60])) == 500        # a batch over the bound goes alone

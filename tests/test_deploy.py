@@ -177,6 +177,18 @@ def test_daemonset_wiring():
             "valueFrom": {"secretKeyRef": {"name": "blob", "key": "conn"}}} in conn["env"]
 
 
+def test_object_namespaces_become_flags_and_the_writer_secret_a_file():
+    v = k8s.load_values("objects: {namespaces: [kv-llama3, compile], writerSecret: {name: writers}}")
+    args = k8s.serve_args(v)
+    assert args[args.index("--namespace") + 1] == "kv-llama3" and args.count("--namespace") == 2
+    assert args[args.index("--writer-token-file") + 1] == f"{k8s.WRITERS_MOUNT}/writers"
+    assert args[args.index("--object-memory") + 1] == "1GiB"
+    ds = k8s.daemonset(v)["spec"]["template"]["spec"]
+    assert {"name": "writers", "secret": {"secretName": "writers", "items": [{"key": "writers", "path": "writers"}]}} \
+        in ds["volumes"]
+    assert "--namespace" not in k8s.serve_args(k8s.load_values(None))  # objects off by default
+
+
 @pytest.mark.parametrize("values, key", [
     ("cache: {memory: lots}", "cache.memory"),
     ("cache: {blockSize: 1GiB}", "cache.blockSize"),
@@ -199,6 +211,10 @@ def test_daemonset_wiring():
     ("nodeToken: {secretName: cachenode-token}", "nodeToken.secretName"),
     ("image: registry/cachenode:1", "image"),
     ("- a list", "values file"),
+    ("objects: {namespaces: ['bad name']}", "objects.namespaces"),
+    ("objects: {memory: lots}", "objects.memory"),
+    ("{objects: {namespaces: [kv], memory: 4GiB}, cache: {memory: 2GiB}, resources: {limits: {memory: 5Gi}}}",
+     "resources.limits.memory"),
 ])
 def test_bad_values_name_the_key(values, key, tmp_path):
     with pytest.raises(k8s.ValuesError) as err:

@@ -19,6 +19,9 @@ def test_a_short_soak_passes_with_every_kind_of_chaos(tmp_path):
     assert res["outcomes"]["ok"] >= 20
     assert {"kill", "outage", "warm"} <= res["chaos"].keys()
     assert len(res["incarnations"]) >= 4  # 3 nodes + at least one restart
+    # objects were written and read beside the loads, and never evicted a checkpoint block
+    assert res["objects"]["hit"] > 0 and res["objects"]["put"] > 0
+    assert res["block_misses_after_object_flood"] == 0
     assert "Traceback" not in r.stderr
 
 
@@ -39,6 +42,13 @@ def test_the_soak_check_names_each_breach():
     assert "grew 101 MiB" in check(_result(incarnations=big))[0]
     leak = [{"node": 0, "pid": 7, "rss_over_idle_mib": 1, "fds_start": 10, "fds_end": 40}]
     assert check(_result(incarnations=leak)) == ["node 0 descriptors 10 -> 40"]
+
+
+def test_the_soak_check_names_objects_that_evicted_blocks_or_were_never_read():
+    base = _result(mode="chaos", objects={"put": 8, "hit": 8}, block_misses_after_object_flood=0)
+    assert check(base) == []
+    assert "objects evicted checkpoint blocks: 3" in check({**base, "block_misses_after_object_flood": 3})[0]
+    assert "no object was read back" in check({**base, "objects": {"put": 8}})[0]
 
 
 def test_a_short_disk_pressure_soak_serves_everything_through_the_cluster(tmp_path):

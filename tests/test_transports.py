@@ -34,6 +34,9 @@ TRANSPORTS = {
     "ucx-shm": (("--ucx",), {"UCX_TLS": "sm,cma,tcp"}, "ucx"),
     INPROC: None,  # a node in this process, its channel calling the node service directly
 }
+# Objects without origin: one namespace with a writer credential, a small size limit.
+NS, WRITER, MAX_OBJECT = "kv", "kv-writer-secret", 2 * BS
+OBJECT_FLAGS = ("--namespace", NS, "--writer-token", f"{NS}={WRITER}", "--max-object-size", str(MAX_OBJECT))
 CHANNEL_CLASS = {"http": "HttpNodeClient", "ucx-tcp": "UcxNodeClient", "ucx-shm": "UcxNodeClient",
                  INPROC: "InprocChannel"}
 
@@ -51,7 +54,8 @@ class _ProcessNode:
 
     def __init__(self, tmp_path, conn_str: str, flags, env) -> None:
         self.node = NodeProcess(tmp_path / "node", token=TOKEN, conn_str=conn_str,
-                                args=("--block-size", str(BS), "--peer-timeout", "3", *flags), env=env).start()
+                                args=("--block-size", str(BS), "--peer-timeout", "3", *OBJECT_FLAGS, *flags),
+                                env=env).start()
         self.url = self.node.url
         self.registry = None  # the loader's default: HTTP and UCX
 
@@ -70,6 +74,7 @@ class _InprocNode:
     def __init__(self, tmp_path, conn_str: str, io_loop, **parts) -> None:
         self.registry = default_registry(InprocBackend())
         config = NodeConfig(port=0, cache_dir=str(tmp_path / "node"), block_size=BS, token=TOKEN, peer_timeout=3,
+                            namespaces=(NS,), writer_tokens=(f"{NS}={WRITER}",), max_object_size=MAX_OBJECT,
                             azure=AzureCredentials(connection_string=conn_str), **parts.pop("config", {}))
         self.server = NodeServer(config, registry=self.registry, serve=(INPROC,), **parts)
         self.url = io_loop.run(self.server.start())
@@ -282,3 +287,53 @@ class _CorruptingService(NodeService):
 def test_a_corrupt_block_from_a_subclassed_service_fails_the_channels_digest_check(tmp_path, io_loop):
     exc, _ = _read_from_faulty_node(tmp_path, io_loop, service=_CorruptingService)
     assert isinstance(exc, BlockCorrupt) and "failed its digest check" in str(exc), repr(exc)
+
+
+# -- objects without origin: the same contract on every transport ------------------------------
+
+
+def test_objects_round_trip_into_buffers(transport, io_loop):
+    """A put sends from the caller's buffers, a get lands in them (views of the filled length),
+    a miss is None, a second put of a key keeps the first object."""
+    name, node, client, channel = transport
+    ch = io_loop.run(channel())
+    _kind(name, ch)
+    objs = {f"chunk/{i}": os.urandom(n) for i, n in enumerate([1, BS // 3, BS, 2 * BS, 0])}
+    keys = list(objs)
+    views = [memoryview(v) for v in objs.values()]
+    from cachenode.blocks import digest
+
+    got = io_loop.run(ch.put_objects(NS, keys, views, [digest(v) for v in views], writer=WRITER))
+    assert got == {k: "stored" for k in keys}
+    again = io_loop.run(ch.put_objects(NS, keys[:1], [memoryview(b"x")], [digest(b"x")], writer=WRITER))
+    assert again == {keys[0]: "exists"}
+    bufs = [bytearray(2 * BS) for _ in keys] + [bytearray(8)]
+    out = io_loop.run(ch.get_objects(NS, [*keys, "absent"], [memoryview(b) for b in bufs]))
+    assert [None if v is None else bytes(v) for v in out] == [*objs.values(), None]
+    assert all(v.obj is b for v, b in zip(out[:-1], bufs))  # landed in the caller's buffers
+    assert io_loop.run(ch.exists_objects(NS, [keys[1], "absent"])) == [True, False]
+    assert io_loop.run(ch.delete_objects(NS, keys[:2], writer=WRITER)) == 2
+    assert io_loop.run(ch.exists_objects(NS, keys[:3])) == [False, False, True]
+
+
+def test_objects_refused_as_over_the_wire(transport, io_loop):
+    name, node, client, channel = transport
+    ch = io_loop.run(channel())
+    from cachenode.blocks import digest
+
+    one = [memoryview(b"v")]
+    with pytest.raises(Forbidden, match="needs its writer credential"):
+        io_loop.run(ch.put_objects(NS, ["k"], one, [digest(b"v")], writer=None))
+    with pytest.raises(Forbidden, match="wrong writer credential"):
+        io_loop.run(ch.put_objects(NS, ["k"], one, [digest(b"v")], writer="guess"))
+    with pytest.raises(Forbidden, match="namespace 'other' is not served"):
+        io_loop.run(ch.get_objects("other", ["k"], [None]))
+    with pytest.raises(BadRequest, match="exceeds this node's --max-object-size"):
+        big = memoryview(bytes(MAX_OBJECT + 1))
+        io_loop.run(ch.put_objects(NS, ["big"], [big], [digest(big)], writer=WRITER))
+    with pytest.raises(BlockCorrupt, match="failed its digest check on arrival"):
+        io_loop.run(ch.put_objects(NS, ["k"], one, [digest(b"w")], writer=WRITER))
+    assert io_loop.run(ch.exists_objects(NS, ["k", "big"])) == [False, False]
+    bad = io_loop.run(channel(token="wrong"))
+    with pytest.raises(Forbidden, match="wrong cluster token"):
+        io_loop.run(bad.get_objects(NS, ["k"], [None]))

@@ -11,8 +11,8 @@ from cachenode.source import SourceRef
 
 from .object_wire import ObjectCall
 
-__all__ = ["Backend", "Channel", "ChannelOptions", "ClientChannel", "Connector", "NodeApi", "Server",
-           "ServerOptions"]
+__all__ = ["Backend", "Channel", "ChannelOptions", "ClientChannel", "Connector", "NodeApi", "ObjectChannel",
+           "Server", "ServerOptions"]
 
 # `Channel` (read a block into a caller's buffer) is declared in the core module that calls it,
 # the owner-read routine, because core must not import transport; transports implement it.
@@ -25,6 +25,23 @@ class ClientChannel(Channel, Protocol):
 
     def close(self) -> None:
         """Drop the connections this channel keeps."""
+
+
+class ObjectChannel(Protocol):
+    """A transport's object calls to one node (HTTP, UCX and in-process channels offer them).
+    Digests are checked end to end: a put carries the caller's, a get checks the node's."""
+
+    async def put_objects(self, namespace: str, keys: list[str], views: list[memoryview], digests: list[str], *,
+                          writer: str | None, background: bool = False) -> dict[str, str]:
+        """Send the objects from the caller's buffers; per key "stored" or "exists"."""
+
+    async def get_objects(self, namespace: str, keys: list[str], into: list[memoryview | None],
+                          timeout: float | None = None) -> list[memoryview | None]:
+        """Each key's bytes in `into[i]` (a view of the filled length) or a fresh buffer; None: a miss."""
+
+    async def exists_objects(self, namespace: str, keys: list[str]) -> list[bool]: ...
+
+    async def delete_objects(self, namespace: str, keys: list[str], *, writer: str | None) -> int: ...
 
 
 class NodeApi(Protocol):

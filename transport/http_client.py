@@ -9,7 +9,6 @@ from typing import Iterable
 import aiohttp
 
 from cachenode.blocks import BlockRequest, ObjectInfo
-from cachenode.blocks import digest as xxh3_hex
 from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable, UnexpectedReply
 from cachenode.placement import Member
 from cachenode.source import SourceRef
@@ -175,24 +174,17 @@ class HttpNodeClient:
                 content = r.content
                 hlen = ow.unpack_prefix(await content.readexactly(ow.PREFIX_SIZE))
                 found = ow.parse_answer(ow.parse_header(await content.readexactly(hlen)), len(keys))
-                out: list[memoryview | None] = []
-                for key, item, dest in zip(keys, found, into):
-                    if item is None:
-                        out.append(None)
-                        continue
-                    size, expected = item
-                    view = ow.object_buffer(key, size, dest)
+
+                async def read_into(_: int, view: memoryview) -> None:
                     pos = 0
-                    while pos < size:
-                        chunk = await content.read(size - pos)
+                    while pos < len(view):
+                        chunk = await content.read(len(view) - pos)
                         if not chunk:
-                            raise asyncio.IncompleteReadError(b"", size - pos)
+                            raise asyncio.IncompleteReadError(b"", len(view) - pos)
                         view[pos:pos + len(chunk)] = chunk
                         pos += len(chunk)
-                    if xxh3_hex(view) != expected:
-                        raise BlockCorrupt(f"object {key[:80]!r} from {self.base_url} failed its digest check")
-                    out.append(view)
-                return out
+
+                return await ow.land(keys, found, into, read_into, self.base_url)
             finally:
                 r.release()
         except CacheError:

@@ -26,27 +26,35 @@ SEND_SLICE = 1 << 20
 
 async def send_block_body(request: web.Request, resp: web.StreamResponse, data: bytes | bytearray) -> None:
     """Prepare `resp` (content length set here) and send `data` as its body."""
-    resp.content_length = len(data)
+    await send_body_parts(request, resp, [data])
+
+
+async def send_body_parts(request: web.Request, resp: web.StreamResponse, parts: list) -> None:
+    """Prepare `resp` (content length set here) and send `parts` back to back as its body: small
+    ones (a frame header) through aiohttp, big ones straight from their memory (a block, the
+    objects of a get answer, which stay owned by their tier: never mutated, so no copy)."""
+    resp.content_length = sum(len(p) for p in parts)
     writer = await resp.prepare(request)
     transport = request.transport
     send_headers = getattr(writer, "send_headers", None)
     sock = transport.get_extra_info("socket") if transport is not None else None
-    if len(data) < MIN_ZERO_COPY or send_headers is None or sock is None:
-        await resp.write(data)
+    if resp.content_length < MIN_ZERO_COPY or send_headers is None or sock is None:
+        for p in parts:
+            await resp.write(p)
         await resp.write_eof()
         return
     send_headers()
-    if transport.get_write_buffer_size():
-        # the headers are still queued in the transport: the body must not overtake them
-        await resp.write(data)
-        await resp.write_eof()
-        return
     loop = asyncio.get_running_loop()
     with socket.socket(fileno=os.dup(sock.fileno())) as dup:
         try:
-            view = memoryview(data)
-            for off in range(0, len(view), SEND_SLICE):
-                await loop.sock_sendall(dup, view[off:off + SEND_SLICE])
+            for data in parts:
+                if transport.get_write_buffer_size():
+                    # bytes still queued in the transport (the headers): the rest must not overtake them
+                    await resp.write(data)
+                    continue
+                view = memoryview(data)
+                for off in range(0, len(view), SEND_SLICE):
+                    await loop.sock_sendall(dup, view[off:off + SEND_SLICE])
         except OSError:
             transport.abort()  # the peer went away mid-body: the connection is unusable
             raise

@@ -14,7 +14,7 @@ from . import object_wire as ow
 from . import wire
 from .base import NodeApi
 from .http_paced import send_background
-from .http_sendall import send_block_body, send_file_body
+from .http_sendall import send_block_body, send_body_parts, send_file_body
 
 log = logging.getLogger("cachenode.http")
 
@@ -152,12 +152,9 @@ async def objects(request: web.Request) -> web.StreamResponse:
     found = await service.get_objects(call)
     resp = web.StreamResponse()
     resp.content_type = "application/octet-stream"
-    await resp.prepare(request)
-    await resp.write(ow.frame(ow.answer_header([None if f is None else (len(f[0]), f[1]) for f in found])))
-    for item in found:
-        if item is not None and len(item[0]):
-            await resp.write(item[0])  # the store's own bytes (never mutated): no copy
-    await resp.write_eof()
+    head = ow.frame(ow.answer_header([None if f is None else (len(f[0]), f[1]) for f in found]))
+    # The store's own bytes (never mutated) go out as they are: no copy.
+    await send_body_parts(request, resp, [head, *(f[0] for f in found if f is not None and len(f[0]))])
     return resp
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
-from cachenode.errors import BadRequest
+from cachenode.blocks import digest
+from cachenode.errors import BadRequest, BlockCorrupt
 from cachenode.objects import check_keys, check_namespace
 
 # A frame: MAGIC, the header's length (u32 little-endian), the JSON header, then the objects'
@@ -26,6 +28,10 @@ OPS = (PUT, GET, EXISTS, DELETE)
 NAMESPACE, KEYS, SIZES, DIGESTS, PRIORITY, BACKGROUND = "ns", "keys", "sizes", "digests", "priority", "background"
 # UCX carries in its request what HTTP carries in the path and headers.
 UCX_OP, UCX_WRITER, UCX_UPLOAD, UCX_HEADER_LENGTH = "op", "writer", "upload", "hlen"
+# A call's header (or an answer) small enough rides inside the request (the reply header)
+# instead of a message of its own: one message less each way for a typical batch.
+UCX_INLINE = "inline"
+UCX_INLINE_LIMIT = 4096  # the request also holds the reply address (REQUEST_SIZE 8192)
 # The writer credential of the namespace (puts and deletes), beside the cluster token.
 WRITER_HEADER = "X-Cachenode-Writer"
 MISSING = -1
@@ -139,3 +145,21 @@ def object_buffer(key: str, size: int, dest: memoryview | None) -> memoryview:
     if len(dest) < size:
         raise BadRequest(f"object {key[:80]!r} has {size} bytes: the buffer given for it holds {len(dest)}")
     return dest[:size]
+
+
+async def land(keys: list[str], found: list[tuple[int, str] | None], into: list[memoryview | None],
+               read_into: Callable[[int, memoryview], Awaitable[None]], where: str) -> list[memoryview | None]:
+    """A get answer's objects, in order: `read_into(i, view)` fills key i's bytes into its
+    buffer (the caller's, or a fresh one), then its digest is checked; None for a miss."""
+    out: list[memoryview | None] = []
+    for i, (key, item, dest) in enumerate(zip(keys, found, into)):
+        if item is None:
+            out.append(None)
+            continue
+        size, expected = item
+        view = object_buffer(key, size, dest)
+        await read_into(i, view)
+        if digest(view) != expected:
+            raise BlockCorrupt(f"object {key[:80]!r} from {where} failed its digest check")
+        out.append(view)
+    return out

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
 import logging
 import time
 from typing import Iterable
 
-from cachenode.blocks import BlockRequest, digest_off_loop
+from cachenode.blocks import BlockRequest, digest, digest_off_loop
 from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
 
+from . import object_wire as ow
 from . import ucx_wire as w
 from .base import ChannelOptions
 from .channel_table import ChannelTable
@@ -140,6 +142,93 @@ class UcxNodeClient:
         if got_digest != info[BLOCK_DIGEST]:
             raise BlockCorrupt(f"block {req.index} of {req.ref} from {self.base_url} (ucx) failed its digest check")
         return info.get(BLOCK_TIER, ""), info[BLOCK_DIGEST]
+
+    # -- objects without origin: a put sends from the caller's buffers, a get lands in them ----
+
+    async def _object_call(self, op: str, header: dict, writer: str | None = None,
+                           uploads: list[memoryview] = (), land=None, timeout: float | None = None):
+        """One object call: the request, then the call's header and a put's objects as messages
+        tagged with a random upload id (sent from the caller's buffers as they are); returns the
+        answer's JSON. `land(answer, rid)`: a get's receives, posted straight into the caller's
+        buffers once the answer says how many bytes each object has."""
+        timeout = timeout or self._timeout
+        head = json.dumps(header, separators=(",", ":")).encode()
+        upload = w.new_upload_id()
+        fields = {ow.UCX_OP: op, UCX_TOKEN: self._token or "", ow.UCX_WRITER: writer or "", ow.UCX_UPLOAD: upload}
+        if len(head) <= ow.UCX_INLINE_LIMIT:
+            fields[ow.UCX_INLINE] = header
+        else:
+            fields[ow.UCX_HEADER_LENGTH] = len(head)
+        ucxx = self._ctx.ucxx
+        async with self._sem:
+            rid = self._ctx.next_id()
+            reply = bytearray(w.HEADER_SIZE)
+            sends: list[asyncio.Future] = []
+            try:
+                ep = await self._ctx.endpoints.get(self._address)
+                got_reply = asyncio.ensure_future(ucxx.recv(reply, tag=w.header_tag(rid)))
+                await asyncio.wait_for(ep.send(w.pack_request(rid, self._ctx.address, fields), tag=w.REQUEST_TAG,
+                                               force_tag=True), timeout)
+                sends = ([] if ow.UCX_INLINE in fields
+                         else [asyncio.ensure_future(ep.send(head, tag=w.upload_tag(upload, 0), force_tag=True))])
+                sends += [asyncio.ensure_future(ep.send(v, tag=w.upload_tag(upload, i), force_tag=True))
+                          for i, v in enumerate(uploads, 1) if len(v)]
+                await asyncio.wait_for(got_reply, timeout)
+                status, info = w.unpack_header(reply)
+                if status != 200:
+                    # Refused before the node took our uploads: withdraw those still posted.
+                    await self._abandon(sends)
+                    raise error_from_body(info, f"node {self.base_url}, ucx")
+                await asyncio.wait_for(asyncio.gather(*sends), timeout)
+                answer = info.get(ow.UCX_INLINE)
+                if answer is None:  # too big for the reply header: it follows as body piece 0
+                    raw = bytearray(int(info[ow.UCX_HEADER_LENGTH]))
+                    await asyncio.wait_for(ucxx.recv(raw, tag=w.body_tag(rid, 0)), timeout)
+                    answer = json.loads(bytes(raw))
+                return answer if land is None else await land(answer, rid, timeout)
+            except CacheError:
+                raise
+            except (asyncio.TimeoutError, TimeoutError) as exc:
+                self._ctx.cancel_inflight()
+                self._ctx.endpoints.forget(self._address)
+                raise PeerUnavailable(f"cache node {self.base_url} (ucx) stalled on an object {op}") from exc
+            except Exception as exc:  # noqa: BLE001 - UCX errors become ours at the edge
+                self._ctx.endpoints.forget(self._address)
+                raise PeerUnavailable(f"cache node {self.base_url} (ucx) failed an object {op}: {exc!r}") from exc
+
+    async def put_objects(self, namespace: str, keys: list[str], views: list[memoryview], digests: list[str], *,
+                          writer: str | None, background: bool = False) -> dict[str, str]:
+        header = ow.call_header(ow.PUT, namespace, keys, [len(v) for v in views], digests, background)
+        return (await self._object_call(ow.PUT, header, writer, list(views)))["results"]
+
+    async def get_objects(self, namespace: str, keys: list[str], into: list[memoryview | None],
+                          timeout: float | None = None) -> list[memoryview | None]:
+        async def land(answer: dict, rid: int, timeout: float) -> list[memoryview | None]:
+            try:
+                found = ow.parse_answer(answer, len(keys))
+            except ValueError as exc:
+                raise PeerUnavailable(f"cache node {self.base_url} (ucx): {exc}") from None
+            out = [None if f is None else ow.object_buffer(k, f[0], d) for k, f, d in zip(keys, found, into)]
+            posted = [v for v in out if v is not None and len(v)]
+            bodies = [asyncio.ensure_future(self._ctx.ucxx.recv(v, tag=w.body_tag(rid, i)))
+                      for i, v in enumerate(posted, 1)]
+            try:
+                await asyncio.wait_for(asyncio.shield(asyncio.gather(*bodies)), timeout)
+            except BaseException:
+                await self._abandon(bodies)
+                raise
+            for key, f, view in zip(keys, found, out):
+                if f is not None and digest(view) != f[1]:
+                    raise BlockCorrupt(f"object {key[:80]!r} from {self.base_url} (ucx) failed its digest check")
+            return out
+
+        return await self._object_call(ow.GET, ow.call_header(ow.GET, namespace, keys), land=land, timeout=timeout)
+
+    async def exists_objects(self, namespace: str, keys: list[str]) -> list[bool]:
+        return (await self._object_call(ow.EXISTS, ow.call_header(ow.EXISTS, namespace, keys)))["exists"]
+
+    async def delete_objects(self, namespace: str, keys: list[str], *, writer: str | None) -> int:
+        return (await self._object_call(ow.DELETE, ow.call_header(ow.DELETE, namespace, keys), writer))["deleted"]
 
     def close(self) -> None:
         """Nothing to close: endpoints belong to the process's UCX context and live as long."""

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 
+from cachenode.errors import BadRequest
+
+from . import object_wire as ow
 from . import ucx_wire as w
 from . import wire
 
@@ -14,6 +18,11 @@ log = logging.getLogger("cachenode.ucx")
 # Background requests answered (or waiting for the node to admit them) at once; past that a
 # receiver waits, as HTTP's connection cap makes a client wait.
 BACKGROUND_PENDING = 64
+# Object calls being answered at once (each may receive a batch's objects); past that a receiver waits.
+OBJECT_PENDING = 64
+# Seconds a node waits for each message of an object call the client announced (its header, each
+# object of a put) before it gives the call up.
+OBJECT_RECEIVE_TIMEOUT = 10.0
 
 
 class UcxServer:
@@ -30,6 +39,7 @@ class UcxServer:
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
         self._pending = asyncio.Semaphore(BACKGROUND_PENDING)
+        self._object_pending = asyncio.Semaphore(OBJECT_PENDING)
         self.address = b""
 
     async def start(self) -> str:
@@ -56,6 +66,14 @@ class UcxServer:
             except (ValueError, UnicodeDecodeError) as exc:
                 log.warning("dropped malformed UCX request: %s", exc)
                 continue
+            if ow.UCX_OP in fields:
+                # An object call receives more messages (its header, a put's objects): on a task
+                # of its own, so the receivers keep taking requests.
+                await self._object_pending.acquire()
+                task = asyncio.ensure_future(self._object_logged(req_id, reply_to, fields))
+                self._background.add(task)
+                task.add_done_callback(self._object_done)
+                continue
             if fields.get(wire.PRIORITY) == wire.BACKGROUND:
                 # A background answer lasts a whole paced transfer: on a task of its own, so the
                 # receivers stay free for foreground requests (at most BACKGROUND_PENDING wait).
@@ -69,6 +87,75 @@ class UcxServer:
     def _background_done(self, task: asyncio.Task) -> None:
         self._background.discard(task)
         self._pending.release()
+
+    def _object_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        self._object_pending.release()
+
+    async def _object_logged(self, req_id: int, reply_to: bytes, fields: dict) -> None:
+        try:
+            ep = await self._eps.acquire(reply_to)
+            try:
+                await self._object_call(ep, req_id, fields)
+            finally:
+                self._eps.release(reply_to)
+        except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the receiver
+            log.warning("UCX object reply %d failed: %s", req_id, exc)
+
+    async def _upload(self, buf: bytearray, upload: int, piece: int) -> bytearray:
+        await asyncio.wait_for(self._ucxx.recv(buf, tag=w.upload_tag(upload, piece)), OBJECT_RECEIVE_TIMEOUT)
+        return buf
+
+    async def _object_call(self, ep, req_id: int, fields: dict) -> None:
+        """An object call: its header (and a put's objects, each into a buffer of its announced,
+        checked size) arrive as messages tagged with the call's upload id; the answer is a reply
+        header, the answer's JSON, then a get's objects straight from the store's buffers."""
+        bodies: list = []
+        try:
+            self.service.authorize(str(fields.get(wire.UCX_TOKEN) or "") or None)
+            upload, hlen = fields.get(ow.UCX_UPLOAD), fields.get(ow.UCX_HEADER_LENGTH)
+            if type(upload) is not int:
+                raise BadRequest("UCX object call needs an upload id")
+            op = str(fields.get(ow.UCX_OP))
+            header = fields.get(ow.UCX_INLINE)
+            if header is None:  # too big to ride in the request: it follows as upload piece 0
+                if type(hlen) is not int or not 0 < hlen <= ow.MAX_HEADER:
+                    raise BadRequest("UCX object call needs its header inline or a header length")
+                header = ow.parse_header(await self._upload(bytearray(hlen), upload, 0))
+            if not isinstance(header, dict):
+                raise BadRequest("UCX object call header must be a JSON object")
+            call = ow.decode_object_call(op, header)
+            writer = str(fields.get(ow.UCX_WRITER) or "") or None
+            if call.op == ow.PUT:
+                pieces = iter(range(1, w.MAX_PIECES))
+
+                async def receive(n: int) -> bytearray:
+                    piece = next(pieces)  # numbered by position; an empty object has no message
+                    return await self._upload(bytearray(n), upload, piece) if n else bytearray()
+
+                answer = {"results": await self.service.put_objects(call, writer, receive)}
+            elif call.op == ow.GET:
+                found = await self.service.get_objects(call)
+                answer = ow.answer_header([None if f is None else (len(f[0]), f[1]) for f in found])
+                bodies = [f[0] for f in found if f is not None and len(f[0])]
+            elif call.op == ow.EXISTS:
+                answer = {"exists": self.service.exists_objects(call)}
+            else:
+                answer = {"deleted": self.service.delete_objects(call, writer)}
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
+            status, body = self.service.failed(exc)
+            await ep.send(w.pack_header(status, body), tag=w.header_tag(req_id), force_tag=True)
+            return
+        raw = json.dumps(answer, separators=(",", ":")).encode()
+        if len(raw) <= w.HEADER_SIZE - 64:  # the answer rides in the reply header
+            await ep.send(w.pack_header(200, {ow.UCX_INLINE: answer}), tag=w.header_tag(req_id), force_tag=True)
+        else:
+            await ep.send(w.pack_header(200, {ow.UCX_HEADER_LENGTH: len(raw)}), tag=w.header_tag(req_id),
+                          force_tag=True)
+            await ep.send(raw, tag=w.body_tag(req_id, 0), force_tag=True)
+        # Every object at once (the store's bytes, no copy): the client has posted a receive for each.
+        await asyncio.gather(*(ep.send(data, tag=w.body_tag(req_id, i), force_tag=True)
+                               for i, data in enumerate(bodies, 1)))
 
     async def _answer_logged(self, req_id: int, reply_to: bytes, fields: dict) -> None:
         try:

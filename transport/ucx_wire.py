@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import struct
 from collections import OrderedDict
 
@@ -15,7 +16,7 @@ log = logging.getLogger("cachenode.ucx")
 REQUEST_SIZE = 8192
 HEADER_SIZE = 1024
 REQUEST_TAG = 0x6361_6368_656E_6F64  # "cachenod": every request goes to the node's worker on it
-_HDR, _BODY = 1 << 62, 2 << 62
+_HDR, _BODY, _UP = 1 << 62, 2 << 62, 3 << 62
 _ID_MASK = (1 << 48) - 1
 # A body sent in pieces (a background block) tags each one: bits 48-61 number them.
 assert MAX_PIECES <= 1 << 14
@@ -32,6 +33,19 @@ def body_tag(req_id: int, piece: int = 0) -> int:
     if not 0 <= piece < MAX_PIECES:
         raise ValueError(f"piece {piece} out of range (a body has at most {MAX_PIECES})")
     return _BODY | (piece << 48) | (req_id & _ID_MASK)
+
+
+def upload_tag(upload_id: int, piece: int) -> int:
+    """Tag of a message a client sends a node after an object call's request (piece 0: the call's
+    header, then one per object). The node matches these on its worker, among every client's: the
+    id is random (48 bits), never a per-client counter, so two clients' uploads cannot collide."""
+    if not 0 <= piece < MAX_PIECES:
+        raise ValueError(f"piece {piece} out of range (a call has at most {MAX_PIECES})")
+    return _UP | (piece << 48) | (upload_id & _ID_MASK)
+
+
+def new_upload_id() -> int:
+    return secrets.randbits(48)
 
 
 def pack_request(req_id: int, reply_address: bytes, fields: dict) -> bytearray:

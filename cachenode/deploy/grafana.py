@@ -10,7 +10,7 @@ _IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 # PromQL words that are not metric names (functions, aggregations, keywords) as the dashboard uses them.
 _PROMQL_WORDS = {"sum", "rate", "by", "clamp_min", "label_values", "instance", "tier", "result", "class",
                  "kind", "without", "on", "ignoring", "and", "or", "unless", "max", "min", "avg", "irate",
-                 "increase", "deriv"}
+                 "increase", "deriv", "namespace", "op", "direction"}
 
 
 def dashboard() -> dict:

@@ -10,10 +10,12 @@ from typing import Any
 import yaml
 
 from ..blocks import check_block_size
+from ..objects import check_namespace
 from ..units import parse_rate, parse_size
 
 CACHE_MOUNT = "/var/cache/cachenode"
 TOKEN_MOUNT = "/var/run/secrets/cachenode"
+WRITERS_MOUNT = "/var/run/secrets/cachenode-writers"  # namespace writer credentials (objects)
 APP_LABEL = "app.kubernetes.io/name"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -96,10 +98,23 @@ def check_values(v: dict) -> None:
         raise ValuesError(f"cache.blockSize: {exc}") from None
     if not v["cache"]["hostPath"].startswith("/"):
         raise ValuesError(f"cache.hostPath: {v['cache']['hostPath']!r} must be an absolute path")
+    o = v["objects"]
+    for key in ("memory", "disk", "maxObjectSize"):
+        try:
+            sizes[f"objects.{key}"] = parse_size(str(o[key]))
+        except ValueError as exc:
+            raise ValuesError(f"objects.{key}: {exc}") from None
+    for name in o["namespaces"]:
+        try:
+            check_namespace(name)
+        except ValueError as exc:
+            raise ValuesError(f"objects.namespaces: {exc}") from None
+    held = sizes["memory"] + (sizes["objects.memory"] if o["namespaces"] else 0)
     limit = v["resources"].get("limits", {}).get("memory")
-    if limit is not None and _quantity_bytes(limit, "resources.limits.memory") <= sizes["memory"]:
+    if limit is not None and _quantity_bytes(limit, "resources.limits.memory") <= held:
         raise ValuesError(f"resources.limits.memory: {limit} must exceed cache.memory "
-                          f"({v['cache']['memory']}): fills in flight and buffers come on top")
+                          f"({v['cache']['memory']})" + (f" plus objects.memory ({o['memory']})" if o["namespaces"]
+                                                         else "") + ": fills in flight and buffers come on top")
     for key in ("maxEgress", "linkSpeed"):
         if v["qos"][key]:
             try:
@@ -174,6 +189,14 @@ def serve_args(v: dict) -> list[str]:
             args += [flag, str(q[key])]
     if v["ucx"]["enabled"]:
         args.append("--ucx")
+    o = v["objects"]
+    if o["namespaces"]:
+        for name in o["namespaces"]:
+            args += ["--namespace", name]
+        args += ["--object-memory", str(o["memory"]), "--object-disk", str(o["disk"]),
+                 "--max-object-size", str(o["maxObjectSize"])]
+        if o["writerSecret"]["name"]:
+            args += ["--writer-token-file", f"{WRITERS_MOUNT}/{o['writerSecret']['key']}"]
     return args + [str(a) for a in v["extraArgs"]]
 
 
@@ -244,6 +267,9 @@ def daemonset(v: dict) -> dict:
                          {"name": "token", "mountPath": TOKEN_MOUNT, "readOnly": True},
                          {"name": "tmp", "mountPath": "/tmp"}],
     }
+    writers = v["objects"]["writerSecret"]
+    if v["objects"]["namespaces"] and writers["name"]:
+        container["volumeMounts"].append({"name": "writers", "mountPath": WRITERS_MOUNT, "readOnly": True})
     spec: dict = {
         "serviceAccountName": _sa_name(v),
         "terminationGracePeriodSeconds": v["terminationGracePeriodSeconds"],
@@ -257,6 +283,9 @@ def daemonset(v: dict) -> dict:
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+    if v["objects"]["namespaces"] and writers["name"]:
+        spec["volumes"].append({"name": "writers", "secret": {"secretName": writers["name"], "items": [
+            {"key": writers["key"], "path": writers["key"]}]}})
     if v["hostNetwork"]:
         spec["hostNetwork"] = True
         spec["dnsPolicy"] = "ClusterFirstWithHostNet"

@@ -73,7 +73,9 @@ def build_node(config: NodeConfig, *, registry: Registry | None = None, azure: O
                             timeout=config.origin_timeout)
     metrics = NodeMetrics()
     governor = Governor(config.qos)
-    budgets = Budgets(config.memory_bytes, config.block_size)
+    # Object batches being received count against a quarter of the object memory budget.
+    budgets = Budgets(config.memory_bytes, config.block_size,
+                      object_puts=max(config.max_object_size, config.object_memory_bytes // 4))
     memory = MemoryTier(config.memory_bytes)
     disk = DiskTier(os.path.join(config.cache_dir, "blocks"), config.disk_bytes,
                     on_held_eviction=metrics.disk_evicted_while_held.inc)

@@ -308,18 +308,19 @@ class NodeService:
                 raise BadRequest(f"object {key[:80]!r} of {size} bytes exceeds this node's --max-object-size "
                                  f"{limit}")
         received: list[bytearray] = []
-        for key, size, expected in zip(call.keys, call.sizes, call.digests):
-            if call.background:
-                await self.governor.background(size, direction="rx")
-            else:
-                await self.governor.foreground(size)
-            data = await receive(size)
-            self.governor.own(size, "rx")
-            if digest(data) != expected:
-                self.metrics.object_requests.labels(ns, "put", "corrupt").inc()
-                raise BlockCorrupt(f"object {key[:80]!r} failed its digest check on arrival: nothing of this "
-                                   f"batch was stored")
-            received.append(data)
+        async with self.budgets.object_puts(sum(call.sizes)):
+            for key, size, expected in zip(call.keys, call.sizes, call.digests):
+                if call.background:
+                    await self.governor.background(size, direction="rx")
+                else:
+                    await self.governor.foreground(size)
+                data = await receive(size)
+                self.governor.own(size, "rx")
+                if digest(data) != expected:
+                    self.metrics.object_requests.labels(ns, "put", "corrupt").inc()
+                    raise BlockCorrupt(f"object {key[:80]!r} failed its digest check on arrival: nothing of "
+                                       f"this batch was stored")
+                received.append(data)
         # No await from here to the end: the batch lands at once, first writer wins per key.
         out = {}
         for key, data, dg in zip(call.keys, received, call.digests):
