@@ -18,6 +18,7 @@ from .credentials import AzureCredentials
 from .env import read_env, resolve_token
 from .errors import CacheError
 from .node.config import NodeConfig
+from .objects import check_namespace
 from .node.qos import QosConfig, read_counters
 from .options import config_options, config_values
 from .units import format_size
@@ -89,6 +90,15 @@ def serve(token_file, no_auth, idle_direction, **params) -> None:
         "peers": _split_peers(params["peers"]),
         "qos": _qos(config_values(QosConfig, params), idle_direction),
     })
+    try:  # objects: namespace names and writer credentials, refused here naming the entry
+        for name in config.namespaces:
+            check_namespace(name)
+        unknown = sorted(set(config.writers()) - set(config.namespaces))
+    except (ValueError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--namespace / --writer-token(-file)") from None
+    if unknown:
+        raise click.BadParameter(f"writer credential for {', '.join(unknown)}: not a --namespace of this node",
+                                 param_hint="--writer-token")
     if config.ucx:
         from .transport.registry import default_registry
 

@@ -234,3 +234,17 @@ def test_a_get_from_a_silent_owner_never_blocks_past_the_peer_timeout(nodes):
             victim.send_signal(signal.SIGCONT)
     assert took < 3 + 1.0, took  # one deadline for the whole call: the peer timeout (3 s)
     assert [v is None for v in got] == [k in theirs for k in objs]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--writer-token", "kv"), "expected NAME=TOKEN"),
+    (("--namespace", "bad name"), "namespace 'bad name' is not a valid name"),
+    (("--namespace", "kv", "--writer-token", "other=x"), "writer credential for other: not a --namespace"),
+])
+def test_serve_refuses_bad_object_options_naming_them(args, message, tmp_path):
+    from click.testing import CliRunner
+
+    from cachenode.cli import main
+
+    r = CliRunner().invoke(main, ["serve", "--no-auth", "--cache-dir", str(tmp_path), *args])
+    assert r.exit_code == 2 and message in r.output, r.output

@@ -97,6 +97,11 @@ class UcxServer:
             ep = await self._eps.acquire(reply_to)
             try:
                 await self._object_call(ep, req_id, fields)
+            except asyncio.TimeoutError:
+                # A client that went away mid-call: error handling is off, so a send to it may
+                # never complete. Drop its endpoint rather than keep the call's slot forever.
+                self._eps.forget(reply_to)
+                raise
             finally:
                 self._eps.release(reply_to)
         except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the receiver
@@ -144,18 +149,19 @@ class UcxServer:
                 answer = {"deleted": self.service.delete_objects(call, writer)}
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             status, body = self.service.failed(exc)
-            await ep.send(w.pack_header(status, body), tag=w.header_tag(req_id), force_tag=True)
+            await _sent(ep.send(w.pack_header(status, body), tag=w.header_tag(req_id), force_tag=True))
             return
         raw = json.dumps(answer, separators=(",", ":")).encode()
         if len(raw) <= w.HEADER_SIZE - 64:  # the answer rides in the reply header
-            await ep.send(w.pack_header(200, {ow.UCX_INLINE: answer}), tag=w.header_tag(req_id), force_tag=True)
+            await _sent(ep.send(w.pack_header(200, {ow.UCX_INLINE: answer}), tag=w.header_tag(req_id),
+                                force_tag=True))
         else:
-            await ep.send(w.pack_header(200, {ow.UCX_HEADER_LENGTH: len(raw)}), tag=w.header_tag(req_id),
-                          force_tag=True)
-            await ep.send(raw, tag=w.body_tag(req_id, 0), force_tag=True)
+            await _sent(ep.send(w.pack_header(200, {ow.UCX_HEADER_LENGTH: len(raw)}), tag=w.header_tag(req_id),
+                                force_tag=True))
+            await _sent(ep.send(raw, tag=w.body_tag(req_id, 0), force_tag=True))
         # Every object at once (the store's bytes, no copy): the client has posted a receive for each.
-        await asyncio.gather(*(ep.send(data, tag=w.body_tag(req_id, i), force_tag=True)
-                               for i, data in enumerate(bodies, 1)))
+        await _sent(asyncio.gather(*(ep.send(data, tag=w.body_tag(req_id, i), force_tag=True)
+                                     for i, data in enumerate(bodies, 1))))
 
     async def _answer_logged(self, req_id: int, reply_to: bytes, fields: dict) -> None:
         try:
@@ -210,6 +216,11 @@ class UcxServer:
         await ep.send(w.pack_header(200, _block_header(block)), tag=w.header_tag(req_id), force_tag=True)
         if block.length:
             await ep.send(data, tag=w.body_tag(req_id), force_tag=True)
+
+
+async def _sent(send) -> None:
+    """An object call's send, within OBJECT_RECEIVE_TIMEOUT (TimeoutError: the client is gone)."""
+    await asyncio.wait_for(send, OBJECT_RECEIVE_TIMEOUT)
 
 
 def _block_header(block) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..blocks import digest as object_digest
 from ..objects import EXISTS, STORED
 from ..store.disk import DiskFull, DiskTier
 from ..store.memory import MemoryTier
@@ -102,7 +101,3 @@ class ObjectStore:
             if skey in self._deleted_while_writing:
                 self._deleted_while_writing.discard(skey)
                 self.disk.discard(skey)
-
-    @staticmethod
-    def digest(data) -> str:
-        return object_digest(data)
