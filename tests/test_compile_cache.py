@@ -258,3 +258,22 @@ def test_concurrent_publishers_never_overwrite_and_end_with_the_union(cluster, m
     finally:
         winner.close()
         loser.close()
+
+
+def test_a_publisher_without_the_namespaces_credential_is_refused_by_the_nodes(cluster, monkeypatch, tmp_path,
+                                                                               caplog):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", _FakeTorchCache({"z"}).save)
+    cache = _cache(cluster, build_model(8, 3), writer_token="not-the-writer-credential")
+    try:
+        with caplog.at_level(logging.INFO, logger="cachenode"):
+            result = cache.publish()
+        assert result.version is None and result.reason.startswith("refused by the nodes"), result
+        assert [r.levelno for r in caplog.records if r.name.startswith("cachenode")] == [logging.WARNING]
+    finally:
+        cache.close()
+    reader = _cache(cluster, build_model(8, 3))
+    try:
+        assert reader.newest_version() == 0  # nothing of it was stored
+    finally:
+        reader.close()
