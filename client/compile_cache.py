@@ -142,6 +142,12 @@ class CompileCache:
         files = collect(inductor_cache_dir(), self._since)
         return pack(blob, files), _artifact_names(info) | {f"kernel:{rel}" for rel in files}
 
+    def _apply(self, blob: bytes):
+        """Hand a verified set's torch part to torch (its CacheInfo back)."""
+        import torch
+
+        return torch.compiler.load_cache_artifacts(blob)
+
     def _went_offline(self, exc: Exception) -> None:
         self.offline = True
         log.warning("compile cache: cluster did not answer (%s); compiling locally", exc)
@@ -152,8 +158,6 @@ class CompileCache:
         """Fetch this identity's newest set and hand it to `torch.compiler.load_cache_artifacts`.
         Never raises for the cluster or a bad set: the result says why nothing was loaded, and
         torch compiles locally as if there were no cluster."""
-        import torch
-
         t0 = time.perf_counter()
         result = LoadResult()
         if not self._secret:
@@ -180,7 +184,7 @@ class CompileCache:
             log.warning("compile cache: %s; compiling locally", result.reason)
             return result
         try:
-            info = torch.compiler.load_cache_artifacts(blob)
+            info = self._apply(blob)
         except Exception as exc:  # signed by us yet unreadable to this torch: compile locally
             result.reason = f"torch could not load v{newest}: {exc!r}"
             log.warning("compile cache: %s; compiling locally", result.reason)
@@ -250,11 +254,9 @@ class CompileCache:
     def _take_in(self, version: int) -> None:
         """Load the set another publisher won `version` with, so our next save holds its artifacts
         too (torch records loaded artifacts for the next save_cache_artifacts)."""
-        import torch
-
         try:
             manifest, payload = self.fetch(version)
-            torch.compiler.load_cache_artifacts(self._unpack(manifest, payload)[0])
+            self._apply(self._unpack(manifest, payload)[0])
             self._known |= set(manifest.artifacts)
         except ArtifactRefused as exc:  # not ours to merge: publish ours over it at the next version
             log.warning("compile cache: refused v%d while merging: %s", version, exc)

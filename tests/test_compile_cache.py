@@ -16,6 +16,7 @@ from cachenode.client.compile_artifacts import (
     chunk_key, manifest_key, sign_manifest, signing_key, split, verify_manifest,
 )
 from cachenode.client.compile_cache import CompileCache, compile as cached_compile
+from cachenode.client.compile_dir import DirectoryCache, collect_tree, install_tree
 from cachenode.client.compile_identity import compute_identity, device_description
 from cachenode.client.compile_kernels import install, pack, unpack
 from cachenode.client.objects import ObjectClient
@@ -277,3 +278,26 @@ def test_a_publisher_without_the_namespaces_credential_is_refused_by_the_nodes(c
         assert reader.newest_version() == 0  # nothing of it was stored
     finally:
         reader.close()
+
+
+def test_an_engines_compile_dir_crosses_hosts_as_a_signed_set(cluster, tmp_path):
+    """vLLM's way: the engine's own cache directory, written by one host, appears on another."""
+    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "num_hidden_layers": 2}
+    one, two = tmp_path / "host1", tmp_path / "host2"
+    (one / "torch_aot_compile" / "910ae8" / "inductor_cache" / "ha").mkdir(parents=True)
+    (one / "torch_aot_compile" / "910ae8" / "inductor_cache" / "ha" / "chau.main.so").write_bytes(b"\x7fELF lib")
+    (one / "torch_aot_compile" / "910ae8" / "rank_0_0").mkdir()
+    (one / "torch_aot_compile" / "910ae8" / "rank_0_0" / "model").write_bytes(b"aot pickle")
+    kw = dict(namespace=NS, token=TOKEN, writer_token=WRITER, chunk_size=CHUNK, engine="vllm")
+    with DirectoryCache(config, one, nodes=[cluster.urls[0]], **kw):  # loads nothing yet; publishes on exit
+        pass
+    second = DirectoryCache(config, two, nodes=[cluster.urls[1]], **kw)
+    try:
+        loaded = second.load()
+    finally:
+        second.close()
+    assert loaded.version == 1 and loaded.kernels == 2
+    assert collect_tree(two) == collect_tree(one)
+    for bad in ("../x", "a/../../x", "/etc/x", ".hidden/x", "a//b"):
+        with pytest.raises(ValueError):
+            install_tree(tmp_path / "host3", {bad: b"x"})
