@@ -297,6 +297,24 @@ def engine(size, n_nodes, runai_concurrency, transport, repeat, workdir, json_pa
                   f"model, {n_nodes} nodes, {transport} ({os.cpu_count()} CPUs); weight load")
 
 
+@main.command("compile")
+@click.option("--width", default=512, show_default=True, type=click.IntRange(8, 8192), help="MLP width.")
+@click.option("--blocks", default=6, show_default=True, type=click.IntRange(1, 64),
+              help="MLP blocks (Linear, GELU, LayerNorm each).")
+@_repeat_option()
+@click.option("--workdir", type=click.Path(file_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
+def compile_(width, blocks, repeat, workdir, json_path) -> None:
+    """Compiled kernels: a cold torch.compile vs the artifacts from the cluster vs a warm local
+    Inductor cache dir, each in a fresh process with fresh cache dirs, timed from process start to
+    first output. Targets: from the cluster <= 0.5x cold and <= 1.2x the warm local dir; outputs
+    equal; reuse shown by Inductor's FX graph cache counters.
+    """
+    from .compile import command
+
+    command(width, blocks, repeat, workdir, json_path)
+
+
 def _duration(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600}
     t = text.strip().lower()

@@ -23,6 +23,8 @@ class Env:
     node_token: str | None = None  # node-to-node secret (nodes only)
     kv_namespace: str | None = None  # engine KV plug-ins: the object namespace of KV chunks
     kv_writer_token: str | None = None  # engine KV plug-ins: that namespace's writer credential
+    writer_token: str | None = None  # an object namespace's writer credential (publishers, verifiers)
+    compile_namespace: str | None = None  # the object namespace compiled artifacts live in
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> Env:
@@ -46,6 +48,8 @@ def read_env(environ: Mapping[str, str] | None = None) -> Env:
         node_token=e.get("CACHENODE_NODE_TOKEN") or None,
         kv_namespace=e.get("CACHENODE_KV_NAMESPACE") or None,
         kv_writer_token=e.get("CACHENODE_KV_WRITER_TOKEN") or None,
+        writer_token=e.get("CACHENODE_WRITER_TOKEN") or None,
+        compile_namespace=e.get("CACHENODE_COMPILE_NAMESPACE") or None,
     )
 
 

@@ -25,9 +25,10 @@ def test_importing_the_loader_loads_no_daemon_module():
 
 
 # Core: what loader, node and transport share; every module at the top of cachenode/ but the front
-# doors (the package's lazy loader API, the command line and its option maker, the torch entry),
+# doors (the package's lazy loader API, the command line and its option maker, the torch entry, the
+# compile cache entry),
 # which may import the loader. Transport may import core and nothing else of ours.
-FRONT_DOORS = {"__init__", "__main__", "cli", "options", "torch"}
+FRONT_DOORS = {"__init__", "__main__", "cli", "options", "torch", "compile_cache"}
 CORE = sorted(p.stem for p in (ROOT / "cachenode").glob("*.py") if p.stem not in FRONT_DOORS)
 
 
