@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 from .compile_artifacts import ArtifactRefused, Manifest
 from .compile_cache import CompileCache
-from .compile_kernels import pack, unpack
+from .compile_kernels import pack, place, unpack
 
 # Relative paths of plain names only: no "..", no absolute paths, no hidden or odd characters.
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,200}$")
@@ -53,16 +52,7 @@ def install_tree(root: Path, files: Mapping[str, bytes]) -> int:
     for rel, data in files.items():
         if not _safe(rel):
             raise ValueError(f"path {rel[:80]!r} in a directory set is not a plain relative path")
-        target = root / rel
-        if target.exists():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".cachenode-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o755 if rel.endswith(".so") else 0o644)
-        os.replace(tmp, target)
-        placed += 1
+        placed += place(root / rel, data, 0o755 if rel.endswith(".so") else 0o644)
     return placed
 
 

@@ -55,17 +55,22 @@ def install(root: Path, files: dict[str, bytes]) -> int:
     for rel, data in files.items():
         if not _LIBRARY.match(rel):
             raise ValueError(f"kernel library path {rel[:80]!r} is not an Inductor cache path")
-        target = root / rel
-        if target.exists():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".cachenode-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-        placed += 1
+        placed += place(root / rel, data, 0o755)
     return placed
+
+
+def place(target: Path, data: bytes, mode: int) -> bool:
+    """Write `target` unless it exists, through a temporary file and a rename (a reader racing
+    with us never sees half a file); True if written."""
+    if target.exists():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".cachenode-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, target)
+    return True
 
 
 def pack(torch_blob: bytes, files: dict[str, bytes]) -> bytes:
