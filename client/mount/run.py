@@ -92,15 +92,14 @@ async def serve(config: MountConfig, client_config: ClientConfig,
     import pyfuse3
     import pyfuse3.asyncio
 
-    from cachenode.client.api import AsyncClient
-
     from .fs import CacheFS
     from .namespace import Namespace, parse_sources
+    from .offload import OffloadedClient
 
     pyfuse3.asyncio.enable()
     mountpoint = os.path.abspath(config.mountpoint)
     check_mountpoint(mountpoint)
-    client = AsyncClient(config=client_config)
+    client = OffloadedClient(client_config)
     try:
         sources = parse_sources(client, list(config.sources))
         ns = Namespace(client, sources, config.listing_ttl)
