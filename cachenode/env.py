@@ -21,6 +21,7 @@ class Env:
     azure: AzureCredentials
     transports: str | None = None  # loader preference, e.g. "ucx,tcp"
     node_token: str | None = None  # node-to-node secret (nodes only)
+    local_socket: str | None = None  # this host's node's unix socket (loaders on the same host)
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> Env:
@@ -42,6 +43,7 @@ def read_env(environ: Mapping[str, str] | None = None) -> Env:
         azure=azure,
         transports=e.get("CACHENODE_TRANSPORTS") or None,
         node_token=e.get("CACHENODE_NODE_TOKEN") or None,
+        local_socket=e.get("CACHENODE_LOCAL_SOCKET") or None,
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..origin import Origin, Origins
 from ..store.disk import DiskTier
+from ..store.host_copies import HostCopies
 from ..store.memory import MemoryTier
 from ..transport.base import ChannelOptions
 from ..transport.http_client import HttpConnector
@@ -51,6 +52,7 @@ class NodeParts:
         await self.peers.close()
         await self.governor.close()
         await self.cache.close()  # pending disk writes finish in here
+        self.service.host_copies.close()
         await self.azure.close()
         await self.origins.close()
 
@@ -85,6 +87,6 @@ def build_node(config: NodeConfig, *, registry: Registry | None = None, azure: O
                                                    connections_per_node=PEER_CONNECTIONS))
     assert isinstance(peers, HttpConnector)
     node_service = service(config=config, cache=cache, budgets=budgets, governor=governor, metrics=metrics,
-                           membership=membership, peers=peers)
+                           membership=membership, peers=peers, host_copies=HostCopies(memory))
     return NodeParts(config, metrics, governor, budgets, memory, disk, azure, origins, cache, membership,
                      peers, node_service)

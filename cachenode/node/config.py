@@ -61,6 +61,9 @@ class NodeConfig:
                                      default_text="the listen address")
     ucx: bool = flag(False, "--ucx", "Also serve blocks over UCX (RDMA/InfiniBand, shared memory; pip install "
                      "cachenode[ucx]). UCX_TLS, UCX_NET_DEVICES etc. pass through to UCX.")
+    local_socket: str | None = flag(None, "--local-socket", "Also hand blocks to loaders on this host over a "
+                                    "unix socket at PATH (a memfd per block; loaders set CACHENODE_LOCAL_SOCKET).",
+                                    metavar="PATH")
     qos: QosConfig = nested(QosConfig)
     peer_timeout: float = flag(10.0, "--peer-timeout", "Seconds without progress before a peer transfer is "
                                "abandoned for the next candidate.")
