@@ -62,7 +62,8 @@ class NodeConfig:
     ucx: bool = flag(False, "--ucx", "Also serve blocks over UCX (RDMA/InfiniBand, shared memory; pip install "
                      "cachenode[ucx]). UCX_TLS, UCX_NET_DEVICES etc. pass through to UCX.")
     local_socket: str | None = flag(None, "--local-socket", "Also hand blocks to loaders on this host over a "
-                                    "unix socket at PATH (a memfd per block; loaders set CACHENODE_LOCAL_SOCKET).",
+                                    "unix socket at PATH, relative to --cache-dir unless absolute (a memfd per "
+                                    "block; loaders set CACHENODE_LOCAL_SOCKET to it).",
                                     metavar="PATH")
     qos: QosConfig = nested(QosConfig)
     peer_timeout: float = flag(10.0, "--peer-timeout", "Seconds without progress before a peer transfer is "
@@ -87,6 +88,13 @@ class NodeConfig:
         if not self.token:
             return ""
         return hmac.new(self.token.encode(), b"cachenode node-to-node v1", hashlib.sha256).hexdigest()
+
+    def local_socket_path(self) -> str | None:
+        """--local-socket as a path: a relative one lives in the cache directory (a hostPath
+        volume on Kubernetes, which the loaders' pods mount too)."""
+        if not self.local_socket:
+            return None
+        return os.path.join(self.cache_dir, self.local_socket)
 
     def file_roots(self) -> tuple[str, ...]:
         """The local directories `file://` allow entries name (the file origin's roots)."""

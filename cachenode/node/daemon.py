@@ -60,7 +60,7 @@ class NodeServer:
         # The cap holds for HTTP connections and for UCX reply endpoints alike.
         options = ServerOptions(host=self.config.host, port=self.config.port,
                                 max_connections=cap, idle_timeout=self.config.idle_timeout,
-                                local_socket=self.config.local_socket)
+                                local_socket=self.config.local_socket_path())
         transports: dict[str, str] = {}
         try:
             for name in self._names:
