@@ -35,8 +35,8 @@ class ClientConfig:
     # This host's node's unix socket (the node's --local-socket): blocks come from it as memfd
     # descriptors, one copy into the reader's buffer instead of a socket's two, and the host's
     # readers share one pull of each block. Unset: every block over the network transports.
-    local_socket: str | None = flag(None, "--local-socket", "Unix socket of this host's node (its "
-                                    "--local-socket).", env="CACHENODE_LOCAL_SOCKET", metavar="PATH")
+    # From CACHENODE_LOCAL_SOCKET (no CLI flag: the admin commands read no blocks).
+    local_socket: str | None = None
 
     @classmethod
     def resolve(cls, nodes: Iterable[str] | None = None, token: str | None = None, *,
