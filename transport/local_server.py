@@ -99,7 +99,7 @@ class LocalServer:
         try:
             self.service.authorize(str(fields.get(wire.UCX_TOKEN) or "") or None)
             call = wire.decode_block_call({k: str(v) for k, v in fields.items()})
-            fd, length, digest, kept = await self.service.host_copy(call.req, verify=call.options["verify"])
+            fd, length, digest = await self.service.host_copy(call.req, verify=call.options["verify"])
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             status, body = self.service.failed(exc)
             await lw.send(conn, {"status": status, **body})
@@ -108,5 +108,4 @@ class LocalServer:
             await lw.send(conn, {"status": 200, wire.BLOCK_LENGTH: length, wire.BLOCK_DIGEST: digest,
                                  wire.BLOCK_TIER: "host"}, fd)
         finally:
-            if not kept:
-                os.close(fd)
+            os.close(fd)  # ours (a dup): the loader has its own now

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -133,11 +134,12 @@ class NodeService:
         m.served_blocks.labels(block.tier).inc()
         return block
 
-    async def host_copy(self, req: BlockRequest, *, verify: bool = False) -> tuple[int, int, str, bool]:
-        """(fd, length, digest, kept) of a sealed memfd holding exactly `req`'s block, for a
-        loader on this host (the local transport; its token is checked by `authorize` first).
-        The allow-list and block size are checked before the copies are looked at. `kept`:
-        the fd is the copies' (send it); else the caller closes it once sent.
+    async def host_copy(self, req: BlockRequest, *, verify: bool = False) -> tuple[int, int, str]:
+        """(fd, length, digest) of a sealed memfd holding exactly `req`'s block, for a loader on
+        this host (the local transport; its token is checked by `authorize` first). The
+        allow-list and block size are checked before the copies are looked at. The fd is the
+        caller's own descriptor (a dup), to close once sent: the copies may drop theirs
+        meanwhile, and a closed number could be reused by another block's copy.
 
         A copy is made once per block while it stays in the memory budget, so the host's
         loaders share one pull of it (a non-owner forwards once, then serves its copy)."""
@@ -147,7 +149,7 @@ class NodeService:
         if found is not None:
             m.served_bytes.inc(found[1])
             m.served_blocks.labels("host").inc()
-            return (*found, True)
+            return os.dup(found[0]), found[1], found[2]
         block = await self.serve(req, verify=verify, transport="local")
         try:
             data = block.data if block.data is not None else await asyncio.to_thread(block.read_file)
@@ -155,7 +157,8 @@ class NodeService:
             block.close()
         # Off the loop: writing 8 MiB into fresh shared memory is a few ms of page faults.
         fd = await asyncio.to_thread(self.host_copies.make, data)
-        return fd, block.length, block.digest, self.host_copies.keep(req.key, fd, block.length, block.digest)
+        kept = self.host_copies.keep(req.key, fd, block.length, block.digest)
+        return (os.dup(fd) if kept else fd), block.length, block.digest
 
     def admit(self, req: BlockRequest) -> None:
         """The checks every block request passes before a tier or an owner is asked:

@@ -28,7 +28,7 @@ class HostCopies:
         memory.reclaim = self._shed
 
     def get(self, key: str) -> tuple[int, int, str] | None:
-        """(fd, length, digest) of the block's copy; the fd stays ours (send it, don't close it)."""
+        """(fd, length, digest) of the block's copy; the fd stays ours: dup it to hand it over."""
         item = self._fds.get(key)
         if item is not None:
             self._fds.move_to_end(key)
