@@ -53,7 +53,7 @@ def prepare(spec: dict) -> Callable[[], dict]:
         def load():
             return cache_tensors(spec["url"], spec["nodes"], spec["token"],
                                  transport=spec.get("transport", "tcp"), stats=stats,
-                                 window=spec.get("window"))
+                                 window=spec.get("window"), local_socket=spec.get("local_socket"))
     elif kind == "local":
         import safetensors.torch
 

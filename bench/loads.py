@@ -44,11 +44,14 @@ def timed(load, nbytes: int) -> LoadResult:
 
 
 def cache_tensors(url: str, nodes: list[str], token: str | None, on_bytes=None,
-                  transport: str = "tcp", stats=None, window: int | None = None) -> dict:
+                  transport: str = "tcp", stats=None, window: int | None = None,
+                  local_socket: str | None = None) -> dict:
     """cachenode: blocks in parallel from the cluster into one buffer, tensors as views.
     `stats` (a client LoadStats) is filled with where the time went; `window`: blocks in
-    flight (the client's default if None)."""
+    flight (the client's default if None); `local_socket`: this host's node's (same-host hand-over)."""
     kwargs = {"window": window} if window else {}
+    if local_socket:
+        kwargs["local_socket"] = local_socket
     with Client(nodes=nodes, token=token, transports=transport, **kwargs) as client:
         return load_safetensors(url, client=client, on_bytes=on_bytes, stats=stats)
 

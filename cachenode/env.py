@@ -25,6 +25,7 @@ class Env:
     kv_writer_token: str | None = None  # engine KV plug-ins: that namespace's writer credential
     writer_token: str | None = None  # an object namespace's writer credential (publishers, verifiers)
     compile_namespace: str | None = None  # the object namespace compiled artifacts live in
+    local_socket: str | None = None  # this host's node's unix socket (loaders on the same host)
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> Env:
@@ -50,6 +51,7 @@ def read_env(environ: Mapping[str, str] | None = None) -> Env:
         kv_writer_token=e.get("CACHENODE_KV_WRITER_TOKEN") or None,
         writer_token=e.get("CACHENODE_WRITER_TOKEN") or None,
         compile_namespace=e.get("CACHENODE_COMPILE_NAMESPACE") or None,
+        local_socket=e.get("CACHENODE_LOCAL_SOCKET") or None,
     )
 
 

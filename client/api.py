@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Awaitable, Callable, Iterable, TypeVar
 
 from cachenode.blocks import BlockRequest, ObjectInfo
-from cachenode.errors import CacheError
+from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
 from cachenode.placement import Member
 from cachenode.source import SourceRef, parse_source
 from cachenode.transport.registry import Registry
@@ -66,8 +66,19 @@ class AsyncClient:
         ref = self.parse(url)
         info, block_size, via, route = await self._resolve(ref)
 
+        channels = self.cluster.channels
+
         async def fetch(index: int, dest: memoryview) -> None:
             req = BlockRequest(ref, info.etag, info.size, block_size, index)
+            host = channels.host_node() if route is not None else None
+            if host is not None:
+                # This host's node first: the same door (token, allow-list), one copy, and the
+                # host's readers share one pull. If it fails, the owners are asked as usual.
+                try:
+                    await host.read_block(req, dest)
+                    return
+                except (PeerUnavailable, BlockCorrupt) as exc:
+                    channels.host_node_failed(exc)
             if route is not None:
                 if await route.read_block(req, dest):
                     return

@@ -7,7 +7,7 @@ import logging
 from cachenode.placement import Member
 from cachenode.transport.base import ChannelOptions, ClientChannel, Connector
 from cachenode.transport.http_client import HttpNodeClient
-from cachenode.transport.registry import TCP, Registry, default_registry
+from cachenode.transport.registry import LOCAL, TCP, Registry, default_registry
 
 from .config import ClientConfig
 
@@ -47,6 +47,20 @@ class Channels:
             log.warning("%s unavailable (%s); using TCP", name.upper(), exc)
             self._failed.add(name)
             return self.http(member.url)
+
+    def host_node(self) -> ClientChannel | None:
+        """The channel to this host's node (config.local_socket), None if there is none or it
+        has failed (the network transports then serve every block)."""
+        path = self.config.local_socket
+        if not path or LOCAL in self._failed or not self._registry.available(LOCAL):
+            return None
+        return self._connector(LOCAL).channel(f"unix:{path}", path)
+
+    def host_node_failed(self, exc: Exception) -> None:
+        if LOCAL not in self._failed:
+            log.warning("this host's node at %s failed (%s); reading over the network from now on",
+                        self.config.local_socket, exc)
+            self._failed.add(LOCAL)
 
     def digest_seconds(self) -> float:
         """Time every block channel has spent checking digests so far."""

@@ -32,6 +32,11 @@ class ClientConfig:
     # Seconds the member list a node gave is reused for later opens (one request less per
     # open); it is asked for again at once after a member fails a request.
     members_ttl: float = 10.0
+    # This host's node's unix socket (the node's --local-socket): blocks come from it as memfd
+    # descriptors, one copy into the reader's buffer instead of a socket's two, and the host's
+    # readers share one pull of each block. Unset: every block over the network transports.
+    # From CACHENODE_LOCAL_SOCKET (no CLI flag: the admin commands read no blocks).
+    local_socket: str | None = None
 
     @classmethod
     def resolve(cls, nodes: Iterable[str] | None = None, token: str | None = None, *,
@@ -45,6 +50,7 @@ class ClientConfig:
             nodes=tuple(n.rstrip("/") for n in (nodes if nodes is not None else env.nodes)),
             token=token or resolve_token(env.token, env.token_file),
             azure=azure or env.azure,
+            local_socket=rest.pop("local_socket", None) or env.local_socket,
             transports=(parse_preference(transports) if isinstance(transports, str) or transports is None
                         else tuple(transports)),
             **rest,

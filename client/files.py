@@ -54,6 +54,12 @@ class AsyncCacheFile:
         self._check()
         return await self._reader.read_into(offset, dest)
 
+    async def view_at(self, offset: int, size: int) -> memoryview | None:
+        """`size` bytes from `offset` (fewer at EOF) as a read-only view of the reader's cached
+        block (no copy), or None if they span two blocks (read_at them instead)."""
+        self._check()
+        return await self._reader.view(offset, size)
+
     async def readinto(self, b) -> int:
         n = await self.read_at(self._pos, memoryview(b).cast("B"))
         self._pos += n

@@ -65,6 +65,31 @@ class BlockReader:
         self._next_sequential = offset + n
         return n
 
+    async def view(self, offset: int, size: int) -> memoryview | None:
+        """The `size` bytes from `offset` (fewer at EOF) as a read-only view of the cached block
+        that holds them, or None if they span two blocks (use read_into then).
+
+        For the mount: its 1 MiB replies were each a fresh buffer plus a copy out of the cached
+        block. The view keeps the block's buffer alive after the cache lets go of it, and a
+        cached block is never written again once its fill is done, so the bytes cannot change.
+        """
+        if offset < 0:
+            raise ValueError(f"negative read offset {offset}")
+        n = max(0, min(size, self.size - offset))
+        if n == 0:
+            return memoryview(b"")
+        bs = self.block_size
+        i = offset // bs
+        if (offset + n - 1) // bs != i:
+            return None
+        buf = await asyncio.shield(self._block(i))  # shielded: the fill is shared (see read_into)
+        # The kernel's readahead sends several requests at once and they may be served out of
+        # order, so "sequential" here means near the last one (same or next block), not equal.
+        if offset == 0 or 0 <= i - (self._next_sequential // bs) <= 1:
+            self._prefetch(i + 1)
+        self._next_sequential = offset + n
+        return memoryview(buf).toreadonly()[offset - i * bs:offset - i * bs + n]
+
     def _block(self, i: int) -> asyncio.Task:
         task = self._cache.get(i)
         if task is None:

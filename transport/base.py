@@ -93,6 +93,7 @@ class ServerOptions:
     port: int = 0
     max_connections: int = 512
     idle_timeout: float = 30.0
+    local_socket: str | None = None  # the local transport's unix socket path
 
 
 class Connector(Protocol):

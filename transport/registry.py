@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
 from typing import Iterable
 
 from .base import Backend, ChannelOptions, Connector, NodeApi, Server, ServerOptions
@@ -13,6 +15,8 @@ SCHEMES = {"http": "tcp", "tcp": "tcp", "ucx": "ucx"}
 DEFAULT_PREFERENCE = ("ucx", "tcp")
 # What every node serves and every owner can fall back to: metadata always goes over it.
 TCP = "tcp"
+# Same-host hand-over: not a member's advertised transport, so never picked by preference.
+LOCAL = "local"
 
 
 class HttpBackend:
@@ -53,6 +57,28 @@ class UcxBackend:
         return UcxServer(service, max_endpoints=options.max_connections)
 
 
+class LocalBackend:
+    """This host's loaders over a unix socket, a memfd per block (Linux): never advertised to
+    other members, a loader finds it by path (CACHENODE_LOCAL_SOCKET)."""
+
+    name = LOCAL
+
+    def available(self) -> bool:
+        return hasattr(os, "memfd_create") and hasattr(socket, "send_fds")
+
+    def connector(self, options: ChannelOptions) -> Connector:
+        from .local_client import LocalConnector
+
+        return LocalConnector(options)
+
+    def server(self, service: NodeApi, options: ServerOptions) -> Server:
+        from .local_server import LocalServer
+
+        if not options.local_socket:
+            raise ValueError("the local transport needs a socket path (--local-socket)")
+        return LocalServer(service, options.local_socket, max_connections=options.max_connections)
+
+
 class Registry:
     """Backends by name. Made by whoever composes a loader or node (no process-wide registry),
     so tests can add one, such as the in-process transport."""
@@ -89,8 +115,8 @@ class Registry:
 
 
 def default_registry(*extra: Backend) -> Registry:
-    """HTTP and UCX, plus any `extra` backends (tests add the in-process one)."""
-    return Registry([HttpBackend(), UcxBackend(), *extra])
+    """HTTP, UCX and local, plus any `extra` backends (tests add the in-process one)."""
+    return Registry([HttpBackend(), UcxBackend(), LocalBackend(), *extra])
 
 
 def parse_preference(text: str | None) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..origin import Origin, Origins
 from ..store.disk import DiskTier
+from ..store.host_copies import HostCopies
 from ..store.memory import MemoryTier
 from ..transport.base import ChannelOptions
 from ..transport.http_client import HttpConnector
@@ -55,6 +56,7 @@ class NodeParts:
         await self.governor.close()
         await self.cache.close()  # pending disk writes finish in here
         await self.objects.close()
+        self.service.host_copies.close()
         await self.azure.close()
         await self.origins.close()
 
@@ -97,6 +99,7 @@ def build_node(config: NodeConfig, *, registry: Registry | None = None, azure: O
                                                    connections_per_node=PEER_CONNECTIONS))
     assert isinstance(peers, HttpConnector)
     node_service = service(config=config, cache=cache, budgets=budgets, governor=governor, metrics=metrics,
-                           membership=membership, peers=peers, objects=objects)
+                           membership=membership, peers=peers, objects=objects,
+                           host_copies=HostCopies(memory))
     return NodeParts(config, metrics, governor, budgets, memory, disk, azure, origins, cache, membership,
                      peers, objects, node_service)

@@ -61,6 +61,10 @@ class NodeConfig:
                                      default_text="the listen address")
     ucx: bool = flag(False, "--ucx", "Also serve blocks over UCX (RDMA/InfiniBand, shared memory; pip install "
                      "cachenode[ucx]). UCX_TLS, UCX_NET_DEVICES etc. pass through to UCX.")
+    local_socket: str | None = flag(None, "--local-socket", "Also hand blocks to loaders on this host over a "
+                                    "unix socket at PATH, relative to --cache-dir unless absolute (a memfd per "
+                                    "block; loaders set CACHENODE_LOCAL_SOCKET to it).",
+                                    metavar="PATH")
     qos: QosConfig = nested(QosConfig)
     peer_timeout: float = flag(10.0, "--peer-timeout", "Seconds without progress before a peer transfer is "
                                "abandoned for the next candidate.")
@@ -113,6 +117,13 @@ class NodeConfig:
                 raise ValueError(f"writer token entry for {name.strip()[:40]!r}: expected NAME=TOKEN")
             out[name.strip()] = token.strip()
         return out
+
+    def local_socket_path(self) -> str | None:
+        """--local-socket as a path: a relative one lives in the cache directory (a hostPath
+        volume on Kubernetes, which the loaders' pods mount too)."""
+        if not self.local_socket:
+            return None
+        return os.path.join(self.cache_dir, self.local_socket)
 
     def file_roots(self) -> tuple[str, ...]:
         """The local directories `file://` allow entries name (the file origin's roots)."""

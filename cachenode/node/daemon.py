@@ -10,7 +10,7 @@ import signal
 
 from ..placement import Member
 from ..transport.base import Server, ServerOptions
-from ..transport.registry import TCP, Registry, default_registry
+from ..transport.registry import LOCAL, TCP, Registry, default_registry
 from .compose import build_node
 from .config import NodeConfig
 from .membership import member_id_of
@@ -47,7 +47,7 @@ class NodeServer:
         self.service = self.parts.service
         self.membership = self.parts.membership
         # HTTP last (as before): once a loader can reach the node, its other transports are up.
-        self._names = (*(("ucx",) if config.ucx else ()), *serve, TCP)
+        self._names = (*(("ucx",) if config.ucx else ()), *((LOCAL,) if config.local_socket else ()), *serve, TCP)
         self._servers: list[Server] = []
         self.url = ""
 
@@ -59,7 +59,8 @@ class NodeServer:
                      self.config.max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         # The cap holds for HTTP connections and for UCX reply endpoints alike.
         options = ServerOptions(host=self.config.host, port=self.config.port,
-                                max_connections=cap, idle_timeout=self.config.idle_timeout)
+                                max_connections=cap, idle_timeout=self.config.idle_timeout,
+                                local_socket=self.config.local_socket_path())
         transports: dict[str, str] = {}
         try:
             for name in self._names:
@@ -68,6 +69,7 @@ class NodeServer:
             await self.stop()  # the node's sessions and tasks are up already: close them
             raise
         self.url = transports.pop(TCP)
+        transports.pop(LOCAL, None)  # this host's loaders find it by path; other hosts must not
         # Our own id is known only now that the port is bound (--port 0 in tests).
         advertised = self.config.advertise_url or self.url
         self.membership.set_self(Member(self.config.member_id or member_id_of(advertised), advertised,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -20,6 +21,7 @@ from ..pauses import Pauses
 from ..placement import rank
 from ..routing import read_from_owners
 from ..source import SourceRef
+from ..store.host_copies import HostCopies
 from ..transport import wire
 from ..transport.http_client import HttpConnector, HttpNodeClient
 from ..transport.object_wire import WRITER_HEADER, ObjectCall
@@ -54,6 +56,7 @@ class NodeService:
     membership: Membership
     peers: HttpConnector  # channels to other nodes (forwards, warm fills), made by the registry
     objects: ObjectStore  # objects without origin: tiers and budgets apart from the blocks'
+    host_copies: HostCopies  # blocks handed to this host's loaders by descriptor (local transport)
     # Owners that failed a forward sit out a pause: the loaders' rule (cachenode.pauses).
     pauses: Pauses = field(default_factory=Pauses)
 
@@ -137,6 +140,38 @@ class NodeService:
         m.served_blocks.labels(block.tier).inc()
         return block
 
+    async def host_copy(self, req: BlockRequest, *, verify: bool = False) -> tuple[int, int, str]:
+        """(fd, length, digest) of a sealed memfd holding exactly `req`'s block, for a loader on
+        this host (the local transport; its token is checked by `authorize` first). The
+        allow-list and block size are checked before the copies are looked at. The fd is the
+        caller's own descriptor (a dup), to close once sent: the copies may drop theirs
+        meanwhile, and a closed number could be reused by another block's copy.
+
+        A copy is made once per block while it stays in the memory budget, so the host's
+        loaders share one pull of it (a non-owner forwards once, then serves its copy)."""
+        self.admit(req)
+        m = self.metrics
+        found = None if verify else self.host_copies.get(req.key)
+        if found is not None:
+            m.served_bytes.inc(found[1])
+            m.served_blocks.labels("host").inc()
+            return os.dup(found[0]), found[1], found[2]
+        block = await self.serve(req, verify=verify, transport="local")
+        try:
+            data = block.data if block.data is not None else await asyncio.to_thread(block.read_file)
+        finally:
+            block.close()
+        # Off the loop: writing 8 MiB into fresh shared memory is a few ms of page faults.
+        fd = await asyncio.to_thread(self.host_copies.make, data)
+        kept = self.host_copies.keep(req.key, fd, block.length, block.digest)
+        return (os.dup(fd) if kept else fd), block.length, block.digest
+
+    def admit(self, req: BlockRequest) -> None:
+        """The checks every block request passes before a tier or an owner is asked:
+        the allow-list, then the node's block size."""
+        self.cache.origin_for(req.ref)  # allow-list first: never forward what we would refuse
+        self._check_block_size(req)
+
     def background_pace(self) -> float | None:
         """Wire bytes/s a transport that can pace a send (TCP) gives one background piece;
         None when nothing paces background traffic."""
@@ -168,8 +203,7 @@ class NodeService:
 
     async def _get_block(self, req: BlockRequest, *, verify: bool = False, forwarded: str | None = None,
                          avoid: frozenset[str] = frozenset(), background: bool = False) -> Block:
-        self.cache.origin_for(req.ref)  # allow-list first: never forward what we would refuse
-        self._check_block_size(req)
+        self.admit(req)
         # A background read that misses fills as warming does: paced on rx, and lifted at once
         # if a loader starts waiting for the same block.
         if self.from_node(forwarded):

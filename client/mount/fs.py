@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import pyfuse3
 
-from cachenode.client.api import AsyncClient
-from cachenode.client.files import AsyncCacheFile
 from cachenode.errors import CacheError, SourceChanged, SourceNotFound
 
 from .namespace import Entry, Namespace
+from .offload import OffloadedClient, OffloadedFile
 
 log = logging.getLogger(__name__)
 XATTR_URL = b"user.cachenode.url"
@@ -30,7 +29,7 @@ class _Pinned:
     for through any handle are fetched once (the page cache then serves the other processes)."""
 
     inode: int
-    file: AsyncCacheFile
+    file: OffloadedFile
     refs: int = 1
     reported: bool = False  # the "replaced while open" line is logged once per version
 
@@ -38,7 +37,7 @@ class _Pinned:
 class CacheFS(pyfuse3.Operations):
     """Directories are containers and blob-name prefixes, files are blobs (read-only)."""
 
-    def __init__(self, namespace: Namespace, client: AsyncClient, *, attr_timeout: float,
+    def __init__(self, namespace: Namespace, client: OffloadedClient, *, attr_timeout: float,
                  uid: int | None = None, gid: int | None = None, on_init=None) -> None:
         super().__init__()
         self._on_init = on_init
@@ -163,9 +162,17 @@ class CacheFS(pyfuse3.Operations):
             # A newer version was opened since: this handle's bytes would land in the same page
             # cache the new version's readers use, so refuse rather than mix versions.
             self._replaced(pinned, "a newer version was opened")
-        buf = bytearray(min(size, max(0, f.size - off)))
+        want = min(size, max(0, f.size - off))
         try:
-            n = await f.read_at(off, memoryview(buf)) if buf else 0
+            # The reply is a view of the cached block: no buffer and no copy per request (the
+            # kernel copies it into the page cache anyway). A range across blocks (unaligned,
+            # or blocks smaller than the request) is assembled in a buffer: a short reply
+            # would read as EOF.
+            view = await f.view_at(off, want)
+            if view is not None:
+                return view
+            buf = bytearray(want)
+            n = await f.read_at(off, memoryview(buf))
         except SourceChanged as exc:
             self._replaced(pinned, str(exc))
         except (CacheError, OSError) as exc:

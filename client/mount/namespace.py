@@ -9,10 +9,11 @@ from dataclasses import dataclass, replace
 from urllib.parse import quote
 
 from cachenode.blocks import ObjectInfo
-from cachenode.client.api import AsyncClient
 from cachenode.client.listing import blob_tree
 from cachenode.errors import CacheError, InvalidSource
 from cachenode.source import AZURE, SourceRef
+
+from .offload import OffloadedClient
 
 log = logging.getLogger(__name__)
 ROOT = 1  # the FUSE root inode (pyfuse3.ROOT_INODE)
@@ -49,7 +50,7 @@ class MountSource:
         return f"{self.url.rstrip('/')}/{quote(blob[len(self.prefix):], safe='/')}"
 
 
-def parse_sources(client: AsyncClient, urls: list[str]) -> list[MountSource]:
+def parse_sources(client: OffloadedClient, urls: list[str]) -> list[MountSource]:
     """Check every --source; all must be blob containers/prefixes, one account per container name."""
     if not urls:
         raise InvalidSource("name at least one --source az://<container>[/<prefix>] to mount")
@@ -73,7 +74,7 @@ class Namespace:
     entries stay valid across refreshes.
     """
 
-    def __init__(self, client: AsyncClient, sources: list[MountSource], ttl: float,
+    def __init__(self, client: OffloadedClient, sources: list[MountSource], ttl: float,
                  clock=time.monotonic) -> None:
         self._client = client
         self._sources = sources

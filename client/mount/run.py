@@ -84,6 +84,21 @@ def _set_readahead(mountpoint: str, nbytes: int) -> None:
             f.write(str(max(4, nbytes // 1024)))
     except OSError as exc:
         log.warning("could not raise the readahead of %s (%s): reads stay at the kernel's default", path, exc)
+    _set_background(mounted[0], max(12, nbytes // (1 << 20) * 2))
+
+
+def _set_background(dev: str, requests: int) -> None:
+    """Let the kernel keep `requests` readahead requests in flight (its default is 12, and it
+    stops issuing readahead at 9, the congestion threshold): 12 x 1 MiB is less than the 32 MiB
+    window, so an mmap reader waits on the mount with free tasks there. Needs fusectl mounted
+    (/sys/fs/fuse/connections) and root; otherwise the defaults stay (logged at debug)."""
+    conn = f"/sys/fs/fuse/connections/{dev.split(':')[-1]}"
+    try:
+        for name, value in (("max_background", requests), ("congestion_threshold", requests * 3 // 4)):
+            with open(f"{conn}/{name}", "w") as f:
+                f.write(str(value))
+    except OSError as exc:
+        log.debug("could not raise the FUSE background limit at %s (%s)", conn, exc)
 
 
 async def serve(config: MountConfig, client_config: ClientConfig,
@@ -92,15 +107,14 @@ async def serve(config: MountConfig, client_config: ClientConfig,
     import pyfuse3
     import pyfuse3.asyncio
 
-    from cachenode.client.api import AsyncClient
-
     from .fs import CacheFS
     from .namespace import Namespace, parse_sources
+    from .offload import OffloadedClient
 
     pyfuse3.asyncio.enable()
     mountpoint = os.path.abspath(config.mountpoint)
     check_mountpoint(mountpoint)
-    client = AsyncClient(config=client_config)
+    client = OffloadedClient(client_config)
     try:
         sources = parse_sources(client, list(config.sources))
         ns = Namespace(client, sources, config.listing_ttl)

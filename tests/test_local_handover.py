@@ -1,0 +1,134 @@
+"""Same-host hand-over (the local transport): blocks as memfd descriptors over a unix socket, through the node's one door."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from cachenode.blocks import BlockRequest, block_count
+from cachenode.client.api import AsyncClient, Client
+from cachenode.errors import BadRequest, Forbidden, PeerUnavailable, Unauthorized
+from cachenode.source import parse_source
+from cachenode.store.host_copies import HostCopies
+from cachenode.store.memory import MemoryTier
+from cachenode.testing.node import NodeProcess
+from cachenode.transport.local_client import LocalNodeClient
+from helpers import BS, TOKEN, metric
+
+
+def _memfds(pid: int) -> int:
+    """How many of the process's descriptors are our block memfds."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:cachenode-block")
+        except OSError:
+            pass
+    return n
+
+
+@pytest.fixture
+def files(tmp_path):
+    root = tmp_path / "files"
+    (root / "ok").mkdir(parents=True)
+    (root / "secret").mkdir()
+    data = os.urandom(5 * BS + 1234)
+    (root / "ok" / "model.bin").write_bytes(data)
+    (root / "secret" / "other.bin").write_bytes(os.urandom(BS))
+    return root, data
+
+
+@pytest.fixture
+def node(tmp_path, files):
+    root, _ = files
+    sock = str(tmp_path / "node.sock")
+    proc = NodeProcess(tmp_path / "node", token=TOKEN, conn_str=None,
+                       args=("--block-size", str(BS), "--allow", f"file://{root / 'ok'}",
+                             "--local-socket", sock)).start()
+    yield proc, sock
+    proc.stop()
+
+
+def test_a_loader_reads_through_its_hosts_node_byte_exact_and_shares_one_copy(node, files):
+    proc, sock = node
+    root, data = files
+    url = f"file://{root / 'ok' / 'model.bin'}"
+    for _ in range(2):  # the second reader is served from the host copies the first one made
+        with Client([proc.url], TOKEN, local_socket=sock) as c, c.open(url) as f:
+            assert f.read() == data
+    # Every block went through the local door (tier "host") and from the copies the second time.
+    assert metric(proc, 'cachenode_served_blocks_total{tier="host"}') == block_count(len(data), BS)
+    assert _memfds(os.getpid()) == 0  # the loader keeps no descriptor after its copy
+    assert _memfds(proc.proc.pid) == block_count(len(data), BS)  # one sealed copy per block
+
+
+def test_token_and_allow_list_are_enforced_on_the_socket(node, files):
+    _, sock = node
+    root, _ = files
+
+    async def read(token, path, bs=BS):
+        ref = parse_source(f"file://{path}")
+        size = os.path.getsize(path)
+        req = BlockRequest(ref, "x", size, bs, 0)
+        ch = LocalNodeClient(sock, token)
+        try:
+            await ch.read_block(req, memoryview(bytearray(min(bs, size))))
+        finally:
+            ch.close()
+
+    ok = root / "ok" / "model.bin"
+    with pytest.raises(Unauthorized):
+        asyncio.run(read(None, ok))
+    with pytest.raises(Forbidden):
+        asyncio.run(read("wrong", ok))
+    with pytest.raises(Forbidden):  # outside the allow-list: refused before any copy is looked at
+        asyncio.run(read(TOKEN, root / "secret" / "other.bin"))
+    with pytest.raises(BadRequest):  # the block size is the node's
+        asyncio.run(read(TOKEN, ok, bs=BS * 2))
+
+
+def test_a_killed_node_leaves_no_shared_memory_and_loaders_fall_back(tmp_path, node, files):
+    proc, sock = node
+    root, data = files
+    url = f"file://{root / 'ok' / 'model.bin'}"
+    shm_before = set(os.listdir("/dev/shm"))
+    with Client([proc.url], TOKEN, local_socket=sock) as c, c.open(url) as f:
+        assert f.read() == data
+    assert _memfds(proc.proc.pid) > 0
+    proc.proc.send_signal(signal.SIGKILL)
+    proc.proc.wait(10)
+    # memfds are anonymous: they died with their only holder; nothing was named in /dev/shm.
+    assert set(os.listdir("/dev/shm")) == shm_before
+    assert _memfds(os.getpid()) == 0
+
+    async def read_dead():
+        ref = parse_source(url)
+        ch = LocalNodeClient(sock, TOKEN, timeout=2)
+        try:
+            await ch.read_block(BlockRequest(ref, "x", len(data), BS, 0), memoryview(bytearray(BS)))
+        finally:
+            ch.close()
+
+    with pytest.raises(PeerUnavailable):
+        asyncio.run(read_dead())
+
+
+def test_host_copies_count_against_memory_and_go_first():
+    memory = MemoryTier(4 * 100)
+    copies = HostCopies(memory)
+    memory.put("a", bytearray(100), "da")
+    memory.put("b", bytearray(100), "db")
+    for key in ("c1", "c2"):
+        assert copies.keep(key, HostCopies.make(b"x" * 100), 100, "d")
+    assert memory.used == 400
+    memory.put("e", bytearray(100), "de")  # room is made from the copies, not the cached blocks
+    assert memory.get("a") is not None and memory.get("b") is not None
+    assert copies.get("c1") is None and copies.get("c2") is not None
+    fd = copies.get("c2")[0]
+    with pytest.raises(PermissionError):  # sealed: no holder can change bytes another reads
+        os.write(fd, b"y")
+    copies.close()
+    assert memory.used == 300
