@@ -288,13 +288,9 @@ def soak(duration, loaders, chaos_every, disk_pressure, n_nodes, workdir, json_p
 def engine(size, n_nodes, runai_concurrency, transport, repeat, workdir, json_path, plot_path) -> None:
     """vLLM (CPU build) weight-load time and time to ready: local disk, Run:ai from Azurite,
     `--load-format cachenode` cold and warm, and vLLM over `cachenode mount`."""
-    from .engine import run_engine_bench, show
+    from .engine import command
 
-    result = run_engine_bench(size, n_nodes, repeat, runai_concurrency, workdir, transport)
-    click.echo(f"\n{repeat} rounds: medians (min-max); weights = time in load_weights")
-    show(result)
-    write_results(result, json_path, plot_path, f"cachebench engine: vLLM CPU, {result['model_bytes'] / 2**30:.2f} GiB "
-                  f"model, {n_nodes} nodes, {transport} ({os.cpu_count()} CPUs); weight load")
+    command(size, n_nodes, repeat, runai_concurrency, workdir, transport, json_path, plot_path)
 
 
 @main.command("compile")

@@ -224,3 +224,20 @@ def show(result: dict) -> None:
     lo, hi = result["ratios_range"]["mount_over_warm"]
     click.echo(f"  mount warm over cachenode warm: {result['ratios']['mount_over_warm']:.3f} ({lo:.3f}-{hi:.3f})")
     click.echo(f"  every engine generated the same tokens: {result['same_tokens']}")
+
+
+def command(size: int, n_nodes: int, repeat: int, runai_concurrency: int, workdir: str | None, transport: str,
+            json_path: str | None, plot_path: str | None) -> None:
+    """`cachebench engine`: the rounds, then the table and targets, then the JSON and plot if asked."""
+    result = run_engine_bench(size, n_nodes, repeat, runai_concurrency, workdir, transport)
+    click.echo(f"\n{repeat} rounds: medians (min-max); weights = time in load_weights")
+    show(result)
+    save(result, json_path, plot_path, n_nodes, transport)
+
+
+def save(result: dict, json_path: str | None, plot_path: str | None, n_nodes: int, transport: str) -> None:
+    """The results as JSON and a plot, each only when asked for."""
+    from .output import write_results
+
+    write_results(result, json_path, plot_path, f"cachebench engine: vLLM CPU, {result['model_bytes'] / 2**30:.2f} GiB "
+                  f"model, {n_nodes} nodes, {transport} ({os.cpu_count()} CPUs); weight load")

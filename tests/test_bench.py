@@ -193,3 +193,15 @@ def test_bad_arguments_are_named_before_anything_starts(args, message):
     r = _bench(*args, timeout=60)
     assert r.returncode == 2
     assert message in r.stderr
+
+
+def test_engine_results_are_written_where_asked(tmp_path):
+    """`cachebench engine` runs for many minutes: the last step (its JSON) must not be where it
+    fails (a NameError there once lost a whole run)."""
+    import json
+
+    from cachenode.bench.engine import save
+
+    out = tmp_path / "engine.json"
+    save({"model_bytes": 1 << 30, "medians": {}}, str(out), None, 3, "tcp")
+    assert json.loads(out.read_text())["model_bytes"] == 1 << 30
