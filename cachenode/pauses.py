@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 FIRST_PAUSE = 1.0
 MAX_PAUSE = 30.0
@@ -77,10 +77,9 @@ class Pauses:
     def is_paused(self, member_id: str) -> bool:
         return member_id in self._paused
 
-    def paused(self, among: Iterable[str] | None = None) -> frozenset[str]:
+    def paused(self) -> frozenset[str]:
         """The members sitting out now (probe or not): what a request tells a node to avoid."""
-        ids = self._paused if among is None else (m for m in among if m in self._paused)
-        return frozenset(ids)
+        return frozenset(self._paused)
 
     def pause_left(self, member_id: str) -> float:
         """Seconds until `member_id` may be probed (0 if it is not paused or may be now)."""

@@ -8,7 +8,7 @@ import logging
 from typing import Awaitable, Iterable, Mapping, Sequence, TypeVar
 
 from cachenode.blocks import digest_off_loop
-from cachenode.errors import BadRequest, Forbidden, PeerUnavailable
+from cachenode.errors import BadRequest, CacheError, Forbidden, PeerUnavailable
 from cachenode.objects import check_keys, check_namespace, object_key
 from cachenode.placement import Member, rank
 from cachenode.transport.base import ObjectChannel
@@ -154,6 +154,11 @@ class AsyncObjectClient(contextlib.AbstractAsyncContextManager):
                 return
             except asyncio.CancelledError:
                 self.cluster.pauses.failed(member.id)  # silent past the deadline: paused like a failure
+                raise
+            except CacheError:
+                # It answered, with an error that is the answer: alive (as in routing's rule), and
+                # a probe it was given must end here, or the member would never be asked again.
+                self.cluster.pauses.succeeded(member.id)
                 raise
             self.cluster.pauses.succeeded(member.id)
             for i, view in zip(positions, got):

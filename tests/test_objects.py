@@ -248,3 +248,20 @@ def test_serve_refuses_bad_object_options_naming_them(args, message, tmp_path):
 
     r = CliRunner().invoke(main, ["serve", "--no-auth", "--cache-dir", str(tmp_path), *args])
     assert r.exit_code == 2 and message in r.output, r.output
+
+
+def test_a_probe_answered_with_an_error_ends_the_pause(nodes):
+    """A paused member's probe that gets an error of ours (it is alive) ends its pause: the
+    next get asks it again and gets the same error, not a silent miss for good."""
+    node = nodes.start("--namespace", "served")
+    with ObjectClient([node.url], TOKEN, namespace="elsewhere") as c:
+        with pytest.raises(Forbidden):
+            c.get(["k"])
+        cluster = c.aclient.cluster
+        (only,) = c._io.run(cluster.require())[1]
+        cluster.pauses.failed(only.id)  # as after a dropped transfer
+        time.sleep(1.05)  # the first pause is over: the next get is the probe
+        with pytest.raises(Forbidden):
+            c.get(["k"])
+        with pytest.raises(Forbidden):  # asked again, not skipped as a member still probing
+            c.get(["k"])
