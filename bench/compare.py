@@ -80,7 +80,8 @@ def run_compare(size: int, n_nodes: int, readers: int, transport: str, block_siz
             # The same node, now as this host's node: blocks handed over as memfds (one copy).
             rec.run("cache_warm_local", [{**cache, "url": cold, "nodes": [cluster.urls[1 % n_nodes]],
                                           "local_socket": str(cluster.procs[1 % n_nodes].cache_dir / "local.sock")}])
-            warm_mount(rec, base / f"mnt{i}", cluster.urls[1 % n_nodes], token, f"cold{i}/model.safetensors")
+            warm_mount(rec, base / f"mnt{i}", cluster.urls[1 % n_nodes], token, f"cold{i}/model.safetensors",
+                       local_socket=str(cluster.procs[1 % n_nodes].cache_dir / "local.sock"))
             conc = bed.url(f"conc{i}/model.safetensors")
             rec.run("cache_cold_concurrent", [{**cache, "url": conc, "nodes": [cluster.urls[j % n_nodes]]}
                                               for j in range(readers)])
@@ -114,16 +115,18 @@ def mount_unavailable() -> str | None:
     return None
 
 
-def warm_mount(rec: Recorder, mountpoint: Path, node: str, token: str, blob: str) -> None:
+def warm_mount(rec: Recorder, mountpoint: Path, node: str, token: str, blob: str,
+               local_socket: str | None = None) -> None:
     """cache_warm_mount: safetensors.load_file from a fresh `cachenode mount` of the warm cluster,
-    in a fresh process, every tensor cloned into fresh memory (as local_safetensors does)."""
+    in a fresh process, every tensor cloned into fresh memory (as local_safetensors does). The
+    mount runs beside its host's node (`local_socket`), as the DaemonSet deploys it."""
     from cachenode.testing.mount import MountProcess
 
     reason = mount_unavailable()
     if reason:
         rec.skip("cache_warm_mount", reason)
         return
-    with MountProcess(mountpoint, [f"az://{CONTAINER}"], [node], token=token):
+    with MountProcess(mountpoint, [f"az://{CONTAINER}"], [node], token=token, local_socket=local_socket):
         rec.run("cache_warm_mount", [{"kind": "local", "path": str(mountpoint / CONTAINER / blob)}])
 
 

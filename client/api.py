@@ -8,6 +8,7 @@ from cachenode.blocks import BlockRequest, ObjectInfo
 from cachenode.errors import BlockCorrupt, CacheError, PeerUnavailable
 from cachenode.placement import Member
 from cachenode.source import SourceRef, parse_source
+from cachenode.transport.base import BlockMapper
 from cachenode.transport.registry import Registry
 
 from .bypass import Bypass, BypassWarning
@@ -87,8 +88,21 @@ class AsyncClient:
                 self._bypass.warn(f"block {index} of {ref}: no cache node answered its open")
             await self._bypass.read_into(ref, info.etag, index * block_size, dest)
 
+        async def fetch_mapped(index: int) -> memoryview | None:
+            # Cached whole blocks (the mount's, partial reads') are this host's node's own pages,
+            # mapped read-only: no copy here at all. Any failure: fetch() as usual.
+            host = channels.host_node() if route is not None else None
+            if not isinstance(host, BlockMapper):
+                return None
+            req = BlockRequest(ref, info.etag, info.size, block_size, index)
+            try:
+                return await host.map_block(req, req.span[1])
+            except (PeerUnavailable, BlockCorrupt) as exc:
+                channels.host_node_failed(exc)
+                return None
+
         reader = BlockReader(fetch, info.size, block_size, window=self.config.window,
-                             readahead=self.config.readahead, on_bytes=on_bytes)
+                             readahead=self.config.readahead, on_bytes=on_bytes, fetch_owned=fetch_mapped)
         return AsyncCacheFile(reader, url, info.etag, via)
 
     @property

@@ -9,6 +9,8 @@ from typing import Awaitable, Callable
 from cachenode.blocks import block_count
 
 Fetch = Callable[[int, memoryview], Awaitable[None]]
+# A whole block as a buffer of the channel's own (a mapping), or None: fetch into a new buffer.
+FetchOwned = Callable[[int], Awaitable["memoryview | None"]]
 
 
 class BlockReader:
@@ -20,8 +22,10 @@ class BlockReader:
     """
 
     def __init__(self, fetch: Fetch, size: int, block_size: int, *, window: int = 8,
-                 readahead: int = 4, on_bytes: Callable[[int], None] | None = None) -> None:
+                 readahead: int = 4, on_bytes: Callable[[int], None] | None = None,
+                 fetch_owned: FetchOwned | None = None) -> None:
         self._fetch = fetch
+        self._fetch_mapped = fetch_owned
         self.size = size
         self.block_size = block_size
         self._window = max(1, window)
@@ -102,11 +106,14 @@ class BlockReader:
             self._cache.move_to_end(i)
         return task
 
-    async def _fetch_owned(self, i: int) -> bytearray:
+    async def _fetch_owned(self, i: int) -> bytearray | memoryview:
         start = i * self.block_size
-        buf = bytearray(min(self.block_size, self.size - start))
-        await self._fetch(i, memoryview(buf))
-        self._progress(len(buf))
+        length = min(self.block_size, self.size - start)
+        mapped = None if self._fetch_mapped is None else await self._fetch_mapped(i)
+        buf = mapped if mapped is not None else bytearray(length)
+        if mapped is None:
+            await self._fetch(i, memoryview(buf))
+        self._progress(length)
         return buf
 
     def _drop_failed(self, i: int, task: asyncio.Task) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import signal
 
@@ -10,10 +11,15 @@ import pytest
 
 from cachenode.blocks import BlockRequest, block_count
 from cachenode.client.api import AsyncClient, Client
+from cachenode.client.iothread import LoopThread
 from cachenode.errors import BadRequest, Forbidden, PeerUnavailable, Unauthorized
+from cachenode.node.config import NodeConfig
+from cachenode.node.daemon import NodeServer
 from cachenode.source import parse_source
+from cachenode.store import shm
 from cachenode.store.host_copies import HostCopies
 from cachenode.store.memory import MemoryTier
+from cachenode.store.shm import ShmBuffers
 from cachenode.testing.node import NodeProcess
 from cachenode.transport.local_client import LocalNodeClient
 from helpers import BS, TOKEN, metric
@@ -56,11 +62,13 @@ def test_a_loader_reads_through_its_hosts_node_byte_exact_and_shares_one_copy(no
     proc, sock = node
     root, data = files
     url = f"file://{root / 'ok' / 'model.bin'}"
-    for _ in range(2):  # the second reader is served from the host copies the first one made
+    for _ in range(2):  # the second reader is served the memfds the first one's fills made
         with Client([proc.url], TOKEN, local_socket=sock) as c, c.open(url) as f:
             assert f.read() == data
-    # Every block went through the local door (tier "host") and from the copies the second time.
-    assert metric(proc, 'cachenode_served_blocks_total{tier="host"}') == block_count(len(data), BS)
+    # Every block of both reads went through this node's door; the file was read from its origin once.
+    blocks = block_count(len(data), BS)
+    served = sum(metric(proc, f'cachenode_served_blocks_total{{tier="{t}"}}') for t in ("origin", "memory", "host"))
+    assert served == 2 * blocks and metric(proc, "cachenode_fills_total") == blocks
     assert _memfds(os.getpid()) == 0  # the loader keeps no descriptor after its copy
     assert _memfds(proc.proc.pid) == block_count(len(data), BS)  # one sealed copy per block
 
@@ -132,3 +140,48 @@ def test_host_copies_count_against_memory_and_go_first():
         os.write(fd, b"y")
     copies.close()
     assert memory.used == 300
+
+
+def test_a_cached_block_is_handed_over_uncopied_sealed_and_freed_after_its_last_view():
+    buffers = ShmBuffers()
+    buf = buffers(BS)
+    buf[:5] = b"bytes"
+    fd = shm.handle(buf)  # what a loader gets: the buffer's own memfd, sealed on first hand-over
+    try:
+        assert os.pread(fd, 5, 0) == b"bytes"
+        with pytest.raises(PermissionError):
+            os.pwrite(fd, b"x", 0)
+        with pytest.raises(PermissionError):  # no writable mapping either, nor a resize
+            mmap.mmap(fd, BS)
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, 2 * BS)
+        view = buf.toreadonly()[1:]
+        del buf
+        assert buffers.live == 1  # a view (a send in progress) keeps the buffer
+        del view
+        assert buffers.live == 0
+        assert os.pread(fd, 5, 0) == b"bytes"  # the loader's descriptor keeps the bytes
+    finally:
+        os.close(fd)
+    assert shm.handle(bytearray(BS)) is None and shm.handle(ShmBuffers()(BS)[1:]) is None
+
+
+def test_the_node_hands_over_its_tiers_own_bytes_without_a_second_copy(tmp_path, files):
+    root, data = files
+    config = NodeConfig(port=0, cache_dir=str(tmp_path / "node"), block_size=BS, token=TOKEN,
+                        memory_bytes=64 * BS, allow=(f"file://{root / 'ok'}",), local_socket="node.sock")
+    io = LoopThread()
+    server = NodeServer(config)
+    try:
+        url = io.run(server.start())
+        with Client([url], TOKEN, local_socket=config.local_socket_path()) as c, \
+                c.open(f"file://{root / 'ok' / 'model.bin'}") as f:
+            assert f.read() == data
+        # Filled into memfds and handed over as they are: no host copies beside the tier.
+        assert server.parts.service.host_copies.used == 0
+        assert server.parts.cache.buffers.live == block_count(len(data), BS)
+        assert server.parts.memory.used == len(data)
+    finally:
+        io.run(server.stop())
+        io.close()
+

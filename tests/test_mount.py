@@ -80,7 +80,7 @@ def world(tmp_path_factory, blob_service, azurite):
         blob_service.get_blob_client(container, rel).upload_blob((local / rel).read_bytes())
     mp = base / "mnt"
     with LocalCluster(base / "cluster", 2, token=TOKEN, conn_str=azurite.connection_string,
-                      args=("--block-size", f"{BS}")) as cluster, \
+                      args=("--block-size", f"{BS}", "--local-socket", "local.sock")) as cluster, \
             MountProcess(mp, [f"az://{container}"], cluster.urls, token=TOKEN,
                          args=("--listing-ttl", "0.5")) as m:
         yield local, mp / container, cluster, m, container
@@ -175,6 +175,26 @@ def test_four_processes_pull_a_checkpoint_from_the_cluster_once(world, blob_serv
     outs = [p.communicate(timeout=60)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs) and {o.strip() for o in outs} == {hashlib.sha256(data).hexdigest()}
     assert served() - before == len(blob)  # once, not 4 times
+
+
+def test_a_mount_beside_a_node_maps_that_nodes_blocks_and_reads_byte_exact(world, tmp_path, azurite):
+    local, _, _, _, container = world
+    want = (local / "ckpt" / "big.safetensors").read_bytes()
+    # Blocks of 1 MiB: the kernel's requests (up to 1 MiB) each fall in one block, which the
+    # mount keeps whole and answers views of (smaller blocks are read into the request's buffer).
+    with LocalCluster(tmp_path / "cluster", 1, token=TOKEN, conn_str=azurite.connection_string,
+                      args=("--block-size", "1MiB", "--local-socket", "local.sock")) as cluster, \
+            MountProcess(tmp_path / "mnt", [f"az://{container}"], cluster.urls, token=TOKEN,
+                         local_socket=cluster.procs[0].cache_dir / "local.sock") as m:
+        with open(tmp_path / "mnt" / container / "ckpt" / "big.safetensors", "rb") as f:
+            head = f.read(4096)
+            # While the file is open its cached blocks are the node's memfds, mapped read-only:
+            # the mount copies nothing itself (the kernel copies its replies into the page cache).
+            with open(f"/proc/{m.proc.pid}/maps") as maps:
+                assert "/memfd:cachenode-block" in maps.read()
+            assert head + f.read() == want
+        # Every block came by descriptor through the node's one door.
+        assert metric(cluster.procs[0], "cachenode_served_bytes_total") >= len(want)
 
 
 def test_blob_replaced_under_an_open_file_gives_eio_then_the_new_version(world, blob_service):

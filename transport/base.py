@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Protocol, runtime_checkable
 
 from cachenode.blocks import Block, BlockRequest
 from cachenode.routing import Channel
@@ -11,7 +11,7 @@ from cachenode.source import SourceRef
 
 from .object_wire import ObjectCall
 
-__all__ = ["Backend", "Channel", "ChannelOptions", "ClientChannel", "Connector", "NodeApi", "ObjectChannel",
+__all__ = ["Backend", "BlockMapper", "Channel", "ChannelOptions", "ClientChannel", "Connector", "NodeApi", "ObjectChannel",
            "Server", "ServerOptions"]
 
 # `Channel` (read a block into a caller's buffer) is declared in the core module that calls it,
@@ -25,6 +25,15 @@ class ClientChannel(Channel, Protocol):
 
     def close(self) -> None:
         """Drop the connections this channel keeps."""
+
+
+@runtime_checkable
+class BlockMapper(Protocol):
+    """A channel that can also give a whole block as a read-only mapping (this host's node's
+    memfd): readers that keep whole blocks skip the copy into a buffer of their own."""
+
+    async def map_block(self, req: BlockRequest, length: int) -> memoryview:
+        """The block's bytes, mapped read-only."""
 
 
 class ObjectChannel(Protocol):

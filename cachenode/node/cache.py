@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from typing import Callable
 
 from ..blocks import Block, BlockRequest, ObjectInfo, block_key, block_span, digest
 from ..errors import Forbidden, OriginUnavailable
@@ -27,8 +28,12 @@ class BlockCache:
     Several may live in one process (tests): no global state."""
 
     def __init__(self, config: NodeConfig, *, memory: MemoryTier, disk: DiskTier, origins: Origins,
-                 governor: Governor, budgets: Budgets, metrics: NodeMetrics) -> None:
+                 governor: Governor, budgets: Budgets, metrics: NodeMetrics,
+                 buffers: Callable[[int], bytearray | memoryview] = bytearray) -> None:
         self.config = config
+        # Where a filled block's bytes live (store/shm.py: memfds, when this host's loaders are
+        # handed blocks by descriptor; plain memory otherwise).
+        self.buffers = buffers
         self.metrics = metrics
         self.memory = memory
         self.disk = disk
@@ -174,7 +179,7 @@ class BlockCache:
 
     async def _fill_now(self, origin: Origin, req: BlockRequest, key: str, offset: int, length: int,
                         background: bool) -> Block:
-        buf = bytearray(length)
+        buf = self.buffers(length)
 
         async def read(pos: int, view: memoryview) -> None:
             await self._bounded(origin, origin.read_into(req.ref, req.etag, offset + pos, view),

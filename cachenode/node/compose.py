@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import resource
 from dataclasses import dataclass
+from typing import Callable
 
 from ..origin import Origin, Origins
 from ..store.disk import DiskTier
 from ..store.host_copies import HostCopies
 from ..store.memory import MemoryTier
+from ..store.shm import ShmBuffers
 from ..transport.base import ChannelOptions
 from ..transport.http_client import HttpConnector
 from ..transport.registry import TCP, Registry, default_registry
@@ -20,6 +24,8 @@ from .metrics import NodeMetrics
 from .objects import ObjectStore
 from .qos import Governor
 from .service import NodeService
+
+log = logging.getLogger("cachenode.node")
 
 # Node-to-node HTTP connections kept per peer (forwards and warm fills).
 PEER_CONNECTIONS = 32
@@ -61,6 +67,25 @@ class NodeParts:
         await self.origins.close()
 
 
+def block_buffers(config: NodeConfig, nofile: int | None = None) -> Callable[[int], bytearray | memoryview]:
+    """Memfd block buffers when this host's loaders are handed blocks (--local-socket), so a
+    hand-over is a descriptor of the tier's own bytes, not a copy; plain memory otherwise. One
+    descriptor per buffer: as many as the memory tier holds blocks (plus fills and forwards in
+    flight), but at most a quarter of the descriptor limit (connections need the rest); blocks
+    past that are plain memory, copied into a memfd once when handed over."""
+    if not config.local_socket:
+        return bytearray
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    blocks = config.memory_bytes // config.block_size + 64
+    limit = blocks if nofile == resource.RLIM_INFINITY else min(blocks, nofile // 4)
+    if limit < blocks:
+        log.info("at most %d of %d cached blocks in memfds (descriptor limit %d): the others are "
+                 "copied once when handed to a local loader; raise the limit (ulimit -n) to avoid that",
+                 limit, blocks, nofile)
+    return ShmBuffers(limit)
+
+
 def build_node(config: NodeConfig, *, registry: Registry | None = None, azure: Origin | None = None,
                file: Origin | None = None, service: type[NodeService] = NodeService) -> NodeParts:
     """Every part of one node from its config. Tests may pass a registry that also holds the
@@ -84,7 +109,7 @@ def build_node(config: NodeConfig, *, registry: Registry | None = None, azure: O
     # One account per node: every Azure source goes to the node's own configured origin.
     origins = Origins(lambda ref: azure, file, config.file_roots())
     cache = BlockCache(config, memory=memory, disk=disk, origins=origins, governor=governor, budgets=budgets,
-                       metrics=metrics)
+                       metrics=metrics, buffers=block_buffers(config))
     membership = Membership(peers=config.peers, peers_file=config.peers_file, peers_dns=config.peers_dns,
                             health_interval=config.health_interval,
                             health_timeout=min(2.0, config.peer_timeout))

@@ -9,6 +9,7 @@ import resource
 import signal
 
 from ..placement import Member
+from ..store.shm import ShmBuffers
 from ..transport.base import Server, ServerOptions
 from ..transport.registry import LOCAL, TCP, Registry, default_registry
 from .compose import build_node
@@ -18,16 +19,17 @@ from .membership import member_id_of
 log = logging.getLogger("cachenode.daemon")
 
 
-def connection_cap(configured: int, nofile: int | None = None) -> int:
+def connection_cap(configured: int, nofile: int | None = None, held: int = 0) -> int:
     """Connections a node holds at most: the configured cap, but never more than the process's
     descriptor limit allows. Each connection may hold a second descriptor (the block file it is
-    sending), and a reserve stays free for the origin, peers, UCX and the disk writer."""
+    sending), and a reserve stays free for the origin, peers, UCX and the disk writer, beside
+    the `held` descriptors of memfd block buffers."""
     if nofile is None:
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if nofile == resource.RLIM_INFINITY:
             return configured
     reserve = max(32, nofile // 8)
-    return max(8, min(configured, (nofile - reserve) // 2))
+    return max(8, min(configured, (nofile - reserve - held) // 2))
 
 
 class CannotListen(Exception):
@@ -53,7 +55,9 @@ class NodeServer:
 
     async def start(self) -> str:
         await self.parts.start()
-        cap = connection_cap(self.config.max_connections)
+        buffers = self.parts.cache.buffers
+        held = buffers.limit if isinstance(buffers, ShmBuffers) else 0
+        cap = connection_cap(self.config.max_connections, held=held)
         if cap < self.config.max_connections:
             log.info("at most %d connections (--max-connections %d; descriptor limit %d)", cap,
                      self.config.max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0])

@@ -21,6 +21,7 @@ from ..pauses import Pauses
 from ..placement import rank
 from ..routing import read_from_owners
 from ..source import SourceRef
+from ..store import shm
 from ..store.host_copies import HostCopies
 from ..transport import wire
 from ..transport.http_client import HttpConnector, HttpNodeClient
@@ -147,8 +148,10 @@ class NodeService:
         caller's own descriptor (a dup), to close once sent: the copies may drop theirs
         meanwhile, and a closed number could be reused by another block's copy.
 
-        A copy is made once per block while it stays in the memory budget, so the host's
-        loaders share one pull of it (a non-owner forwards once, then serves its copy)."""
+        Blocks in memfds (store/shm.py, with --local-socket) are handed over as they are: the
+        memory tier's own bytes, or a forwarded block's, kept as this host's copy (a non-owner
+        forwards once, then serves its copy), within the memory budget. Others (a disk block)
+        are copied into a memfd once."""
         self.admit(req)
         m = self.metrics
         found = None if verify else self.host_copies.get(req.key)
@@ -158,11 +161,15 @@ class NodeService:
             return os.dup(found[0]), found[1], found[2]
         block = await self.serve(req, verify=verify, transport="local")
         try:
-            data = block.data if block.data is not None else await asyncio.to_thread(block.read_file)
+            fd = None if block.data is None else shm.handle(block.data)
+            if fd is not None and block.tier != "peer":
+                return fd, block.length, block.digest  # the tier's own buffer: nothing to keep
+            if fd is None:
+                data = block.data if block.data is not None else await asyncio.to_thread(block.read_file)
+                # Off the loop: writing 8 MiB into fresh shared memory is a few ms of page faults.
+                fd = await asyncio.to_thread(self.host_copies.make, data)
         finally:
             block.close()
-        # Off the loop: writing 8 MiB into fresh shared memory is a few ms of page faults.
-        fd = await asyncio.to_thread(self.host_copies.make, data)
         kept = self.host_copies.keep(req.key, fd, block.length, block.digest)
         return (os.dup(fd) if kept else fd), block.length, block.digest
 
@@ -232,7 +239,7 @@ class NodeService:
         # The forwarded block's buffer counts like a fill's; released before any local fill,
         # which takes a slot of its own.
         async with self.budgets.fill_slots(background):
-            buf = bytearray(length)
+            buf = self.cache.buffers(length)
             got = await read_from_owners(req, memoryview(buf), owners, self._channel, self.pauses,
                                          avoid=avoid, forwarded=self._forward_secret or "1",
                                          background=background, on_down=on_down)

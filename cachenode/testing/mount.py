@@ -21,7 +21,8 @@ class MountProcess(ChildProcess):
 
     def __init__(self, mountpoint: str | Path, sources: list[str], nodes: list[str], *,
                  token: str | None, account: str = AZURITE_ACCOUNT, args: tuple[str, ...] = (),
-                 log_path: str | Path | None = None) -> None:
+                 log_path: str | Path | None = None, local_socket: str | Path | None = None) -> None:
+        """`local_socket`: this host's node's (its --local-socket path): blocks come as its memfds."""
         self.mountpoint = Path(mountpoint)
         super().__init__(log_path or f"{self.mountpoint}.log")
         self.cmd = [sys.executable, "-m", "cachenode", "mount", str(self.mountpoint),
@@ -31,6 +32,8 @@ class MountProcess(ChildProcess):
         self.env["AZURE_STORAGE_ACCOUNT_NAME"] = account  # az://container names no account
         if token:
             self.env["CACHENODE_TOKEN"] = token
+        if local_socket:
+            self.env["CACHENODE_LOCAL_SOCKET"] = str(local_socket)
 
     def prepare(self) -> None:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
