@@ -15,12 +15,15 @@ from cachenode.client.iothread import LoopThread
 from cachenode.errors import BadRequest, Forbidden, PeerUnavailable, Unauthorized
 from cachenode.node.config import NodeConfig
 from cachenode.node.daemon import NodeServer
+from cachenode.node.service import NodeService
+from cachenode.placement import rank
 from cachenode.source import parse_source
 from cachenode.store import shm
 from cachenode.store.host_copies import HostCopies
 from cachenode.store.memory import MemoryTier
 from cachenode.store.shm import ShmBuffers
 from cachenode.testing.node import NodeProcess
+from cachenode.testing.ports import free_port
 from cachenode.transport.local_client import LocalNodeClient
 from helpers import BS, TOKEN, metric
 
@@ -185,3 +188,56 @@ def test_the_node_hands_over_its_tiers_own_bytes_without_a_second_copy(tmp_path,
         io.run(server.stop())
         io.close()
 
+
+
+class _SlowOwner(NodeService):
+    """An owner whose answers take 0.3 s, so every request below arrives while the first forward
+    is still on its way (a fault by subclassing: the forwarding itself is real HTTP)."""
+
+    async def serve(self, req, **kwargs):
+        await asyncio.sleep(0.3)
+        return await super().serve(req, **kwargs)
+
+
+def test_eight_loaders_asking_at_once_for_a_block_share_one_forward(tmp_path):
+    """The 8 ranks of a host ask their node for the same block at the same moment; the node does
+    not own it. One forward crosses the host's link; the other 7 wait for it and share its copy."""
+    root = tmp_path / "files"
+    root.mkdir()
+    data = os.urandom(16 * BS)  # 16 blocks: b owns some of them (all a's: 2**-16)
+    (root / "m.bin").write_bytes(data)
+    ports = {"a": free_port(), "b": free_port()}
+    peers = tuple(f"{m}=http://127.0.0.1:{p}" for m, p in ports.items())
+
+    def config(member: str, **extra) -> NodeConfig:
+        return NodeConfig(port=ports[member], cache_dir=str(tmp_path / member), block_size=BS, token=TOKEN,
+                          allow=(f"file://{root}",), peers=peers, member_id=member, **extra)
+
+    async def main():
+        b = NodeServer(config("b"), service=_SlowOwner)
+        a = NodeServer(config("a", local_socket="a.sock"))
+        await b.start()
+        await a.start()
+        loaders = [LocalNodeClient(a.config.local_socket_path(), TOKEN) for _ in range(8)]
+        try:
+            ref = parse_source(f"file://{root / 'm.bin'}")
+            info = await a.parts.cache.stat(ref)
+            reqs = [BlockRequest(ref, info.etag, info.size, BS, i) for i in range(16)]
+            req = next(r for r in reqs if rank(r.key, ["a", "b"])[0] == "b")
+            bufs = [bytearray(BS) for _ in loaders]
+            await asyncio.gather(*(c.read_block(req, memoryview(buf)) for c, buf in zip(loaders, bufs)))
+            sample = a.parts.metrics.registry.get_sample_value
+            return (req.index, bufs, sample("cachenode_forwarded_total"),
+                    sample("cachenode_served_blocks_total", {"tier": "host"}),
+                    b.parts.metrics.registry.get_sample_value("cachenode_served_bytes_total"))
+        finally:
+            for c in loaders:
+                c.close()
+            await a.stop()
+            await b.stop()
+
+    index, bufs, forwards, shared, owner_sent = asyncio.run(main())
+    assert all(buf == data[index * BS:(index + 1) * BS] for buf in bufs)
+    assert forwards == 1  # one pull from the owner for the host, not one per rank
+    assert owner_sent == BS
+    assert shared == 7  # the others were handed the one copy

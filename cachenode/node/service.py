@@ -34,6 +34,7 @@ from .membership import Membership
 from .metrics import NodeMetrics
 from .objects import ObjectStore
 from .qos import Governor
+from .singleflight import SingleFlight
 
 log = logging.getLogger("cachenode.service")
 
@@ -67,6 +68,8 @@ class NodeService:
         self._peer_timeout = self.config.peer_timeout
         self._namespaces = frozenset(self.config.namespaces)
         self._writers = self.config.writers()
+        # One pull per block for this host's loaders (host_copy), apart from the cache's fills.
+        self._host_flights: SingleFlight[tuple[bytes | bytearray, int, str]] = SingleFlight()
 
     def peer(self, url: str) -> HttpNodeClient:
         """The channel to another node (forwards, warm fills), made through the transport registry."""
@@ -148,30 +151,66 @@ class NodeService:
         caller's own descriptor (a dup), to close once sent: the copies may drop theirs
         meanwhile, and a closed number could be reused by another block's copy.
 
-        Blocks in memfds (store/shm.py, with --local-socket) are handed over as they are: the
-        memory tier's own bytes, or a forwarded block's, kept as this host's copy (a non-owner
-        forwards once, then serves its copy), within the memory budget. Others (a disk block)
-        are copied into a memfd once."""
+        Blocks in memfds (store/shm.py, with --local-socket) are handed over as they are: a
+        tier's own bytes, with nothing kept beside them. Others (forwarded blocks, which no tier
+        here keeps; disk blocks) are kept as this host's copy, one per block while it stays in
+        the memory budget, so the host's loaders share one pull of it (a non-owner forwards
+        once, then serves its copy); a forwarded block in a memfd is kept uncopied."""
         self.admit(req)
-        m = self.metrics
-        found = None if verify else self.host_copies.get(req.key)
+        if verify:
+            # The loader found the copy it got corrupt: a pull of its own, from tiers that check
+            # theirs, replacing the kept copy. Never joins a flight that may hand out the bad one.
+            data, length, dg, own = await self._pull_and_keep(req, verify=True)
+        else:
+            found = self._hand_kept(req.key)
+            if found is not None:
+                return found
+            # Single-flight per block: the ranks of a host ask for the same block at the same
+            # moment, and each would pull it (a forward from its owner crosses the host's link
+            # once per rank) and make a copy of its own. No await since the look-up above, so
+            # a flight that kept the copy has not ended unseen in between.
+            (data, length, dg, own), shared = await self._host_flights.do(req.key, lambda: self._pull_and_keep(req))
+            if shared:
+                self.metrics.served_bytes.inc(length)
+                self.metrics.served_blocks.labels("host").inc()
+        fd = shm.handle(data) if own else None
+        if fd is not None:
+            return fd, length, dg  # the tier's own memfd: every waiter gets a descriptor of it
+        found = self.host_copies.get(req.key)
         if found is not None:
-            m.served_bytes.inc(found[1])
-            m.served_blocks.labels("host").inc()
-            return os.dup(found[0]), found[1], found[2]
+            return os.dup(found[0]), found[1], found[2]  # no await since get: the fd is still the copy's
+        # Not kept (no room in the memory budget), or already shed to make room: the pulled
+        # bytes' own memfd, or a copy for this request alone (never a second pull).
+        fd = shm.handle(data)
+        return (fd if fd is not None else await asyncio.to_thread(self.host_copies.make, data)), length, dg
+
+    def _hand_kept(self, key: str) -> tuple[int, int, str] | None:
+        """The kept copy of `key` for one more loader (a dup of its fd), counted; None if none."""
+        found = self.host_copies.get(key)
+        if found is None:
+            return None
+        self.metrics.served_bytes.inc(found[1])
+        self.metrics.served_blocks.labels("host").inc()
+        return os.dup(found[0]), found[1], found[2]
+
+    async def _pull_and_keep(self, req: BlockRequest, *, verify: bool = False):
+        """(bytes, length, digest, own) of the block from the tiers or its owner (one `serve`).
+        `own`: the bytes are a tier's own memfd, handed over as they are; otherwise they are
+        kept as this host's copy if the memory budget has room."""
         block = await self.serve(req, verify=verify, transport="local")
         try:
-            fd = None if block.data is None else shm.handle(block.data)
-            if fd is not None and block.tier != "peer":
-                return fd, block.length, block.digest  # the tier's own buffer: nothing to keep
-            if fd is None:
-                data = block.data if block.data is not None else await asyncio.to_thread(block.read_file)
-                # Off the loop: writing 8 MiB into fresh shared memory is a few ms of page faults.
-                fd = await asyncio.to_thread(self.host_copies.make, data)
+            data = block.data if block.data is not None else await asyncio.to_thread(block.read_file)
         finally:
             block.close()
-        kept = self.host_copies.keep(req.key, fd, block.length, block.digest)
-        return (os.dup(fd) if kept else fd), block.length, block.digest
+        if block.tier != "peer" and shm.mapped(data):
+            return data, block.length, block.digest, True
+        fd = shm.handle(data)  # a forward into a memfd: kept as it is
+        if fd is None:
+            # Off the loop: writing 8 MiB into fresh shared memory is a few ms of page faults.
+            fd = await asyncio.to_thread(self.host_copies.make, data)
+        if not self.host_copies.keep(req.key, fd, block.length, block.digest):
+            os.close(fd)  # no room: each waiter is handed `data` by itself
+        return data, block.length, block.digest, False
 
     def admit(self, req: BlockRequest) -> None:
         """The checks every block request passes before a tier or an owner is asked:

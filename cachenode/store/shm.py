@@ -75,13 +75,18 @@ class ShmBuffers:
         self.live -= 1
 
 
+def mapped(buf) -> bool:
+    """True if `buf` is a whole ShmBuffers buffer (it has a memfd to hand over)."""
+    exporter = buf.obj if isinstance(buf, memoryview) else None
+    return isinstance(exporter, _Mapping) and buf.nbytes == exporter._length_
+
+
 def handle(buf) -> int | None:
     """A new descriptor (the caller's to close) of the memfd behind `buf`, sealed against
     writes, or None if `buf` is not a whole ShmBuffers buffer."""
-    exporter = buf.obj if isinstance(buf, memoryview) else None
-    if not isinstance(exporter, _Mapping) or buf.nbytes != exporter._length_:
+    if not mapped(buf):
         return None
-    fd = exporter.fd
+    fd = buf.obj.fd
     if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SEAL == 0:
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
     return os.dup(fd)

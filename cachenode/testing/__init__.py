@@ -10,6 +10,7 @@ One idea a module (no pytest here, and nothing started at import):
 - `node`: `cachenode serve` as a child process
 - `cluster`: n node processes sharing a peers file; a node's view of the members
 - `mount`: `cachenode mount` as a child process
+- `read_child`: one of several reader processes that load one file at once (loader or plain open)
 - `blobproxy`: a counting, fault-injecting HTTP proxy in front of Azurite (the origin-side witness)
 - `netns`: test hosts in network namespaces joined by veth links (root)
 - `relay`: a TCP relay from one address to another, on a thread

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -71,6 +72,20 @@ class VethHost:
 
     def exec_prefix(self) -> tuple[str, ...]:
         return ("ip", "netns", "exec", self.ns)
+
+    def net_prefix(self) -> tuple[str, ...]:
+        """A command prefix that joins only the network namespace. `ip netns exec` also gives
+        the command a mount namespace of its own, so a FUSE mount made under it would be
+        invisible to every other process; under this prefix it is the host's."""
+        return ("nsenter", f"--net=/run/netns/{self.ns}")
+
+    def rx_bytes(self) -> int:
+        """Bytes received so far by every interface of the namespace but loopback: what entered
+        this test host (frames as the kernel counts them, headers included)."""
+        out = subprocess.run(["ip", "-n", self.ns, "-j", "-s", "link", "show"], check=True,
+                             capture_output=True, text=True, timeout=30).stdout
+        return sum(link["stats64"]["rx"]["bytes"] for link in json.loads(out)
+                   if link.get("link_type") != "loopback")
 
     def shape(self, rate: str, burst_bytes: int = 64 << 10, both_ways: bool = False) -> None:
         """Rate-limit the link with tc tbf, e.g. "100mbit": traffic into this host, and with
