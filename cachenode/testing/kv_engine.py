@@ -5,7 +5,8 @@
 SPEC: {"model": dir, "kv": {kv_connector_extra_config}, "prompts": {name: [token ids]},
 "steps": [{"prompt": name, "max_tokens": n}], "max_model_len": n}. OUT: per step the generated
 token ids, vLLM's own `num_cached_tokens` and the wall time of the generate call (with
-max_tokens=1 that is the time to first token), plus the time to ready.
+max_tokens=1 that is the time to first token), the top candidates' logprobs of each generated
+token, plus the time to ready.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def run_child(workdir: Path, name: str, spec: dict, env: dict[str, str] | None =
     return result
 
 
+TOP_LOGPROBS = 5  # candidates reported per generated token: a greedy flip between near-ties shows
+
+
 def run(spec: dict) -> dict:
     """Start one engine, run the steps in order, return the results."""
     # The engine core in this process (vLLM would spawn one): the connector's scheduler and
@@ -69,13 +73,17 @@ def run(spec: dict) -> dict:
     steps = []
     for step in spec["steps"]:
         ids = spec["prompts"][step["prompt"]]
-        params = SamplingParams(temperature=0.0, max_tokens=step.get("max_tokens", 8), ignore_eos=True)
+        params = SamplingParams(temperature=0.0, max_tokens=step.get("max_tokens", 8), ignore_eos=True,
+                                logprobs=TOP_LOGPROBS)
         t = time.perf_counter()
         out = llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
         seconds = time.perf_counter() - t
         steps.append({"prompt": step["prompt"], "prompt_tokens": len(ids), "seconds": seconds,
                       "num_cached_tokens": out.num_cached_tokens or 0,
-                      "tokens": list(out.outputs[0].token_ids)})
+                      "tokens": list(out.outputs[0].token_ids),
+                      # per generated position, the top candidates' logprobs {token id: logprob}
+                      "logprobs": [{str(t): lp.logprob for t, lp in pos.items()}
+                                   for pos in out.outputs[0].logprobs or []]})
     return {"ready_seconds": ready, "steps": steps}
 
 
