@@ -66,7 +66,8 @@ class ShmBuffers:
         exporter = kind.from_address(addr)
         exporter.fd = fd
         self.live += 1
-        weakref.finalize(exporter, self._free, addr, max(1, length), fd)
+        # Not at exit: a thread may still read a view then, and exit frees the memory anyway.
+        weakref.finalize(exporter, self._free, addr, max(1, length), fd).atexit = False
         return memoryview(exporter).cast("B")
 
     def _free(self, addr: int, length: int, fd: int) -> None:
