@@ -58,14 +58,18 @@ def _status(pid: int, field: str) -> int:
 
 
 def _tree_bytes(root: Path) -> int:
-    total = 0
+    """Bytes of the files under `root`, each file once: a block written to a temp name and renamed
+    into its directory while the walk runs is met under both names (the walk read the temp
+    directory first), and counting it twice reported one block over the budget."""
+    seen: dict[tuple[int, int], int] = {}
     for d, _, files in os.walk(root):
         for name in files:
             try:
-                total += os.path.getsize(os.path.join(d, name))
+                st = os.stat(os.path.join(d, name))
             except FileNotFoundError:  # renamed or evicted while we walked
-                pass
-    return total
+                continue
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
 
 
 @dataclass

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
-from cachenode.bench.soak import check
+from cachenode.bench.soak import _tree_bytes, check
 
 
 def test_a_short_soak_passes_with_every_kind_of_chaos(tmp_path):
@@ -42,6 +43,17 @@ def test_the_soak_check_names_each_breach():
     assert "grew 101 MiB" in check(_result(incarnations=big))[0]
     leak = [{"node": 0, "pid": 7, "rss_over_idle_mib": 1, "fds_start": 10, "fds_end": 40}]
     assert check(_result(incarnations=leak)) == ["node 0 descriptors 10 -> 40"]
+
+
+def test_the_cache_dir_size_counts_a_file_met_under_two_names_once(tmp_path):
+    # A block renamed from its temp name while the walk runs is met twice; a hard link is the
+    # same file under two names, deterministically (a disk-pressure soak failed on it: 12 > 8 MiB).
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "tmp" / "block").write_bytes(b"x" * 1000)
+    os.link(tmp_path / "tmp" / "block", tmp_path / "ab" / "block")
+    (tmp_path / "ab" / "other").write_bytes(b"y" * 24)
+    assert _tree_bytes(tmp_path) == 1024
 
 
 def test_the_soak_check_names_objects_that_evicted_blocks_or_were_never_read():
