@@ -1,9 +1,10 @@
-"""UCX on each side's own loop: one eager request per block, several loops in one process, and a
-refused read that ends at once without touching the other reads."""
+"""UCX on each side's own loop: one eager request per block, blocks placed mid-page, several loops
+in one process, and a refused read that ends at once without touching the other reads."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import time
 
@@ -13,16 +14,24 @@ from cachenode.blocks import BlockRequest, block_count
 from cachenode.client.api import AsyncClient
 from cachenode.client.iothread import LoopThread
 from cachenode.errors import BadRequest
+from cachenode.node.compose import build_node
+from cachenode.node.config import NodeConfig
 from cachenode.placement import Member
 from cachenode.source import parse_source
 from cachenode.transport import ucx_wire as w
 from cachenode.transport.wire import request_params
-from helpers import BS, TOKEN
+from helpers import BS, MiB, TOKEN
 
 # ucxx sets UCX_RNDV_THRESH to this before UCX reads its configuration (unless the user set
 # it): a message this big or bigger goes by rendezvous, an announcement the receiver answers
 # by fetching the bytes, instead of in one piece.
 UCXX_RNDV_THRESH = 8192
+# Where a kept block starts within its page (cachenode.store.buffers.BLOCK_PAGE_OFFSET).
+MID_PAGE = 2048
+
+
+def _address(view) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
 
 
 def test_a_block_request_is_one_eager_message():
@@ -40,6 +49,39 @@ def test_a_block_request_is_one_eager_message():
     # the node's receive buffer is REQUEST_SIZE: a shorter message lands at its start
     landed = bytes(msg) + bytes(w.REQUEST_SIZE - len(msg))
     assert w.unpack_request(landed) == (2 ** 40, reply_to, fields)
+
+
+@pytest.mark.parametrize("bs", [MiB, 2 * MiB])  # plain memory; a private mapping in huge pages
+def test_blocks_a_node_keeps_start_half_a_page_in(tmp_path, bs):
+    """A block the node keeps in memory, filled from the origin or read back from its disk,
+    starts half a page in: the kernel's copy into a loader's buffer (UCX over shared memory)
+    runs 2.5x slower when the buffer starts 1-31 bytes further into its page than the block,
+    and loaders' buffers start 0-64 bytes in."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "m.bin").write_bytes(os.urandom(3 * bs + 100))
+    config = NodeConfig(cache_dir=str(tmp_path / "cache"), block_size=bs, allow=(f"file://{root}",))
+    ref = parse_source(f"file://{root}/m.bin")
+
+    async def served_offsets() -> list[tuple[str, int]]:
+        parts = build_node(config)
+        await parts.start()
+        try:
+            st = await parts.service.stat(ref)
+            out = []
+            for i in range(3):  # whole blocks (the 100-byte tail stays in plain memory)
+                block = await parts.service.serve(BlockRequest(ref, st["etag"], st["size"], bs, i))
+                try:
+                    out.append((block.tier, _address(block.data) % 4096))
+                finally:
+                    block.close()
+            return out
+        finally:
+            await parts.close()  # its disk writes finish in here
+
+    assert asyncio.run(served_offsets()) == [("origin", MID_PAGE)] * 3
+    # a new node over the same cache dir: the blocks come back from disk into memory
+    assert asyncio.run(served_offsets()) == [("disk", MID_PAGE)] * 3
 
 
 async def _read_over_ucx(node_url: str, url: str) -> bytes:
