@@ -17,40 +17,41 @@ from . import object_wire as ow
 from . import ucx_wire as w
 from .base import ChannelOptions
 from .channel_table import ChannelTable
+from .ucx_engine import UcxEngine
 from .wire import (
-    BACKGROUND_PATIENCE, BLOCK_DIGEST, BLOCK_LENGTH, BLOCK_PIECE, BLOCK_TIER, MAX_PIECES, UCX_AVOID, UCX_TOKEN,
-    error_from_body, request_params,
+    BACKGROUND_PATIENCE, BLOCK_DIGEST, BLOCK_LENGTH, BLOCK_PIECE, BLOCK_TIER, MAX_PIECES, UCX_AVOID, UCX_POSTED,
+    UCX_TOKEN, error_from_body, request_params,
 )
 
 log = logging.getLogger("cachenode.ucx")
 
-# ucxx has one UCX context per process, bound to the event loop that first used it. This
-# records that loop so a second loop falls back to TCP instead of hanging; it mirrors ucxx's
-# own process-wide state and is not cachenode configuration.
-_ucx_loop: asyncio.AbstractEventLoop | None = None
-
 
 class UcxContext:
-    """Per-process UCX state for loaders: our worker address, endpoints, request ids."""
+    """One loader's UCX state: its own worker (progressed by the loop that made it), our
+    worker address, endpoints to nodes, request ids."""
 
     def __init__(self) -> None:
-        global _ucx_loop
-        loop = asyncio.get_running_loop()
-        if _ucx_loop is not None and _ucx_loop is not loop and not _ucx_loop.is_closed():
-            raise PeerUnavailable("UCX is already bound to another event loop in this process")
-        _ucx_loop = loop
-        self.ucxx = ucxx = w.init_ucx()
-        self.address = ucxx.get_worker_address().tobytes()
-        self.endpoints = w.Endpoints(ucxx)
+        self.engine = UcxEngine()
+        self.address = self.engine.address
+        self.endpoints = w.Endpoints(self.engine)
         self._ids = itertools.count(1)
 
     def next_id(self) -> int:
         return next(self._ids)
 
+    def check_loop(self) -> None:
+        """The worker answers to the loop it was made in: another loop's read goes elsewhere."""
+        if asyncio.get_running_loop() is not self.engine.loop:
+            raise PeerUnavailable("this UCX channel belongs to another event loop")
+
     def cancel_inflight(self) -> None:
         """After a timeout: a receive posted into a caller's buffer must never complete later
-        (the buffer is being refilled from another peer), and UCX cannot cancel one request."""
-        self.ucxx.core._get_ctx().worker.cancel_inflight_requests()
+        (the buffer is being refilled from another peer). Only this loader's worker is asked;
+        see UcxEngine.cancel_inflight for what that can withdraw."""
+        self.engine.cancel_inflight()
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 class UcxNodeClient:
@@ -86,6 +87,15 @@ class UcxNodeClient:
         except BaseException:  # noqa: BLE001 - cancelled, failed or timed out: we only wait here
             pass
 
+    async def _settle(self, body: asyncio.Future) -> None:
+        """Wait for a posted body receive that the node completes with whatever it sends after
+        its header (an empty message after an error); withdraw it only if nothing comes."""
+        try:
+            await asyncio.wait_for(asyncio.shield(body), self._timeout)
+        except Exception:  # noqa: BLE001 - a truncated or failed receive is over too; a stall is not
+            if not body.done():
+                await self._abandon([body])
+
     async def _receive(self, dest: memoryview, rid: int, info: dict) -> None:
         """The body into `dest`: one message, or (a paced background block) one per piece,
         each within a timeout of its own (patient: they come at the link's idle pace)."""
@@ -93,8 +103,8 @@ class UcxNodeClient:
         if type(piece) is not int or piece <= 0 or -(-len(dest) // piece) > MAX_PIECES:
             raise BlockCorrupt(f"{self.base_url} announced pieces of {piece!r} bytes for a {len(dest)}-byte block")
         timeout = self._timeout * (BACKGROUND_PATIENCE if BLOCK_PIECE in info else 1)
-        ucxx = self._ctx.ucxx
-        bodies = [asyncio.ensure_future(ucxx.recv(dest[pos:pos + piece], tag=w.body_tag(rid, k)))
+        engine = self._ctx.engine
+        bodies = [asyncio.ensure_future(engine.recv(dest[pos:pos + piece], w.body_tag(rid, k)))
                   for k, pos in enumerate(range(0, len(dest), piece))]
         try:
             for body in bodies:
@@ -108,33 +118,54 @@ class UcxNodeClient:
                          background: bool = False) -> tuple[str, str]:
         fields = request_params(req, verify, background)
         fields.update({UCX_TOKEN: self._token or "", UCX_AVOID: list(avoid)})
-        ucxx = self._ctx.ucxx
+        # A foreground body comes in one message: its receive is posted with the header's,
+        # before the request goes out, so the node's body finds it waiting (no round trip
+        # through this loop between header and body). The node then answers every outcome
+        # with a body message (an empty one after an error), which lets go of `dest`.
+        posted = not background and len(dest) > 0
+        if posted:
+            fields[UCX_POSTED] = 1
+        self._ctx.check_loop()
+        engine = self._ctx.engine
         async with self._sem:
             rid = self._ctx.next_id()
             header = bytearray(w.HEADER_SIZE)
+            body = None
             try:
                 ep = await self._ctx.endpoints.get(self._address)
-                got_header = asyncio.ensure_future(ucxx.recv(header, tag=w.header_tag(rid)))
+                got_header = asyncio.ensure_future(engine.recv(header, w.header_tag(rid)))
+                if posted:
+                    body = asyncio.ensure_future(engine.recv(dest, w.body_tag(rid)))
                 await asyncio.wait_for(ep.send(w.pack_request(rid, self._ctx.address, fields),
-                                               tag=w.REQUEST_TAG, force_tag=True), self._timeout)
+                                               w.REQUEST_TAG), self._timeout)
                 # a background block may wait for its owner's paced transfer before its header
                 await asyncio.wait_for(got_header, self._timeout * (BACKGROUND_PATIENCE if background else 1))
                 status, info = w.unpack_header(header)
-                if status != 200:
-                    raise error_from_body(info, f"node {self.base_url}, ucx")
-                if info[BLOCK_LENGTH] != len(dest):
-                    raise BlockCorrupt(f"{self.base_url} announced {info['length']} bytes for a "
+                if status != 200 or info.get(BLOCK_LENGTH) != len(dest):
+                    if body is not None:
+                        await self._settle(body)  # the node follows with a body (empty after an error)
+                    if status != 200:
+                        raise error_from_body(info, f"node {self.base_url}, ucx")
+                    raise BlockCorrupt(f"{self.base_url} announced {info.get(BLOCK_LENGTH)} bytes for a "
                                        f"{len(dest)}-byte block {req.index} of {req.ref}")
-                if len(dest):
+                if body is not None:
+                    await asyncio.wait_for(asyncio.shield(body), self._timeout)
+                elif len(dest):
                     await self._receive(dest, rid, info)
             except CacheError:
                 raise
-            except (asyncio.TimeoutError, TimeoutError) as exc:
-                self._ctx.cancel_inflight()  # the header receive, if that is what stalled
-                self._ctx.endpoints.forget(self._address)
-                raise PeerUnavailable(f"cache node {self.base_url} (ucx) stalled on block {req.index}") from exc
-            except Exception as exc:  # noqa: BLE001 - UCX errors become ours at the edge
-                self._ctx.endpoints.forget(self._address)
+            except BaseException as exc:
+                if body is not None:
+                    # The body receive writes into the caller's buffer: it must be over
+                    # (arrived, or withdrawn) before the caller gets `dest` back.
+                    await self._abandon([body])
+                if not isinstance(exc, Exception):  # cancelled
+                    raise
+                if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+                    self._ctx.cancel_inflight()  # the header receive, if that is what stalled
+                    self._ctx.endpoints.forget(self._address)
+                    raise PeerUnavailable(f"cache node {self.base_url} (ucx) stalled on block {req.index}") from exc
+                self._ctx.endpoints.forget(self._address)  # UCX errors become ours at the edge
                 raise PeerUnavailable(f"cache node {self.base_url} (ucx) failed: {exc!r}") from exc
         t0 = time.perf_counter()
         got_digest = await digest_off_loop(dest)
@@ -159,19 +190,19 @@ class UcxNodeClient:
             fields[ow.UCX_INLINE] = header
         else:
             fields[ow.UCX_HEADER_LENGTH] = len(head)
-        ucxx = self._ctx.ucxx
+        self._ctx.check_loop()
+        engine = self._ctx.engine
         async with self._sem:
             rid = self._ctx.next_id()
             reply = bytearray(w.HEADER_SIZE)
             sends: list[asyncio.Future] = []
             try:
                 ep = await self._ctx.endpoints.get(self._address)
-                got_reply = asyncio.ensure_future(ucxx.recv(reply, tag=w.header_tag(rid)))
-                await asyncio.wait_for(ep.send(w.pack_request(rid, self._ctx.address, fields), tag=w.REQUEST_TAG,
-                                               force_tag=True), timeout)
+                got_reply = asyncio.ensure_future(engine.recv(reply, w.header_tag(rid)))
+                await asyncio.wait_for(ep.send(w.pack_request(rid, self._ctx.address, fields), w.REQUEST_TAG), timeout)
                 sends = ([] if ow.UCX_INLINE in fields
-                         else [asyncio.ensure_future(ep.send(head, tag=w.upload_tag(upload, 0), force_tag=True))])
-                sends += [asyncio.ensure_future(ep.send(v, tag=w.upload_tag(upload, i), force_tag=True))
+                         else [asyncio.ensure_future(ep.send(head, w.upload_tag(upload, 0)))])
+                sends += [asyncio.ensure_future(ep.send(v, w.upload_tag(upload, i)))
                           for i, v in enumerate(uploads, 1) if len(v)]
                 await asyncio.wait_for(got_reply, timeout)
                 status, info = w.unpack_header(reply)
@@ -183,7 +214,7 @@ class UcxNodeClient:
                 answer = info.get(ow.UCX_INLINE)
                 if answer is None:  # too big for the reply header: it follows as body piece 0
                     raw = bytearray(int(info[ow.UCX_HEADER_LENGTH]))
-                    await asyncio.wait_for(ucxx.recv(raw, tag=w.body_tag(rid, 0)), timeout)
+                    await asyncio.wait_for(engine.recv(raw, w.body_tag(rid, 0)), timeout)
                     answer = json.loads(bytes(raw))
                 return answer if land is None else await land(answer, rid, timeout)
             except CacheError:
@@ -210,7 +241,7 @@ class UcxNodeClient:
                 raise PeerUnavailable(f"cache node {self.base_url} (ucx): {exc}") from None
             out = [None if f is None else ow.object_buffer(k, f[0], d) for k, f, d in zip(keys, found, into)]
             posted = [v for v in out if v is not None and len(v)]
-            bodies = [asyncio.ensure_future(self._ctx.ucxx.recv(v, tag=w.body_tag(rid, i)))
+            bodies = [asyncio.ensure_future(self._ctx.engine.recv(v, w.body_tag(rid, i)))
                       for i, v in enumerate(posted, 1)]
             try:
                 await asyncio.wait_for(asyncio.shield(asyncio.gather(*bodies)), timeout)
@@ -231,12 +262,12 @@ class UcxNodeClient:
         return (await self._object_call(ow.DELETE, ow.call_header(ow.DELETE, namespace, keys), writer))["deleted"]
 
     def close(self) -> None:
-        """Nothing to close: endpoints belong to the process's UCX context and live as long."""
+        """Nothing to close: endpoints belong to the connector's UCX context (closed with it)."""
 
 
 class UcxConnector:
-    """One owner's UCX clients: the process's UCX context (made with the first client, in the
-    running loop) and one client per node worker address."""
+    """One owner's UCX clients: a UCX context of its own (made with the first client, in the
+    running loop, whose thread then progresses it) and one client per node worker address."""
 
     def __init__(self, options: ChannelOptions) -> None:
         self._options = options
@@ -257,3 +288,10 @@ class UcxConnector:
 
     async def close(self) -> None:
         self._clients.close()
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            loop = ctx.engine.loop
+            if loop is asyncio.get_running_loop():
+                ctx.close()
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(ctx.close)

@@ -12,6 +12,7 @@ from cachenode.errors import BadRequest
 from . import object_wire as ow
 from . import ucx_wire as w
 from . import wire
+from .ucx_engine import UcxEngine
 
 log = logging.getLogger("cachenode.ucx")
 
@@ -28,8 +29,7 @@ OBJECT_RECEIVE_TIMEOUT = 10.0
 class UcxServer:
     """Serves blocks over UCX, using the worker-address path (see README: why not the listener).
 
-    ucxx keeps one UCX context per process, bound to the event loop that first uses it; a node
-    process has exactly one loop, so this is where it lives.
+    Its UCX worker is its own (an engine progressed by the node's loop, from start to close).
     """
 
     def __init__(self, service, receivers: int = 16, max_endpoints: int | None = None) -> None:
@@ -44,9 +44,9 @@ class UcxServer:
 
     async def start(self) -> str:
         """Start receiving; the worker address members advertise (base64)."""
-        ucxx = self._ucxx = w.init_ucx()
-        self._eps = w.Endpoints(ucxx, cap=self._max_endpoints)
-        self.address = ucxx.get_worker_address().tobytes()
+        engine = self._engine = UcxEngine()
+        self._eps = w.Endpoints(engine, cap=self._max_endpoints)
+        self.address = engine.address
         self._tasks = [asyncio.ensure_future(self._serve()) for _ in range(self._receivers)]
         return base64.b64encode(self.address).decode()
 
@@ -56,11 +56,12 @@ class UcxServer:
         # A receive posted on the worker does not always notice the cancel: do not wait forever.
         if self._tasks:  # nothing to wait for when start() never got that far
             await asyncio.wait(self._tasks, timeout=1.0)
+            self._engine.close()  # withdraws the receives still posted
 
     async def _serve(self) -> None:
         while True:
             buf = bytearray(w.REQUEST_SIZE)
-            await self._ucxx.recv(buf, tag=w.REQUEST_TAG)
+            await self._engine.recv(buf, w.REQUEST_TAG)
             try:
                 req_id, reply_to, fields = w.unpack_request(buf)
             except (ValueError, UnicodeDecodeError) as exc:
@@ -108,7 +109,7 @@ class UcxServer:
             log.warning("UCX object reply %d failed: %s", req_id, exc)
 
     async def _upload(self, buf: bytearray, upload: int, piece: int) -> bytearray:
-        await asyncio.wait_for(self._ucxx.recv(buf, tag=w.upload_tag(upload, piece)), OBJECT_RECEIVE_TIMEOUT)
+        await asyncio.wait_for(self._engine.recv(buf, w.upload_tag(upload, piece)), OBJECT_RECEIVE_TIMEOUT)
         return buf
 
     async def _object_call(self, ep, req_id: int, fields: dict) -> None:
@@ -149,18 +150,16 @@ class UcxServer:
                 answer = {"deleted": self.service.delete_objects(call, writer)}
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             status, body = self.service.failed(exc)
-            await _sent(ep.send(w.pack_header(status, body), tag=w.header_tag(req_id), force_tag=True))
+            await _sent(ep.send(w.pack_header(status, body), w.header_tag(req_id)))
             return
         raw = json.dumps(answer, separators=(",", ":")).encode()
         if len(raw) <= w.HEADER_SIZE - 64:  # the answer rides in the reply header
-            await _sent(ep.send(w.pack_header(200, {ow.UCX_INLINE: answer}), tag=w.header_tag(req_id),
-                                force_tag=True))
+            await _sent(ep.send(w.pack_header(200, {ow.UCX_INLINE: answer}), w.header_tag(req_id)))
         else:
-            await _sent(ep.send(w.pack_header(200, {ow.UCX_HEADER_LENGTH: len(raw)}), tag=w.header_tag(req_id),
-                                force_tag=True))
-            await _sent(ep.send(raw, tag=w.body_tag(req_id, 0), force_tag=True))
+            await _sent(ep.send(w.pack_header(200, {ow.UCX_HEADER_LENGTH: len(raw)}), w.header_tag(req_id)))
+            await _sent(ep.send(raw, w.body_tag(req_id, 0)))
         # Every object at once (the store's bytes, no copy): the client has posted a receive for each.
-        await _sent(asyncio.gather(*(ep.send(data, tag=w.body_tag(req_id, i), force_tag=True)
+        await _sent(asyncio.gather(*(ep.send(data, w.body_tag(req_id, i))
                                      for i, data in enumerate(bodies, 1))))
 
     async def _answer_logged(self, req_id: int, reply_to: bytes, fields: dict) -> None:
@@ -178,6 +177,9 @@ class UcxServer:
 
     async def _answer_on(self, ep, req_id: int, reply_to: bytes, fields: dict) -> None:
         began = False
+        # The client posted the body receive with the header's (a foreground block): every
+        # answer then ends with a body message, an empty one after an error, to complete it.
+        posted = fields.get(wire.UCX_POSTED) == 1 and fields.get(wire.PRIORITY) != wire.BACKGROUND
         try:
             self.service.authorize(str(fields.get(wire.UCX_TOKEN) or "") or None)
             call = wire.decode_block_call({k: str(v) for k, v in fields.items()},
@@ -190,10 +192,10 @@ class UcxServer:
                     nonlocal began
                     began = True
                     await ep.send(w.pack_header(200, {**_block_header(block), wire.BLOCK_PIECE: piece}),
-                                  tag=w.header_tag(req_id), force_tag=True)
+                                  w.header_tag(req_id))
 
                 async def send_piece(view: memoryview) -> None:
-                    await ep.send(view, tag=w.body_tag(req_id, next(pieces)), force_tag=True)
+                    await ep.send(view, w.body_tag(req_id, next(pieces)))
 
                 await self.service.serve_background(req, begin=begin, write=send_piece, **args)
                 return
@@ -211,11 +213,24 @@ class UcxServer:
                 self._eps.forget(reply_to)
                 raise
             status, body = self.service.failed(exc)
-            await ep.send(w.pack_header(status, body), tag=w.header_tag(req_id), force_tag=True)
+            await self._reply(ep, req_id, w.pack_header(status, body), b"" if posted else None)
             return
-        await ep.send(w.pack_header(200, _block_header(block)), tag=w.header_tag(req_id), force_tag=True)
-        if block.length:
-            await ep.send(data, tag=w.body_tag(req_id), force_tag=True)
+        await self._reply(ep, req_id, w.pack_header(200, _block_header(block)),
+                          data if block.length or posted else None)
+
+    async def _reply(self, ep, req_id: int, header: bytearray, body) -> None:
+        """The reply header and then (unless None) the body, sent from the block's own buffer.
+        The body goes out without waiting for the header's send to complete: both receives
+        are posted by then (or the body waits on the client's worker as unexpected until it is),
+        and each wait here is a hop through this loop per block."""
+        if body is None:
+            await ep.send(header, w.header_tag(req_id))
+            return
+        head = asyncio.ensure_future(ep.send(header, w.header_tag(req_id)))
+        try:
+            await ep.send(body, w.body_tag(req_id))
+        finally:
+            await head
 
 
 async def _sent(send) -> None:

@@ -53,7 +53,10 @@ def pack_request(req_id: int, reply_address: bytes, fields: dict) -> bytearray:
     need = _REQ.size + len(reply_address) + len(body)
     if need > REQUEST_SIZE:
         raise ValueError(f"UCX request of {need} bytes exceeds {REQUEST_SIZE}")
-    out = bytearray(REQUEST_SIZE)
+    # Only what is used (the node's receive buffer is REQUEST_SIZE): padded to 8 KiB, a request
+    # reached ucxx's rendezvous threshold (UCX_RNDV_THRESH=8192), which cost every block one
+    # more round trip and a fetch by the node before the node could even read the request.
+    out = bytearray(need)
     _REQ.pack_into(out, 0, MAGIC, 1, len(reply_address), len(body), req_id)
     out[_REQ.size:_REQ.size + len(reply_address)] = reply_address
     out[_REQ.size + len(reply_address):need] = body
@@ -71,7 +74,7 @@ def unpack_request(buf: bytes | bytearray) -> tuple[int, bytes, dict]:
 
 def pack_header(status: int, fields: dict) -> bytearray:
     body = json.dumps(fields, separators=(",", ":")).encode()[:HEADER_SIZE - _REP.size]
-    out = bytearray(HEADER_SIZE)
+    out = bytearray(_REP.size + len(body))  # only what is used: the receive buffer is HEADER_SIZE
     _REP.pack_into(out, 0, status, len(body))
     out[_REP.size:_REP.size + len(body)] = body
     return out
@@ -99,23 +102,6 @@ def load_ucxx():
     return ucxx
 
 
-def init_ucx():
-    """The process's ucxx module, its context created with completion notifications on.
-
-    ucxx's default waits for a request by yielding in a loop: one idle node with a posted
-    receive then burns a whole core (measured: 100% -> ~15% idle CPU with this setting).
-    """
-    import threading
-
-    ucxx = load_ucxx()
-    if ucxx.core._ctx is None:
-        ucxx.init(enable_python_future=True)
-        # The notifier thread must be told to stop before the interpreter joins threads at
-        # exit (plain atexit runs too late), or every process that used UCX hangs on exit.
-        threading._register_atexit(ucxx.stop_notifier_thread)
-    return ucxx
-
-
 class Endpoints:
     """Endpoints to peers by worker address, created once each (concurrent first users wait).
 
@@ -127,8 +113,8 @@ class Endpoints:
     flood of requests with ever new reply addresses cannot use up the node's descriptors.
     """
 
-    def __init__(self, ucxx, cap: int | None = None) -> None:
-        self._ucxx = ucxx
+    def __init__(self, engine, cap: int | None = None) -> None:
+        self._engine = engine  # a UcxEngine: makes and progresses the endpoints
         self._eps: OrderedDict[bytes, object] = OrderedDict()
         self._busy: dict[bytes, int] = {}
         self._lock = asyncio.Lock()
@@ -143,8 +129,8 @@ class Endpoints:
                 ep = self._eps.get(address)
                 if ep is None:
                     self._make_room()
-                    addr = self._ucxx.get_ucx_address_from_buffer(address)
-                    ep = await self._ucxx.create_endpoint_from_worker_address(addr, endpoint_error_handling=False)
+                    addr = self._engine.get_ucx_address_from_buffer(address)
+                    ep = await self._engine.create_endpoint_from_worker_address(addr, endpoint_error_handling=False)
                     self._eps[address] = ep
         self._eps.move_to_end(address)
         return ep

@@ -50,6 +50,9 @@ PRIORITY, BACKGROUND = "priority", "background"
 BACKGROUND_PATIENCE = 6
 # UCX carries in its request what HTTP carries in headers.
 UCX_TOKEN, UCX_AVOID = "token", "avoid"
+# Set by a UCX client that posted the body receive with the header's: the node then answers an
+# error with an empty body message too, so that receive completes (ucxx cannot withdraw one alone).
+UCX_POSTED = "posted"
 
 # (exception class, HTTP status, wire name): most specific first.
 ERRORS: list[tuple[type[Exception], int, str]] = [

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..origin import Origin, Origins
+from ..store.buffers import block_buffer
 from ..store.disk import DiskTier
 from ..store.host_copies import HostCopies
 from ..store.memory import MemoryTier
@@ -69,12 +70,13 @@ class NodeParts:
 
 def block_buffers(config: NodeConfig, nofile: int | None = None) -> Callable[[int], bytearray | memoryview]:
     """Memfd block buffers when this host's loaders are handed blocks (--local-socket), so a
-    hand-over is a descriptor of the tier's own bytes, not a copy; plain memory otherwise. One
+    hand-over is a descriptor of the tier's own bytes, not a copy; otherwise private memory
+    placed for the copy out of it (store/buffers.py: half a page in, huge pages). One
     descriptor per buffer: as many as the memory tier holds blocks (plus fills and forwards in
     flight), but at most a quarter of the descriptor limit (connections need the rest); blocks
     past that are plain memory, copied into a memfd once when handed over."""
     if not config.local_socket:
-        return bytearray
+        return block_buffer
     if nofile is None:
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     blocks = config.memory_bytes // config.block_size + 64

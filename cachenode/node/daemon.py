@@ -129,7 +129,7 @@ async def serve_forever(config: NodeConfig, announce=print) -> None:
     except asyncio.TimeoutError:
         log.warning("shutdown took longer than 30s; exiting anyway")
     if config.ucx:
-        # ucxx's notifier and progress threads do not end on their own; everything of ours is
-        # closed and flushed by now, so leave without waiting for interpreter teardown.
+        # Everything of ours is closed and flushed by now (the UCX engine too); ucxx's C++
+        # objects are not made to be torn down in interpreter-exit order, so leave now.
         logging.shutdown()
         os._exit(0)

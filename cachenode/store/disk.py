@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..blocks import digest as block_digest
+from .buffers import block_buffer
 
 # <key>-<digest>-<length in hex>: the length in the name finds a truncated file at start.
 _NAME_RE = re.compile(r"^([0-9a-f]{32})-([0-9a-f]{32})-([0-9a-f]{1,16})$")
@@ -135,7 +136,7 @@ class DiskTier:
         """Bytes of evicted files still open for a send (counted in `used`)."""
         return sum(self._held_evicted.values())
 
-    async def read_verified(self, key: str) -> bytes | None:
+    async def read_verified(self, key: str) -> memoryview | None:
         """The block's bytes if they match their digest; a corrupt file is dropped (None)."""
         entry = self._index.get(key)
         if entry is None:
@@ -203,9 +204,17 @@ class DiskTier:
             self.discard(key)
 
 
-def _read_file(path: str) -> bytes:
+def _read_file(path: str) -> memoryview:
+    """A block file's bytes, in a block buffer (it is kept in the memory tier next)."""
     with open(path, "rb", buffering=0) as f:
-        return f.read()
+        buf = block_buffer(os.fstat(f.fileno()).st_size)
+        got = 0
+        while got < len(buf):
+            n = f.readinto(buf[got:])
+            if not n:  # shorter than it was a moment ago: the length check drops it
+                break
+            got += n
+        return buf[:got]
 
 
 def _write_file(path: str, data) -> None:
