@@ -110,6 +110,10 @@ class AsyncClient:
         """Stats and blocks this client read from the origin directly, around the cluster."""
         return self._bypass.count
 
+    def hands_over(self) -> bool:
+        """True if blocks come from this host's node by descriptor (local_socket, not failed)."""
+        return self.cluster.channels.host_node() is not None
+
     def digest_seconds(self) -> float:
         """Time this client's block channels have spent checking digests so far (LoadStats)."""
         return self.cluster.channels.digest_seconds()

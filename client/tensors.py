@@ -156,7 +156,11 @@ async def _tensors(f: AsyncCacheFile, header: Header, device, window: int, clien
     buf = alloc(header.data_size, device)
     data = memoryview(buf.numpy()) if header.data_size else memoryview(bytearray())
     target = torch.device(device)
-    filler = None if buf.is_pinned() else prefault(buf.data_ptr(), header.data_size)
+    # Not when this host's node hands the blocks over: its copies run on worker threads, each
+    # faulting its own pages in parallel, and a prefault thread only competed with them
+    # (interleaved, 4 rounds: 0.77x local without it, 0.74x with one, 0.77x with two).
+    local = client.hands_over()
+    filler = None if buf.is_pinned() or local else prefault(buf.data_ptr(), header.data_size)
     try:
         async for e in stream_tensors(f, header, data, window=window):
             t0 = time.perf_counter()
