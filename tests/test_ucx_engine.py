@@ -51,7 +51,7 @@ def test_a_block_request_is_one_eager_message():
     assert w.unpack_request(landed) == (2 ** 40, reply_to, fields)
 
 
-@pytest.mark.parametrize("bs", [MiB, 2 * MiB])  # plain memory; a private mapping in huge pages
+@pytest.mark.parametrize("bs", [MiB, 2 * MiB])  # plain memory; a private mapping of its own
 def test_blocks_a_node_keeps_start_half_a_page_in(tmp_path, bs):
     """A block the node keeps in memory, filled from the origin or read back from its disk,
     starts half a page in: the kernel's copy into a loader's buffer (UCX over shared memory)

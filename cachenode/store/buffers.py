@@ -1,4 +1,4 @@
-"""Block buffers the memory tier keeps: huge pages where the kernel allows, placed mid-page."""
+"""Block buffers the memory tier keeps: placed mid-page, away from the loaders' buffer offsets."""
 
 from __future__ import annotations
 
@@ -22,22 +22,19 @@ MIN_PLACED = 64 * 1024
 def block_buffer(n: int) -> memoryview:
     """A zeroed, writable buffer of `n` bytes for a block the node keeps and serves.
 
-    From `HUGE_PAGE` up it is a private mapping asking for transparent huge pages: on UCX over
-    shared memory the loader's process reads the block straight out of this one, and the
-    kernel pins every source page for every read, a fifth of that copy with 4 KiB pages and a
-    few lookups with 2 MiB ones (the usual THP setting, madvise, gives huge pages only to
-    private memory that asks; shared anonymous memory is shmem, which it leaves out). Either
-    way the block starts BLOCK_PAGE_OFFSET bytes into a page; the memory budget counts `n`,
-    the page of slack is not counted.
+    From `HUGE_PAGE` up it is a private mapping of its own (freed whole when dropped). No
+    MADV_HUGEPAGE: huge pages would save the kernel's pinning of 4 KiB source pages on UCX over
+    shared memory (a fifth of that copy), but with THP defrag=madvise (the usual setting) every
+    fault of such a block may wait for direct compaction once the page cache has fragmented
+    memory: filling 512 MiB of blocks took 1.15 s against 0.32 s in plain pages, measured here
+    after a test run, and that is the cold path's time (cachenode/client/prefault.py measured
+    the same for loaders). Either way the block starts BLOCK_PAGE_OFFSET bytes into a page; the
+    memory budget counts `n`, the page of slack is not counted.
     """
     if n < MIN_PLACED:
         return memoryview(bytearray(n))
     if n >= HUGE_PAGE:
         m = mmap.mmap(-1, n + PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        try:
-            m.madvise(mmap.MADV_HUGEPAGE)
-        except (AttributeError, OSError):  # no THP here: ordinary pages still work
-            pass
         return memoryview(m)[BLOCK_PAGE_OFFSET:BLOCK_PAGE_OFFSET + n]
     buf = bytearray(n + PAGE)
     start = (BLOCK_PAGE_OFFSET - address_of(buf)) % PAGE
